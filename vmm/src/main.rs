@@ -1,1 +1,46 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use vmm::config::{CliFailure, VmConfig};
+
+/// One line for a command-line syntax error: clap's first line, or for a missing option the
+/// option's name (clap's first line alone would not say which).
+fn clap_error_line(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(args)) = e.get(ContextKind::InvalidArg) {
+            return format!("missing required option {}", args.join(", "));
+        }
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    first.trim_start_matches("error: ").to_string()
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cfg = match VmConfig::parse_args(std::env::args_os()) {
+        Ok(cfg) => cfg,
+        Err(CliFailure::Clap(e)) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(CliFailure::Clap(e)) => {
+            eprintln!("vmm: {} (see vmm --help)", clap_error_line(&e));
+            return ExitCode::from(2);
+        }
+        Err(CliFailure::Config(e)) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match vmm::run(&cfg) {
+        Ok(reason) => ExitCode::from(vmm::exit_status(reason) as u8),
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            ExitCode::from(if e.is_usage() { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The plain platform description the tables are built from.
+//!
+//! These types carry only what the guest must be told; they know nothing about KVM or host
+//! files. [`PlatformDesc::validate`] rejects descriptions that would produce tables Linux
+//! refuses or misreads, so that [`crate::build_tables`] can stay a straight serialisation.
+
+use crate::error::AcpiError;
+
+/// Highest CPU count. APIC ids are `0..num_cpus` in 8-bit Local APIC entries, where 0xff is
+/// the broadcast id that Linux `acpi_parse_lapic()` skips; 254 keeps every id well below it.
+pub const MAX_CPUS: u32 = 254;
+
+/// Highest NVDIMM count: child devices are named `NV00`..`NVFF` (two hex digits).
+pub const MAX_NVDIMMS: usize = 256;
+
+/// Highest serial port count: devices are named `COM1`..`COM9`.
+pub const MAX_SERIAL_PORTS: usize = 9;
+
+/// Linux builds a pmem region only when every mapping's DPA and size are multiples of
+/// PAGE_SIZE (`nd_region_create()` in drivers/nvdimm/region_devs.c); we use the same unit for
+/// the SPA base so the namespace starts on a page.
+pub const NVDIMM_ALIGN: u64 = 4096;
+
+/// Everything the ACPI tables describe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformDesc {
+    /// 1..=[`MAX_CPUS`]. CPU `i` gets APIC id `i` and ACPI processor UID `i`, as one enabled
+    /// Local APIC (MADT type 0) entry each. No x2APIC entries: a kernel built without
+    /// `CONFIG_X86_X2APIC` ignores those and would see a single CPU.
+    pub num_cpus: u32,
+    pub ioapic: IoApicDesc,
+    /// Each becomes a `PNP0501` device (`COM1`, `COM2`, ...) in the DSDT with `_CRS` = IO + IRQ.
+    pub serial: Vec<SerialDesc>,
+    pub power: PowerDesc,
+    /// May be empty: then neither the NFIT nor the `ACPI0012` root device is emitted.
+    pub nvdimms: Vec<NvdimmDesc>,
+}
+
+/// The single IOAPIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoApicDesc {
+    pub id: u8,
+    /// MMIO base, normally 0xFEC0_0000.
+    pub address: u32,
+    /// First GSI served by this IOAPIC, normally 0.
+    pub gsi_base: u32,
+}
+
+impl Default for IoApicDesc {
+    /// KVM's in-kernel IOAPIC: its ID register resets to 0 (`kvm_ioapic_reset()`), its window is
+    /// the PC default 0xFEC0_0000 and it serves GSIs 0..24.
+    fn default() -> Self {
+        IoApicDesc {
+            id: 0,
+            address: 0xfec0_0000,
+            gsi_base: 0,
+        }
+    }
+}
+
+/// A 16550-compatible UART.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SerialDesc {
+    /// First of its 8 I/O ports, e.g. 0x3f8.
+    pub io_base: u16,
+    /// ISA IRQ, e.g. 4. Described in `_CRS` so that Linux maps it through the IOAPIC: on a
+    /// hardware-reduced platform Linux has no legacy PIC and does not pre-map ISA IRQs 0-15
+    /// (`acpi_generic_reduced_hw_init()` installs `null_legacy_pic`), so the 8250 driver only gets
+    /// a working interrupt through the PNP0501 device.
+    pub irq: u8,
+}
+
+impl SerialDesc {
+    /// The first PC serial port.
+    pub const COM1: SerialDesc = SerialDesc {
+        io_base: 0x3f8,
+        irq: 4,
+    };
+}
+
+/// The hardware-reduced ACPI power registers (FADT `SLEEP_CONTROL_REG`, `SLEEP_STATUS_REG`,
+/// `RESET_REG`), all 8-bit system I/O ports.
+///
+/// What the guest writes (Linux 6.12, drivers/acpi/acpica/hwesleep.c `acpi_hw_extended_sleep()`
+/// and drivers/acpi/reboot.c `acpi_reboot()`):
+///
+/// * **Power off**: first [`crate::WAK_STS`] (0x80) to `sleep_status_port` (write-1-to-clear;
+///   ignore it), then `(SLP_TYP << 2) | SLP_EN` to `sleep_control_port`, where SLP_TYP is the
+///   first element of the DSDT's `\_S5_` package, i.e. [`crate::S5_SLEEP_TYPE`] (5). The byte is
+///   therefore [`crate::S5_SLEEP_CONTROL`] = 0x34; [`crate::decode_sleep_control`] turns it back
+///   into `Some(5)`. After the write the guest spins reading `sleep_status_port` until bit 7
+///   (WAK_STS) is set, so the monitor must stop the vCPU rather than return.
+/// * **Reboot**: `reset_value` to `reset_port` (written directly as one byte by `acpi_reset()`).
+///   If the monitor does not stop, Linux falls back to writing 0xfe to the i8042 command port
+///   0x64 (arch/x86/kernel/reboot.c, `BOOT_KBD`), then retries ACPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PowerDesc {
+    pub sleep_control_port: u16,
+    pub sleep_status_port: u16,
+    pub reset_port: u16,
+    pub reset_value: u8,
+}
+
+impl Default for PowerDesc {
+    /// Sleep registers at 0x3c0/0x3c1 (VGA attribute-controller ports, free because there is
+    /// no VGA and the FADT says so); reset register at the PC reset control register 0xcf9 with
+    /// value 0x06 (bit 1 SYS_RST + bit 2 RST_CPU, a hard reset on PC chipsets).
+    fn default() -> Self {
+        PowerDesc {
+            sleep_control_port: 0x3c0,
+            sleep_status_port: 0x3c1,
+            reset_port: 0xcf9,
+            reset_value: 0x06,
+        }
+    }
+}
+
+/// One NVDIMM: a single persistent-memory range backed by one device, not interleaved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvdimmDesc {
+    /// Guest-physical base of the whole device window (the NFIT SPA range), 4 KiB aligned.
+    pub base: u64,
+    /// Window size in bytes; non-zero, multiple of 4 KiB.
+    pub size: u64,
+    /// `numa=NODE`: when set, the SPA range carries this proximity domain and marks it valid.
+    /// Linux maps it with `pxm_to_node()`, which only knows domains an SRAT declared; without an
+    /// SRAT it falls back to the node of the address (`acpi_nfit_register_region()`).
+    pub proximity_domain: Option<u32>,
+    /// Sets "not armed" in the region mapping's state flags, which makes Linux mark the region
+    /// read-only (`NDD_UNARMED` -> `nd_region_create()` sets `ro`).
+    pub readonly: bool,
+    /// Control-region serial number; part of the DIMM `id` Linux and ndctl show, so it must be
+    /// distinct per DIMM.
+    pub serial_number: u32,
+}
+
+impl NvdimmDesc {
+    /// One past the last byte, or `None` when `base + size` overflows.
+    pub fn end(&self) -> Option<u64> {
+        self.base.checked_add(self.size)
+    }
+}
+
+impl PlatformDesc {
+    /// Checks every rule the table builders rely on. Called by [`crate::build_tables`].
+    pub fn validate(&self) -> Result<(), AcpiError> {
+        if self.num_cpus == 0 {
+            return Err(AcpiError::NoCpus);
+        }
+        if self.num_cpus > MAX_CPUS {
+            return Err(AcpiError::TooManyCpus {
+                count: self.num_cpus,
+                max: MAX_CPUS,
+            });
+        }
+        if self.serial.len() > MAX_SERIAL_PORTS {
+            return Err(AcpiError::TooManySerialPorts {
+                count: self.serial.len(),
+                max: MAX_SERIAL_PORTS,
+            });
+        }
+        for s in &self.serial {
+            if s.io_base.checked_add(7).is_none() {
+                return Err(AcpiError::SerialPortRange { io_base: s.io_base });
+            }
+            if s.irq > 15 {
+                return Err(AcpiError::SerialIrq { irq: s.irq });
+            }
+        }
+        self.validate_nvdimms()
+    }
+
+    fn validate_nvdimms(&self) -> Result<(), AcpiError> {
+        if self.nvdimms.len() > MAX_NVDIMMS {
+            return Err(AcpiError::TooManyNvdimms {
+                count: self.nvdimms.len(),
+                max: MAX_NVDIMMS,
+            });
+        }
+        for (index, d) in self.nvdimms.iter().enumerate() {
+            if d.size == 0 {
+                return Err(AcpiError::NvdimmEmpty { index });
+            }
+            if d.end().is_none() {
+                return Err(AcpiError::NvdimmOverflow {
+                    index,
+                    base: d.base,
+                    size: d.size,
+                });
+            }
+            if !d.base.is_multiple_of(NVDIMM_ALIGN) || !d.size.is_multiple_of(NVDIMM_ALIGN) {
+                return Err(AcpiError::NvdimmMisaligned {
+                    index,
+                    base: d.base,
+                    size: d.size,
+                });
+            }
+        }
+        for (i, a) in self.nvdimms.iter().enumerate() {
+            for (j, b) in self.nvdimms.iter().enumerate().skip(i + 1) {
+                // Both ends exist: checked above.
+                let (a_end, b_end) = (a.base + a.size, b.base + b.size);
+                if a.base < b_end && b.base < a_end {
+                    return Err(AcpiError::NvdimmOverlap {
+                        first: i,
+                        second: j,
+                    });
+                }
+                if a.serial_number == b.serial_number {
+                    return Err(AcpiError::NvdimmDuplicateSerial {
+                        first: i,
+                        second: j,
+                        serial_number: a.serial_number,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! Cross-checks with ACPICA's own tools (package acpica-tools), which share their table and
+//! AML code with Linux: `iasl -d` must decode every table without complaint, `iasl` must compile
+//! the same RSDP from source, and `acpiexec` must load the namespace and evaluate our objects.
+//! A missing tool fails the test; it is never skipped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use acpi::{build_tables, AcpiTables};
+use common::*;
+
+const INSTALL_HINT: &str = "install ACPICA's tools with `apt-get install acpica-tools`";
+
+/// A scratch directory for one test, removed when the test passes.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("acpi-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn run(tool: &str, args: &[&str], dir: &Path) -> Output {
+    match Command::new(tool).args(args).current_dir(dir).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("`{tool}` not found: {INSTALL_HINT}")
+        }
+        Err(e) => panic!("cannot run `{tool}`: {e}"),
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Words iasl uses for problems: checksum and length complaints go to stdout/stderr
+/// ("Firmware Warning (ACPI): Incorrect checksum"), structure problems into the .dsl
+/// ("**** ACPI table terminates in the middle...", "Invalid zero length subtable").
+const COMPLAINTS: [&str; 6] = [
+    "Error",
+    "Warning",
+    "****",
+    "Invalid",
+    "Incorrect",
+    "Unknown",
+];
+
+fn assert_clean(what: &str, text: &str) {
+    for word in COMPLAINTS {
+        assert!(!text.contains(word), "{what} contains {word:?}:\n{text}");
+    }
+}
+
+/// Writes every table as `<SIG>.dat`, disassembles it with `iasl -d` and returns the .dsl text
+/// per signature.
+fn disassemble(t: &AcpiTables, dir: &Path) -> Vec<([u8; 4], String)> {
+    t.tables
+        .iter()
+        .map(|info| {
+            let sig = String::from_utf8_lossy(&info.signature).to_string();
+            let dat = format!("{sig}.dat");
+            std::fs::write(
+                dir.join(&dat),
+                &t.bytes[info.offset..info.offset + info.len],
+            )
+            .unwrap();
+            let out = run("iasl", &["-d", &dat], dir);
+            assert!(
+                out.status.success(),
+                "iasl -d {dat} failed:\n{}",
+                text(&out)
+            );
+            assert_clean(&format!("iasl -d {dat} output"), &text(&out));
+            let dsl = std::fs::read_to_string(dir.join(format!("{sig}.dsl")))
+                .unwrap_or_else(|e| panic!("no {sig}.dsl: {e}\n{}", text(&out)));
+            assert_clean(&format!("{sig}.dsl"), &dsl);
+            (info.signature, dsl)
+        })
+        .collect()
+}
+
+fn dsl<'a>(all: &'a [([u8; 4], String)], sig: &[u8; 4]) -> &'a str {
+    &all.iter().find(|(s, _)| s == sig).unwrap().1
+}
+
+/// Asserts that the .dsl has a line `name : value` (iasl pads the name on the left).
+fn assert_field(dsl: &str, name: &str, value: &str) {
+    let found = dsl.lines().any(|l| {
+        l.split_once(" : ")
+            .is_some_and(|(k, v)| k.trim_end().ends_with(name) && v.trim().starts_with(value))
+    });
+    assert!(found, "no `{name} : {value}` in:\n{dsl}");
+}
+
+fn count_field(dsl: &str, name: &str) -> usize {
+    dsl.lines()
+        .filter(|l| {
+            l.split_once(" : ")
+                .is_some_and(|(k, _)| k.trim_end().ends_with(name))
+        })
+        .count()
+}
+
+#[test]
+fn iasl_decodes_every_table() {
+    let dir = Scratch::new("iasl-decode");
+    let mut ds = dimms(3);
+    ds[1].base = 0x20_0000_0000;
+    let t = build_tables(&platform(4, ds), BASE, MAX_LEN).unwrap();
+    let all = disassemble(&t, dir.path());
+    assert_eq!(all.len(), 5);
+
+    let xsdt = dsl(&all, b"XSDT");
+    assert_eq!(count_field(xsdt, "ACPI Table Address   0"), 1);
+    assert_field(
+        xsdt,
+        "ACPI Table Address   0",
+        &format!("{:016X}", addr_of(&t, b"FACP")),
+    );
+    assert_field(
+        xsdt,
+        "ACPI Table Address   2",
+        &format!("{:016X}", addr_of(&t, b"NFIT")),
+    );
+
+    let fadt = dsl(&all, b"FACP");
+    assert_field(fadt, "Hardware Reduced (V5)", "1");
+    assert_field(fadt, "Reset Register Supported (V2)", "1");
+    assert_field(fadt, "8042 Present on ports 60/64 (V2)", "0");
+    assert_field(fadt, "CMOS RTC Not Present (V5)", "1");
+    assert_field(fadt, "Value to cause reset", "06");
+    assert_field(
+        fadt,
+        "DSDT Address",
+        &format!("{:016X}", addr_of(&t, b"DSDT")),
+    );
+    // Address lines of the reset, sleep control and sleep status GAS, in table order.
+    let addrs: Vec<&str> = fadt
+        .lines()
+        .filter(|l| {
+            l.contains("Address : 00000000000003C") || l.contains("Address : 0000000000000CF9")
+        })
+        .collect();
+    assert_eq!(addrs.len(), 3, "{addrs:?}");
+    assert_eq!(fadt.matches("[SystemIO]").count(), 3);
+    assert_eq!(fadt.matches("[Byte Access:8]").count(), 3);
+
+    let madt = dsl(&all, b"APIC");
+    assert_field(madt, "Local Apic Address", "FEE00000");
+    assert_field(madt, "PC-AT Compatibility", "1");
+    assert_eq!(madt.matches("[Processor Local APIC]").count(), 4);
+    assert_eq!(madt.matches("[I/O APIC]").count(), 1);
+    assert_eq!(madt.matches("[Interrupt Source Override]").count(), 1);
+    assert_field(madt, "Address", "FEC00000");
+
+    let nfit = dsl(&all, b"NFIT");
+    assert_eq!(nfit.matches("[System Physical Address Range]").count(), 3);
+    assert_eq!(nfit.matches("[Memory Range Map]").count(), 3);
+    assert_eq!(nfit.matches("[NVDIMM Control Region]").count(), 3);
+    assert_eq!(nfit.matches("[Platform Capabilities]").count(), 1);
+    assert_eq!(count_field(nfit, "Region Type GUID"), 3);
+    assert_field(
+        nfit,
+        "Region Type GUID",
+        "66F0D379-B4F3-4074-AC43-0D3318B78CDB",
+    );
+    assert_field(nfit, "Address Range Base", "0000000100000000");
+    assert_field(nfit, "Address Range Base", "0000002000000000");
+    assert_field(nfit, "Address Range Base", "0000000180000000");
+    assert_eq!(count_field(nfit, "Address Range Length"), 3);
+    assert_field(nfit, "Address Range Length", "0000000040000000");
+    for h in ["00000001", "00000002", "00000003"] {
+        assert_field(nfit, "Device Handle", h);
+    }
+    // dimms(): DIMM 1 read-only, DIMM 2 on proximity domain 1.
+    assert_field(nfit, "Device not armed", "1");
+    assert_field(nfit, "Proximity Domain Valid", "1");
+    assert_field(nfit, "Proximity Domain", "00000001");
+    assert_field(nfit, "Serial Number", "00001002");
+    assert_field(nfit, "Code", "0301");
+    assert_field(nfit, "Memory Flush to NVDIMM", "1");
+    assert_field(nfit, "Cache Flush to NVDIMM", "0");
+
+    let dsdt = dsl(&all, b"DSDT");
+    for needle in [
+        "Name (_HID, \"ACPI0012\"",
+        "Device (NVDR)",
+        "Device (NV00)",
+        "Name (_ADR, 0x00000001)",
+        "Name (_ADR, 0x00000002)",
+        "Name (_ADR, 0x00000003)",
+        "EisaId (\"PNP0501\")",
+        "Device (COM1)",
+        "IRQNoFlags ()",
+        "{4}",
+        "0x03F8,             // Range Minimum",
+        "Name (\\_S5, Package (0x04)",
+    ] {
+        assert!(dsdt.contains(needle), "DSDT lacks {needle:?}:\n{dsdt}");
+    }
+}
+
+#[test]
+fn iasl_decodes_largest_platform() {
+    let dir = Scratch::new("iasl-large");
+    let t = build_tables(&platform(254, dimms(32)), BASE, 0x20000).unwrap();
+    let all = disassemble(&t, dir.path());
+    assert_eq!(
+        dsl(&all, b"APIC").matches("[Processor Local APIC]").count(),
+        254
+    );
+    assert_eq!(count_field(dsl(&all, b"NFIT"), "Device Handle"), 32);
+    assert!(dsl(&all, b"DSDT").contains("Device (NV1F)"));
+    assert!(dsl(&all, b"DSDT").contains("Name (_ADR, 0x00000020)"));
+}
+
+/// iasl cannot disassemble a lone RSDP, but it compiles one from source and computes both
+/// checksums itself: the result must equal our bytes.
+#[test]
+fn iasl_compiles_the_same_rsdp() {
+    let dir = Scratch::new("iasl-rsdp");
+    let t = build_tables(&platform(1, dimms(1)), BASE, MAX_LEN).unwrap();
+    let source = format!(
+        "[0008] Signature : \"RSD PTR \"\n\
+         [0001] Checksum : 00\n\
+         [0006] Oem ID : \"PMEMVM\"\n\
+         [0001] Revision : 02\n\
+         [0004] RSDT Address : 00000000\n\
+         [0004] Length : 00000024\n\
+         [0008] XSDT Address : {:016X}\n\
+         [0001] Extended Checksum : 00\n\
+         [0003] Reserved : 000000\n",
+        addr_of(&t, b"XSDT")
+    );
+    std::fs::write(dir.path().join("rsdp.asl"), source).unwrap();
+    let out = run("iasl", &["rsdp.asl"], dir.path());
+    assert!(
+        out.status.success(),
+        "iasl rsdp.asl failed:\n{}",
+        text(&out)
+    );
+    let compiled = std::fs::read(dir.path().join("rsdp.aml")).unwrap();
+    assert_eq!(compiled.as_slice(), &t.bytes[..36]);
+}
+
+/// `acpiexec` runs ACPICA's table loader and AML interpreter, the code Linux runs: it must
+/// accept the hardware-reduced FADT without a FACS, load the DSDT, and evaluate the objects
+/// Linux reads.
+#[test]
+fn acpiexec_evaluates_namespace() {
+    let dir = Scratch::new("acpiexec");
+    let t = build_tables(&platform(2, dimms(2)), BASE, MAX_LEN).unwrap();
+    let mut files = Vec::new();
+    for info in &t.tables {
+        if &info.signature == b"XSDT" {
+            continue; // acpiexec builds its own RSDP/XSDT
+        }
+        let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
+        std::fs::write(
+            dir.path().join(&name),
+            &t.bytes[info.offset..info.offset + info.len],
+        )
+        .unwrap();
+        files.push(name);
+    }
+    let commands = "evaluate \\_S5_; evaluate \\_SB.NVDR._HID; \
+                    evaluate \\_SB.NVDR.NV00._ADR; evaluate \\_SB.NVDR.NV01._ADR; \
+                    evaluate \\_SB.COM1._CRS";
+    let mut args = vec!["-b", commands];
+    args.extend(files.iter().map(String::as_str));
+    let out = run("acpiexec", &args, dir.path());
+    let log = text(&out);
+    assert!(out.status.success(), "acpiexec failed:\n{log}");
+    assert_clean("acpiexec output", &log);
+    for needle in [
+        "ACPI: FACP",
+        "ACPI: DSDT",
+        "ACPI: APIC",
+        "ACPI: NFIT",
+        "1 ACPI AML tables successfully acquired and loaded",
+        // \_S5_ = Package { 5, 0, 0, 0 }
+        "[Package] Contains 4 Elements:\n    [Integer] = 0000000000000005",
+        "[String] Length 08 = \"ACPI0012\"",
+        "Evaluating \\_SB.NVDR.NV00._ADR\nEvaluation of \\_SB.NVDR.NV00._ADR returned",
+        "[Integer] = 0000000000000001",
+        "[Integer] = 0000000000000002",
+        // IO(Decode16, 0x3f8, 0x3f8, 1, 8), IRQNoFlags {4}, EndTag
+        "47 01 F8 03 F8 03 01 08 22 10 00 79 00",
+    ] {
+        assert!(
+            log.contains(needle),
+            "acpiexec output lacks {needle:?}:\n{log}"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Persistent memory exposed to the guest as NFIT NVDIMM namespaces.
+//!
+//! [`infoblock`] is the pfn/dax info block (`struct nd_pfn_sb`) that tells the guest's libnvdimm
+//! which personality a namespace has (fsdax or devdax) and where its memmap lives.
+
+pub mod infoblock;

@@ -1,0 +1,168 @@
+//! Step 3 of a run: where things live in guest physical memory.
+//!
+//! Low memory (below 1 MiB) holds the boot structures at fixed addresses, the way PC firmware
+//! leaves them; RAM fills the rest up to the 32-bit MMIO hole at 3 GiB and continues at 4 GiB.
+//! Everything here is a pure function of the configuration, so it is unit-tested without KVM.
+
+pub const PAGE_SIZE: u64 = 4096;
+pub const KIB: u64 = 1 << 10;
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// Guest RAM stops here below 4 GiB; the hole holds the IOAPIC and local APIC windows.
+pub const MMIO_HOLE_START: u64 = 3 * GIB;
+pub const MMIO_HOLE_END: u64 = 4 * GIB;
+
+/// Largest guest RAM we accept; far below the 46-bit physical address width KVM guarantees.
+pub const MAX_RAM: u64 = 1 << 40;
+
+/// Global descriptor table used for both boot protocols.
+pub const GDT_ADDR: u64 = 0x500;
+/// PVH `hvm_start_info`, followed by its module list and memory map.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
+/// Linux's zero page (`struct boot_params`).
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// The boot stack grows down from here (below the page tables).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity-mapped page tables for the 64-bit entry: PML4, one PDPT, four page directories of
+/// 2 MiB pages covering the first 4 GiB.
+pub const PML4_ADDR: u64 = 0x9000;
+pub const PDPT_ADDR: u64 = 0xa000;
+pub const PD_ADDR: u64 = 0xb000;
+pub const IDENTITY_MAPPED_GIB: u64 = 4;
+/// Kernel command line; Linux on x86 reads at most 2048 bytes (COMMAND_LINE_SIZE).
+pub const CMDLINE_ADDR: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// End of conventional low RAM; above it sits the (unused) EBDA and the legacy ROM area.
+pub const LOW_RAM_END: u64 = 0x9fc00;
+/// ACPI tables live in the BIOS ROM area Linux scans for the RSDP.
+pub const ACPI_ADDR: u64 = 0xe0000;
+pub const ACPI_MAX_SIZE: usize = 0x20000;
+/// Where bzImage and vmlinux kernels are loaded ("high memory" in the boot protocol).
+pub const HIMEM_START: u64 = 0x100000;
+
+/// Local APIC and IOAPIC, both inside the MMIO hole.
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// KVM needs three pages for the TSS and one for the EPT identity map, somewhere no RAM is.
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+
+/// A guest RAM region: (guest physical start, length in bytes).
+pub type Region = (u64, u64);
+
+/// Guest RAM as KVM memory slots: one region below the MMIO hole, and one above 4 GiB holding
+/// whatever did not fit below it.
+pub fn ram_regions(memory: u64) -> Vec<Region> {
+    let low = memory.min(MMIO_HOLE_START);
+    let mut regions = vec![(0, low)];
+    if memory > low {
+        regions.push((MMIO_HOLE_END, memory - low));
+    }
+    regions
+}
+
+/// E820 memory types used in the map we give the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum E820Kind {
+    Ram = 1,
+    Reserved = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct E820Entry {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: E820Kind,
+}
+
+/// The memory map for the guest: RAM except where boot firmware would keep its data. The ACPI
+/// area is reserved so the kernel never allocates over the tables it still has to parse.
+pub fn e820_map(memory: u64) -> Vec<E820Entry> {
+    let entry = |addr, size, kind| E820Entry { addr, size, kind };
+    let mut map = vec![
+        entry(0, LOW_RAM_END, E820Kind::Ram),
+        entry(ACPI_ADDR, ACPI_MAX_SIZE as u64, E820Kind::Reserved),
+    ];
+    for (start, len) in ram_regions(memory) {
+        let end = start + len;
+        let start = start.max(HIMEM_START);
+        if end > start {
+            map.push(entry(start, end - start, E820Kind::Ram));
+        }
+    }
+    map
+}
+
+/// Highest guest address (exclusive) of RAM that a 32-bit consumer such as the initramfs loader
+/// can use: the end of the region below the hole.
+pub fn low_ram_end(memory: u64) -> u64 {
+    memory.min(MMIO_HOLE_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_region() {
+        assert_eq!(ram_regions(256 * MIB), vec![(0, 256 * MIB)]);
+        assert_eq!(ram_regions(3 * GIB), vec![(0, 3 * GIB)]);
+    }
+
+    #[test]
+    fn large_guest_splits_around_the_hole() {
+        let r = ram_regions(3584 * MIB);
+        assert_eq!(r, vec![(0, 3 * GIB), (4 * GIB, 512 * MIB)]);
+        assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 3584 * MIB);
+        for (start, len) in ram_regions(64 * GIB) {
+            let end = start + len;
+            assert!(end <= MMIO_HOLE_START || start >= MMIO_HOLE_END);
+        }
+    }
+
+    #[test]
+    fn e820_covers_ram_but_not_boot_areas() {
+        let map = e820_map(3584 * MIB);
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820Kind::Ram)
+            .map(|e| e.size)
+            .sum();
+        // All RAM except the 0x9fc00..1 MiB window.
+        assert_eq!(ram, 3584 * MIB - (HIMEM_START - LOW_RAM_END));
+        assert!(map
+            .iter()
+            .any(|e| e.kind == E820Kind::Reserved && e.addr == ACPI_ADDR));
+        for e in &map {
+            assert!(e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END);
+        }
+        assert_eq!(map.last().unwrap().addr, 4 * GIB);
+    }
+
+    #[test]
+    fn boot_structures_do_not_overlap() {
+        let areas = [
+            (GDT_ADDR, 0x40),
+            (PVH_INFO_ADDR, PVH_MEMMAP_ADDR + 16 * 24 - PVH_INFO_ADDR),
+            (ZERO_PAGE_ADDR, PAGE_SIZE),
+            (PML4_ADDR, PAGE_SIZE),
+            (PDPT_ADDR, PAGE_SIZE),
+            (PD_ADDR, IDENTITY_MAPPED_GIB * PAGE_SIZE),
+            (CMDLINE_ADDR, CMDLINE_MAX_SIZE as u64),
+            (ACPI_ADDR, ACPI_MAX_SIZE as u64),
+        ];
+        for (i, a) in areas.iter().enumerate() {
+            for b in &areas[i + 1..] {
+                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} vs {b:x?}");
+            }
+        }
+        const {
+            assert!(BOOT_STACK_POINTER < PML4_ADDR);
+            assert!(BOOT_STACK_POINTER > ZERO_PAGE_ADDR + PAGE_SIZE);
+            assert!(PD_ADDR + IDENTITY_MAPPED_GIB * PAGE_SIZE <= LOW_RAM_END);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! A vCPU thread: runs KVM_RUN and hands port I/O to the bus until the VM is told to stop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::bus::PioBus;
+use devices::lifecycle::{StopReason, StopSignal};
+use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, warn};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// The signal used to pull a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler for the kick signal; KVM_RUN returns EINTR when it arrives.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// The first error a vCPU hit, for the monitor's exit message.
+pub type ErrorSlot = Arc<Mutex<Option<String>>>;
+
+pub struct VcpuThread {
+    pub handle: JoinHandle<()>,
+    pub done: Arc<AtomicBool>,
+}
+
+pub fn spawn(
+    id: u32,
+    vcpu: VcpuFd,
+    bus: Arc<PioBus>,
+    stop: Arc<StopSignal>,
+    error: ErrorSlot,
+) -> std::io::Result<VcpuThread> {
+    let done = Arc::new(AtomicBool::new(false));
+    let done_in_thread = done.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || {
+            run(id, vcpu, &bus, &stop, &error);
+            done_in_thread.store(true, Ordering::SeqCst);
+        })?;
+    Ok(VcpuThread { handle, done })
+}
+
+fn fail(stop: &StopSignal, error: &ErrorSlot, message: String) {
+    let mut slot = error.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(message);
+    }
+    drop(slot);
+    stop.request(StopReason::Error);
+}
+
+fn run(id: u32, mut vcpu: VcpuFd, bus: &PioBus, stop: &StopSignal, error: &ErrorSlot) {
+    let mut exits: u64 = 0;
+    let mut unknown_mmio_logged = false;
+    while stop.reason().is_none() {
+        match vcpu.run() {
+            Ok(exit) => {
+                exits += 1;
+                match exit {
+                    VcpuExit::IoIn(port, data) => {
+                        bus.read(port, data);
+                    }
+                    VcpuExit::IoOut(port, data) => {
+                        bus.write(port, data);
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        if !unknown_mmio_logged {
+                            debug!("vCPU {id}: read of unmapped MMIO {addr:#x}");
+                            unknown_mmio_logged = true;
+                        }
+                        data.fill(0xff);
+                    }
+                    VcpuExit::MmioWrite(addr, _) => {
+                        if !unknown_mmio_logged {
+                            debug!("vCPU {id}: write to unmapped MMIO {addr:#x}");
+                            unknown_mmio_logged = true;
+                        }
+                    }
+                    VcpuExit::Shutdown => {
+                        debug!("vCPU {id}: shutdown exit (triple fault)");
+                        stop.request(StopReason::TripleFault);
+                    }
+                    VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
+                        stop.request(StopReason::PowerOff);
+                    }
+                    VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => {
+                        stop.request(StopReason::Reboot);
+                    }
+                    VcpuExit::Hlt => {
+                        // The in-kernel local APIC handles HLT; seeing it means nothing else
+                        // will wake this vCPU.
+                        fail(stop, error, format!("vCPU {id} halted with no interrupt source"));
+                    }
+                    VcpuExit::InternalError => {
+                        let suberror = internal_suberror(&mut vcpu);
+                        let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                        fail(
+                            stop,
+                            error,
+                            format!(
+                                "KVM could not execute vCPU {id}'s instructions (internal error, \
+                                 suberror {suberror}, RIP {rip:#x}, after {exits} exits); if this \
+                                 host has no hardware virtualization, run the guest in the nested \
+                                 testbed (see the README)"
+                            ),
+                        );
+                    }
+                    VcpuExit::FailEntry(reason, cpu) => fail(
+                        stop,
+                        error,
+                        format!("KVM failed to enter vCPU {id} (hardware reason {reason:#x}, cpu {cpu})"),
+                    ),
+                    other => {
+                        warn!("vCPU {id}: unhandled exit {other:?}");
+                    }
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+            }
+            Err(e) => fail(stop, error, format!("vCPU {id}: KVM_RUN failed: {e}")),
+        }
+    }
+}
+
+fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which KVM fills the `internal`
+    // member of the exit union; reading a u32 from it cannot be out of bounds.
+    unsafe { run.__bindgen_anon_1.internal.suberror }
+}
+
+/// Pulls every thread out of KVM_RUN and joins it. A signal can land just before a thread
+/// enters KVM_RUN and be lost, so the kick repeats until the thread has left its loop.
+pub fn stop_all(threads: Vec<VcpuThread>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for t in threads {
+        while !t.done.load(Ordering::SeqCst) && Instant::now() < deadline {
+            if t.handle.kill(kick_signal()).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if t.done.load(Ordering::SeqCst) {
+            let _ = t.handle.join();
+        } else {
+            warn!("a vCPU thread did not stop within 5 s; leaving it behind");
+        }
+    }
+}

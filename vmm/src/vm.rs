@@ -1,0 +1,94 @@
+//! Step 6 of a run: the KVM virtual machine — interrupt controllers, memory slots, vCPUs — put
+//! together from guest memory that already holds the kernel, the boot structures and the ACPI
+//! tables.
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::boot::Entry;
+use crate::cpu::{self, CpuError};
+use crate::layout;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open /dev/kvm?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("--cpus {wanted}: this host's KVM supports at most {max} vCPUs per VM")]
+    TooManyCpus { wanted: u32, max: usize },
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+pub struct Vm {
+    pub fd: VmFd,
+    pub vcpus: Vec<VcpuFd>,
+}
+
+impl Vm {
+    /// Creates the VM and its vCPUs; the boot vCPU starts at `entry`.
+    pub fn create(mem: &GuestMemoryMmap, cpus: u32, entry: Entry) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let max = kvm.get_max_vcpus();
+        if cpus as usize > max {
+            return Err(VmError::TooManyCpus { wanted: cpus, max });
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("set TSS address"))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_err("set identity map address"))?;
+        // PIC + IOAPIC + local APICs in the kernel, and the PIT the kernel calibrates against.
+        fd.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("create PIT"))?;
+
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .expect("a region's start address is inside guest memory");
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range [host, host + len) is a mapping owned by `mem`, which the
+            // caller keeps alive for as long as the VM exists (both live in `Vmm` and the VM is
+            // dropped first); slots do not overlap because guest memory regions do not.
+            unsafe { fd.set_user_memory_region(desc) }.map_err(kvm_err("add RAM slot"))?;
+        }
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get supported CPUID"))?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let mut vcpus = Vec::with_capacity(cpus as usize);
+        for id in 0..cpus {
+            let vcpu = fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create vCPU"))?;
+            let cpuid = cpu::guest_cpuid(&supported, id, cpus, tsc_deadline);
+            cpu::configure_vcpu(&vcpu, id, &cpuid)?;
+            vcpus.push(vcpu);
+        }
+        cpu::set_boot_registers(&vcpus[0], entry)?;
+        Ok(Vm { fd, vcpus })
+    }
+}
