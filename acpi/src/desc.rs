@@ -16,6 +16,12 @@ pub const MAX_NVDIMMS: usize = 256;
 /// Highest serial port count: devices are named `COM1`..`COM9`.
 pub const MAX_SERIAL_PORTS: usize = 9;
 
+/// Highest NVDIMM proximity domain. Linux sizes its proximity-domain map as
+/// `MAX_PXM_DOMAINS` = max(256, `MAX_NUMNODES`) (include/acpi/acpi_numa.h); a larger domain
+/// in the SRAT makes `acpi_map_pxm_to_node()` fail, and `acpi_parse_memory_affinity()` then
+/// drops the whole SRAT (`bad_srat()`). 255 is accepted by every kernel configuration.
+pub const MAX_PROXIMITY_DOMAIN: u32 = 255;
+
 /// Linux builds a pmem region only when every mapping's DPA and size are multiples of
 /// PAGE_SIZE (`nd_region_create()` in drivers/nvdimm/region_devs.c); we use the same unit for
 /// the SPA base so the namespace starts on a page.
@@ -34,6 +40,15 @@ pub struct PlatformDesc {
     pub power: PowerDesc,
     /// May be empty: then neither the NFIT nor the `ACPI0012` root device is emitted.
     pub nvdimms: Vec<NvdimmDesc>,
+    /// Guest RAM regions as `(start, length)`, e.g. `[(0, 3 GiB), (4 GiB, 512 MiB)]`: the KVM
+    /// memory slots, holes included (the SRAT may cover the E820 holes below 1 MiB; Linux only
+    /// counts what is E820 RAM). Used only for the SRAT (see [`PlatformDesc::needs_srat`]), where
+    /// each region becomes a Memory Affinity structure in proximity domain 0. They must cover
+    /// every E820 RAM range: Linux rejects its SRAT-based NUMA setup if more than 1 MiB of RAM
+    /// has no node (`memblock_validate_numa_coverage()`) and falls back to a single fake node,
+    /// losing the NVDIMMs' nodes. Non-empty, non-overlapping, disjoint from every NVDIMM; may
+    /// be empty only while no SRAT is needed.
+    pub ram: Vec<(u64, u64)>,
 }
 
 /// The single IOAPIC.
@@ -122,9 +137,11 @@ pub struct NvdimmDesc {
     pub base: u64,
     /// Window size in bytes; non-zero, multiple of 4 KiB.
     pub size: u64,
-    /// `numa=NODE`: when set, the SPA range carries this proximity domain and marks it valid.
-    /// Linux maps it with `pxm_to_node()`, which only knows domains an SRAT declared; without an
-    /// SRAT it falls back to the node of the address (`acpi_nfit_register_region()`).
+    /// `numa=NODE`: when set, the SPA range carries this proximity domain and marks it valid,
+    /// and the tables gain an SRAT that declares the domain (Linux's `pxm_to_node()` only knows
+    /// domains an SRAT declared). At most [`MAX_PROXIMITY_DOMAIN`]. The guest shows the domain
+    /// as its own node id only if the domains in use are dense (0, 1, 2, ...); see the `srat`
+    /// module docs for the numbering and for `numa_node` (0) versus `target_node` (this node).
     pub proximity_domain: Option<u32>,
     /// Sets "not armed" in the region mapping's state flags, which makes Linux mark the region
     /// read-only (`NDD_UNARMED` -> `nd_region_create()` sets `ro`).
@@ -142,6 +159,18 @@ impl NvdimmDesc {
 }
 
 impl PlatformDesc {
+    /// Whether the tables include an SRAT: exactly when some NVDIMM has a proximity domain.
+    ///
+    /// Without one, no domain needs declaring: a guest without NUMA configuration puts all RAM
+    /// and CPUs on a fake node 0 anyway, so we keep the tables minimal. The cost of leaving it
+    /// out: an NVDIMM's `target_node` is then -1 in the guest (the pmem range is in no NUMA
+    /// block), so `daxctl reconfigure-device --mode=system-ram` (dax kmem) refuses the device;
+    /// its `numa_node` is 0 either way. The cost of adding it: see the `srat` module docs
+    /// (SWIOTLB in guests without RAM above 4 GiB).
+    pub fn needs_srat(&self) -> bool {
+        self.nvdimms.iter().any(|d| d.proximity_domain.is_some())
+    }
+
     /// Checks every rule the table builders rely on. Called by [`crate::build_tables`].
     pub fn validate(&self) -> Result<(), AcpiError> {
         if self.num_cpus == 0 {
@@ -167,7 +196,37 @@ impl PlatformDesc {
                 return Err(AcpiError::SerialIrq { irq: s.irq });
             }
         }
-        self.validate_nvdimms()
+        self.validate_nvdimms()?;
+        self.validate_ram()
+    }
+
+    fn validate_ram(&self) -> Result<(), AcpiError> {
+        if self.ram.is_empty() && self.needs_srat() {
+            return Err(AcpiError::SratWithoutRam);
+        }
+        for (index, &(start, len)) in self.ram.iter().enumerate() {
+            if len == 0 || start.checked_add(len).is_none() {
+                return Err(AcpiError::RamRegionInvalid { index, start, len });
+            }
+        }
+        // Ends exist: checked above and in validate_nvdimms().
+        let overlaps = |a: u64, a_len: u64, b: u64, b_len: u64| a < b + b_len && b < a + a_len;
+        for (i, &(a, a_len)) in self.ram.iter().enumerate() {
+            for (j, &(b, b_len)) in self.ram.iter().enumerate().skip(i + 1) {
+                if overlaps(a, a_len, b, b_len) {
+                    return Err(AcpiError::RamOverlap {
+                        first: i,
+                        second: j,
+                    });
+                }
+            }
+            for (n, d) in self.nvdimms.iter().enumerate() {
+                if overlaps(a, a_len, d.base, d.size) {
+                    return Err(AcpiError::RamOverlapsNvdimm { ram: i, nvdimm: n });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_nvdimms(&self) -> Result<(), AcpiError> {
@@ -193,6 +252,13 @@ impl PlatformDesc {
                     index,
                     base: d.base,
                     size: d.size,
+                });
+            }
+            if let Some(domain) = d.proximity_domain.filter(|&p| p > MAX_PROXIMITY_DOMAIN) {
+                return Err(AcpiError::NvdimmProximityDomain {
+                    index,
+                    domain,
+                    max: MAX_PROXIMITY_DOMAIN,
                 });
             }
         }

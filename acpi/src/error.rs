@@ -31,6 +31,18 @@ pub enum AcpiError {
         second: usize,
         serial_number: u32,
     },
+    #[error("NVDIMM {index}: proximity domain {domain} is above {max}, which Linux cannot map")]
+    NvdimmProximityDomain { index: usize, domain: u32, max: u32 },
+    #[error(
+        "RAM region {index} (start {start:#x}, length {len:#x}) is empty or overflows 64 bits"
+    )]
+    RamRegionInvalid { index: usize, start: u64, len: u64 },
+    #[error("RAM regions {first} and {second} overlap")]
+    RamOverlap { first: usize, second: usize },
+    #[error("RAM region {ram} overlaps NVDIMM {nvdimm}")]
+    RamOverlapsNvdimm { ram: usize, nvdimm: usize },
+    #[error("an NVDIMM has a NUMA node, so the SRAT must describe guest RAM, but no RAM regions were given")]
+    SratWithoutRam,
     #[error(
         "table base {base:#x} is not 16-byte aligned (Linux scans for the RSDP in 16-byte steps)"
     )]

@@ -7,7 +7,7 @@ use acpi_tables::Aml;
 use crate::desc::PlatformDesc;
 use crate::error::AcpiError;
 use crate::sdt::{oem_table_id, OEM_ID, OEM_REVISION};
-use crate::{dsdt, fadt, madt, nfit};
+use crate::{dsdt, fadt, madt, nfit, srat};
 
 /// Length of an ACPI 2.0+ RSDP.
 const RSDP_LEN: usize = 36;
@@ -38,7 +38,8 @@ pub struct AcpiTables {
     /// Guest-physical address of the RSDP (= `base`), for `boot_params.acpi_rsdp_addr` or the
     /// PVH start info.
     pub rsdp_addr: u64,
-    /// XSDT, FACP, DSDT, APIC and (with NVDIMMs) NFIT, in blob order. The RSDP is not listed.
+    /// XSDT, FACP, DSDT, APIC, (with NVDIMMs) NFIT and (when [`PlatformDesc::needs_srat`])
+    /// SRAT, in blob order. The RSDP is not listed.
     pub tables: Vec<TableInfo>,
 }
 
@@ -56,12 +57,13 @@ fn align_up(x: usize, align: usize) -> usize {
     x.div_ceil(align) * align
 }
 
-/// Builds RSDP, XSDT, FADT, DSDT, MADT and (when `desc.nvdimms` is non-empty) NFIT as one
-/// contiguous blob for guest-physical address `base` (16-byte aligned, e.g. 0xE0000), at most
-/// `max_len` bytes long (e.g. 0x20000 to end at 1 MiB).
+/// Builds RSDP, XSDT, FADT, DSDT, MADT, (when `desc.nvdimms` is non-empty) NFIT and (when
+/// some NVDIMM has a proximity domain, see [`PlatformDesc::needs_srat`]) SRAT as one contiguous
+/// blob for guest-physical address `base` (16-byte aligned, e.g. 0xE0000), at most `max_len`
+/// bytes long (e.g. 0x20000 to end at 1 MiB).
 ///
-/// The RSDP (revision 2) comes first and points at the XSDT; the XSDT lists FADT, MADT and
-/// NFIT; the FADT points at the DSDT through X_DSDT. Every table is 8-byte aligned and
+/// The RSDP (revision 2) comes first and points at the XSDT; the XSDT lists FADT, MADT, NFIT
+/// and SRAT; the FADT points at the DSDT through X_DSDT. Every table is 8-byte aligned and
 /// checksummed; every pointer is an absolute guest-physical address.
 pub fn build_tables(
     desc: &PlatformDesc,
@@ -77,9 +79,10 @@ pub fn build_tables(
     let dsdt = dsdt::build(desc);
     let madt = madt::build(desc);
     let nfit = (!desc.nvdimms.is_empty()).then(|| nfit::build(&desc.nvdimms));
+    let srat = desc.needs_srat().then(|| srat::build(desc));
 
-    // XSDT entries: FADT, MADT, NFIT (the DSDT is reached through the FADT only).
-    let xsdt_entries = 2 + usize::from(nfit.is_some());
+    // XSDT entries: FADT, MADT, NFIT, SRAT (the DSDT is reached through the FADT only).
+    let xsdt_entries = 2 + usize::from(nfit.is_some()) + usize::from(srat.is_some());
     let xsdt_len = 36 + 8 * xsdt_entries;
     let fadt_len = acpi_tables::fadt::FADT::len();
 
@@ -100,6 +103,7 @@ pub fn build_tables(
     let dsdt_off = place(dsdt::SIGNATURE, dsdt.len());
     let madt_off = place(madt::SIGNATURE, madt.len());
     let nfit_off = nfit.as_ref().map(|t| place(nfit::SIGNATURE, t.len()));
+    let srat_off = srat.as_ref().map(|t| place(srat::SIGNATURE, t.len()));
 
     if end > max_len {
         return Err(AcpiError::TooLarge {
@@ -122,7 +126,7 @@ pub fn build_tables(
     let mut xsdt = XSDT::new(OEM_ID, oem_table_id(*b"XSDT"), OEM_REVISION);
     xsdt.add_entry(addr(fadt_off)?);
     xsdt.add_entry(addr(madt_off)?);
-    if let Some(off) = nfit_off {
+    for off in [nfit_off, srat_off].into_iter().flatten() {
         xsdt.add_entry(addr(off)?);
     }
     let mut xsdt_bytes = Vec::new();
@@ -142,8 +146,10 @@ pub fn build_tables(
     put(fadt_off, &fadt);
     put(dsdt_off, &dsdt);
     put(madt_off, &madt);
-    if let (Some(off), Some(nfit)) = (nfit_off, &nfit) {
-        put(off, nfit);
+    for (off, table) in [(nfit_off, &nfit), (srat_off, &srat)] {
+        if let (Some(off), Some(table)) = (off, table) {
+            put(off, table);
+        }
     }
 
     Ok(AcpiTables {

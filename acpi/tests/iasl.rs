@@ -113,6 +113,15 @@ fn assert_field(dsl: &str, name: &str, value: &str) {
     assert!(found, "no `{name} : {value}` in:\n{dsl}");
 }
 
+/// The values of every `name : value` line, in table order.
+fn field_values<'a>(dsl: &'a str, name: &str) -> Vec<&'a str> {
+    dsl.lines()
+        .filter_map(|l| l.split_once(" : "))
+        .filter(|(k, _)| k.trim_end().ends_with(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
 fn count_field(dsl: &str, name: &str) -> usize {
     dsl.lines()
         .filter(|l| {
@@ -129,7 +138,8 @@ fn iasl_decodes_every_table() {
     ds[1].base = 0x20_0000_0000;
     let t = build_tables(&platform(4, ds), BASE, MAX_LEN).unwrap();
     let all = disassemble(&t, dir.path());
-    assert_eq!(all.len(), 5);
+    // DIMM 2 is on a NUMA node, so an SRAT comes last.
+    assert_eq!(all.len(), 6);
 
     let xsdt = dsl(&all, b"XSDT");
     assert_eq!(count_field(xsdt, "ACPI Table Address   0"), 1);
@@ -143,6 +153,12 @@ fn iasl_decodes_every_table() {
         "ACPI Table Address   2",
         &format!("{:016X}", addr_of(&t, b"NFIT")),
     );
+    assert_field(
+        xsdt,
+        "ACPI Table Address   3",
+        &format!("{:016X}", addr_of(&t, b"SRAT")),
+    );
+    assert_eq!(count_field(xsdt, "ACPI Table Address   4"), 0);
 
     let fadt = dsl(&all, b"FACP");
     assert_field(fadt, "Hardware Reduced (V5)", "1");
@@ -221,18 +237,109 @@ fn iasl_decodes_every_table() {
     }
 }
 
+/// The monitor's limits: 254 vCPUs and 64 NVDIMMs, every third on proximity domain 1.
 #[test]
 fn iasl_decodes_largest_platform() {
     let dir = Scratch::new("iasl-large");
-    let t = build_tables(&platform(254, dimms(32)), BASE, 0x20000).unwrap();
+    let t = build_tables(&platform(254, dimms(64)), BASE, 0x20000).unwrap();
     let all = disassemble(&t, dir.path());
     assert_eq!(
         dsl(&all, b"APIC").matches("[Processor Local APIC]").count(),
         254
     );
-    assert_eq!(count_field(dsl(&all, b"NFIT"), "Device Handle"), 32);
-    assert!(dsl(&all, b"DSDT").contains("Device (NV1F)"));
-    assert!(dsl(&all, b"DSDT").contains("Name (_ADR, 0x00000020)"));
+    assert_eq!(count_field(dsl(&all, b"NFIT"), "Device Handle"), 64);
+    assert!(dsl(&all, b"DSDT").contains("Device (NV3F)"));
+    assert!(dsl(&all, b"DSDT").contains("Name (_ADR, 0x00000040)"));
+    let srat = dsl(&all, b"SRAT");
+    assert_eq!(
+        srat.matches("[Processor Local APIC/SAPIC Affinity]")
+            .count(),
+        254
+    );
+    assert_eq!(srat.matches("[Memory Affinity]").count(), 1 + 64);
+    // RAM first, then the 64 NVDIMMs.
+    let mut non_volatile = vec!["0"];
+    non_volatile.extend(["1"; 64]);
+    assert_eq!(field_values(srat, "Non-Volatile"), non_volatile);
+}
+
+/// The SRAT as ACPICA reads it: header, one enabled CPU per Local APIC in domain 0, RAM in
+/// domain 0, NVDIMMs sorted by domain and flagged enabled | non-volatile, never hot-pluggable.
+#[test]
+fn iasl_decodes_srat() {
+    let dir = Scratch::new("iasl-srat");
+    let mut desc = platform(3, dimms(4));
+    desc.ram = vec![(0, 3 * GIB), (0x1_0000_0000 + 4 * GIB, GIB / 2)];
+    // DIMMs at 4, 5, 6, 7 GiB on domains 2, none, 1, 0x7f.
+    for (d, domain) in desc
+        .nvdimms
+        .iter_mut()
+        .zip([Some(2), None, Some(1), Some(0x7f)])
+    {
+        d.proximity_domain = domain;
+    }
+    let t = build_tables(&desc, BASE, MAX_LEN).unwrap();
+    let all = disassemble(&t, dir.path());
+    let srat = dsl(&all, b"SRAT");
+
+    assert!(srat.contains("\"SRAT\"    [System Resource Affinity Table]"));
+    assert_field(srat, "Revision", "03");
+    assert_field(srat, "Table Revision", "00000001");
+    assert_field(srat, "Oem Table ID", "\"PMEMSRAT\"");
+
+    assert_eq!(
+        srat.matches("[Processor Local APIC/SAPIC Affinity]")
+            .count(),
+        3
+    );
+    assert_eq!(field_values(srat, "Apic ID"), ["00", "01", "02"]);
+    assert_eq!(field_values(srat, "Proximity Domain Low(8)"), ["00"; 3]);
+    assert_eq!(
+        field_values(srat, "Proximity Domain High(24)"),
+        ["000000"; 3]
+    );
+
+    assert_eq!(srat.matches("[Memory Affinity]").count(), 2 + 4);
+    assert_eq!(
+        field_values(srat, "Proximity Domain"),
+        ["00000000", "00000000", "00000000", "00000001", "00000002", "0000007F"]
+    );
+    assert_eq!(
+        field_values(srat, "Base Address"),
+        [
+            "0000000000000000",
+            "0000000200000000",
+            "0000000140000000", // DIMM 1, no domain
+            "0000000180000000", // DIMM 2, domain 1
+            "0000000100000000", // DIMM 0, domain 2
+            "00000001C0000000", // DIMM 3, domain 0x7f
+        ]
+    );
+    assert_eq!(
+        field_values(srat, "Address Length"),
+        [
+            "00000000C0000000",
+            "0000000020000000",
+            "0000000040000000",
+            "0000000040000000",
+            "0000000040000000",
+            "0000000040000000",
+        ]
+    );
+    // CPU flags (Enabled only), then memory flags.
+    assert_eq!(
+        field_values(srat, "Flags (decoded below)"),
+        [
+            "00000001", "00000001", "00000001", "00000001", "00000001", "00000005", "00000005",
+            "00000005", "00000005",
+        ]
+    );
+    assert_eq!(field_values(srat, "Enabled"), ["1"; 9]);
+    assert_eq!(field_values(srat, "Hot Pluggable"), ["0"; 6]);
+    assert_eq!(
+        field_values(srat, "Non-Volatile"),
+        ["0", "0", "1", "1", "1", "1"]
+    );
 }
 
 /// iasl cannot disassemble a lone RSDP, but it compiles one from source and computes both
@@ -270,7 +377,8 @@ fn iasl_compiles_the_same_rsdp() {
 #[test]
 fn acpiexec_evaluates_namespace() {
     let dir = Scratch::new("acpiexec");
-    let t = build_tables(&platform(2, dimms(2)), BASE, MAX_LEN).unwrap();
+    // dimms(3): DIMM 2 is on a NUMA node, so the SRAT is loaded too.
+    let t = build_tables(&platform(2, dimms(3)), BASE, MAX_LEN).unwrap();
     let mut files = Vec::new();
     for info in &t.tables {
         if &info.signature == b"XSDT" {
@@ -298,6 +406,7 @@ fn acpiexec_evaluates_namespace() {
         "ACPI: DSDT",
         "ACPI: APIC",
         "ACPI: NFIT",
+        "ACPI: SRAT",
         "1 ACPI AML tables successfully acquired and loaded",
         // \_S5_ = Package { 5, 0, 0, 0 }
         "[Package] Contains 4 Elements:\n    [Integer] = 0000000000000005",

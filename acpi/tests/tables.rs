@@ -5,7 +5,7 @@ mod common;
 
 use acpi::{
     build_tables, decode_sleep_control, nfit_handle, AcpiError, AcpiTables, NvdimmDesc,
-    PlatformDesc, S5_SLEEP_TYPE, SLP_EN,
+    PlatformDesc, MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN, S5_SLEEP_TYPE, SLP_EN,
 };
 use common::*;
 
@@ -47,15 +47,17 @@ fn check_links(t: &AcpiTables) {
     }
     assert_eq!(prev_end, b.len(), "no trailing bytes");
 
-    // XSDT: FADT, MADT and (with NVDIMMs) NFIT, never the DSDT.
+    // XSDT: FADT, MADT, (with NVDIMMs) NFIT and (with NUMA NVDIMMs) SRAT, never the DSDT.
     let xsdt = table(t, b"XSDT");
     let entries: Vec<u64> = (36..xsdt.len())
         .step_by(8)
         .map(|o| u64_at(xsdt, o))
         .collect();
     let mut expected = vec![addr_of(t, b"FACP"), addr_of(t, b"APIC")];
-    if t.table(b"NFIT").is_some() {
-        expected.push(addr_of(t, b"NFIT"));
+    for sig in [b"NFIT", b"SRAT"] {
+        if t.table(sig).is_some() {
+            expected.push(addr_of(t, sig));
+        }
     }
     assert_eq!(entries, expected);
 
@@ -67,13 +69,19 @@ fn check_links(t: &AcpiTables) {
 
 #[test]
 fn checksums_and_pointers() {
-    for (cpus, n) in [(1, 0), (1, 1), (4, 2), (64, 5), (254, 32)] {
-        let t = build(&platform(cpus, dimms(n)));
+    for (cpus, n) in [(1, 0), (1, 1), (4, 2), (4, 3), (64, 5), (254, 32)] {
+        let desc = platform(cpus, dimms(n));
+        let t = build(&desc);
         check_links(&t);
         let sigs: Vec<&[u8; 4]> = t.tables.iter().map(|i| &i.signature).collect();
         let mut want: Vec<&[u8; 4]> = vec![b"XSDT", b"FACP", b"DSDT", b"APIC"];
         if n > 0 {
             want.push(b"NFIT");
+        }
+        // dimms(): DIMM 2, 5, ... is on a NUMA node.
+        assert_eq!(desc.needs_srat(), n >= 3);
+        if n >= 3 {
+            want.push(b"SRAT");
         }
         assert_eq!(sigs, want);
     }
@@ -318,12 +326,11 @@ const DIMM_A: NvdimmDesc = NvdimmDesc {
     serial_number: 0xdead_beef,
 };
 
-/// DIMM 1: base 0x13_0000_0000, size 256 MiB, proximity domain 0x01020304, read-only,
-/// serial 2.
+/// DIMM 1: base 0x13_0000_0000, size 256 MiB, proximity domain 0xFE, read-only, serial 2.
 const DIMM_B: NvdimmDesc = NvdimmDesc {
     base: 0x13_0000_0000,
     size: 0x1000_0000,
-    proximity_domain: Some(0x0102_0304),
+    proximity_domain: Some(0xfe),
     readonly: true,
     serial_number: 2,
 };
@@ -396,7 +403,7 @@ fn dimm_b_structures() -> Vec<u8> {
         &[0x02, 0x00],                                     // SPA Range Structure Index 2
         &[0x02, 0x00],                                     // Flags: bit 1 proximity domain valid
         &[0x00, 0x00, 0x00, 0x00],                         // Reserved
-        &[0x04, 0x03, 0x02, 0x01],                         // Proximity Domain 0x01020304
+        &[0xfe, 0x00, 0x00, 0x00],                         // Proximity Domain 0xFE
         &PMEM_GUID,                                        // Address Range Type GUID
         &[0x00, 0x00, 0x00, 0x00, 0x13, 0x00, 0x00, 0x00], // SPA Range Base
         &[0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00], // SPA Range Length
@@ -598,4 +605,269 @@ fn errors_name_the_value() {
     assert!(msg.contains("255"), "{msg}");
     let msg = AcpiError::NvdimmEmpty { index: 3 }.to_string();
     assert!(msg.contains("NVDIMM 3"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SRAT (ACPI 6.x §5.2.16): header 48 bytes (36 + Table Revision u32 + reserved u64), then
+// Processor Local APIC/SAPIC Affinity (type 0, 16 bytes) and Memory Affinity (type 1, 40 bytes)
+// structures with u8 type/length headers.
+
+const MIB: u64 = 1 << 20;
+
+/// A 3.5 GiB guest: RAM below the MMIO hole and 512 MiB above 4 GiB, NVDIMMs from 8 GiB on.
+fn numa_platform(cpus: u32, domains: &[Option<u32>]) -> PlatformDesc {
+    let mut desc = platform(
+        cpus,
+        domains
+            .iter()
+            .enumerate()
+            .map(|(i, &proximity_domain)| NvdimmDesc {
+                base: 8 * GIB + i as u64 * 2 * GIB,
+                size: GIB + i as u64 * 128 * MIB,
+                proximity_domain,
+                readonly: false,
+                serial_number: 0x2000 + i as u32,
+            })
+            .collect(),
+    );
+    desc.ram = vec![(0, 3 * GIB), (4 * GIB, 512 * MIB)];
+    desc
+}
+
+/// (domain, base, length, flags) of a Memory Affinity structure; checks its fixed fields.
+fn memory_affinity(s: &[u8]) -> (u32, u64, u64, u32) {
+    assert_eq!(s.len(), 40);
+    assert_eq!(u16_at(s, 6), 0, "reserved");
+    assert_eq!(u32_at(s, 24), 0, "reserved");
+    assert_eq!(u64_at(s, 32), 0, "reserved");
+    (u32_at(s, 2), u64_at(s, 8), u64_at(s, 16), u32_at(s, 28))
+}
+
+const ENABLED: u32 = 1;
+const NON_VOLATILE: u32 = 1 << 2;
+
+#[test]
+fn srat_fields() {
+    let domains = [Some(1), None, Some(2), Some(0)];
+    let desc = numa_platform(4, &domains);
+    let t = build(&desc);
+    check_links(&t);
+    let srat = table(&t, b"SRAT");
+    assert_eq!(srat[8], 3, "SRAT revision");
+    assert_eq!(u32_at(srat, 36), 1, "Table Revision must be 1");
+    assert_eq!(u64_at(srat, 40), 0, "reserved");
+    let subs = substructures(srat, 48, false);
+    assert_eq!(srat.len(), 48 + 4 * 16 + (2 + 4) * 40);
+    let types: Vec<u16> = subs.iter().map(|s| s.0).collect();
+    assert_eq!(types, [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
+
+    // One enabled CPU per MADT Local APIC, all in domain 0.
+    for (i, (_, c)) in subs[..4].iter().enumerate() {
+        assert_eq!(c.len(), 16);
+        assert_eq!(c[2], 0, "proximity domain [7:0]");
+        assert_eq!(c[3] as usize, i, "APIC id");
+        assert_eq!(u32_at(c, 4), ENABLED, "flags");
+        assert_eq!(c[8], 0, "local SAPIC EID");
+        assert_eq!(&c[9..12], &[0, 0, 0], "proximity domain [31:8]");
+        assert_eq!(u32_at(c, 12), 0, "clock domain");
+    }
+
+    // RAM in domain 0, enabled, volatile.
+    let mem: Vec<_> = subs[4..].iter().map(|s| memory_affinity(s.1)).collect();
+    assert_eq!(mem[0], (0, 0, 3 * GIB, ENABLED));
+    assert_eq!(mem[1], (0, 4 * GIB, 512 * MIB, ENABLED));
+
+    // NVDIMMs sorted by domain (None counts as 0), ties in NVDIMM order: 1, 3, 0, 2.
+    let d = &desc.nvdimms;
+    let nv = ENABLED | NON_VOLATILE;
+    assert_eq!(mem[2], (0, d[1].base, d[1].size, nv));
+    assert_eq!(mem[3], (0, d[3].base, d[3].size, nv));
+    assert_eq!(mem[4], (1, d[0].base, d[0].size, nv));
+    assert_eq!(mem[5], (2, d[2].base, d[2].size, nv));
+}
+
+#[test]
+fn srat_expected_bytes() {
+    let mut desc = platform(1, vec![DIMM_B]);
+    desc.ram = vec![(0, 0x8000_0000)];
+    let t = build(&desc);
+    let mut expected = [
+        // --- header ---
+        &b"SRAT"[..],              // Signature
+        &[0x90, 0x00, 0x00, 0x00], // Length 144 = 48 + 16 + 2 * 40
+        &[0x03],                   // Revision 3
+        &[0x00],                   // Checksum (fixed up below)
+        b"PMEMVM",                 // OEM ID
+        b"PMEMSRAT",               // OEM Table ID
+        &[0x01, 0, 0, 0],          // OEM Revision
+        b"RVAT",                   // Creator ID (acpi_tables)
+        &[0x00, 0, 0, 0x01],       // Creator Revision
+        &[0x01, 0x00, 0x00, 0x00], // Table Revision 1
+        &[0x00; 8],                // Reserved
+        // --- Processor Local APIC/SAPIC Affinity (type 0) ---
+        &[0x00],                   // Type 0
+        &[0x10],                   // Length 16
+        &[0x00],                   // Proximity Domain [7:0]
+        &[0x00],                   // APIC ID 0
+        &[0x01, 0x00, 0x00, 0x00], // Flags: enabled
+        &[0x00],                   // Local SAPIC EID
+        &[0x00, 0x00, 0x00],       // Proximity Domain [31:8]
+        &[0x00, 0x00, 0x00, 0x00], // Clock Domain
+        // --- Memory Affinity (type 1): RAM ---
+        &[0x01],                                           // Type 1
+        &[0x28],                                           // Length 40
+        &[0x00, 0x00, 0x00, 0x00],                         // Proximity Domain 0
+        &[0x00, 0x00],                                     // Reserved
+        &[0x00; 8],                                        // Base Address 0
+        &[0x00, 0x00, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00], // Length 2 GiB
+        &[0x00; 4],                                        // Reserved
+        &[0x01, 0x00, 0x00, 0x00],                         // Flags: enabled
+        &[0x00; 8],                                        // Reserved
+        // --- Memory Affinity (type 1): DIMM_B ---
+        &[0x01],                                           // Type 1
+        &[0x28],                                           // Length 40
+        &[0xfe, 0x00, 0x00, 0x00],                         // Proximity Domain 0xFE
+        &[0x00, 0x00],                                     // Reserved
+        &[0x00, 0x00, 0x00, 0x00, 0x13, 0x00, 0x00, 0x00], // Base Address 0x13_0000_0000
+        &[0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00], // Length 256 MiB
+        &[0x00; 4],                                        // Reserved
+        &[0x05, 0x00, 0x00, 0x00],                         // Flags: enabled | non-volatile
+        &[0x00; 8],                                        // Reserved
+    ]
+    .concat();
+    fix_checksum(&mut expected);
+    assert_eq!(expected.len(), 144);
+    assert_eq!(table(&t, b"SRAT"), expected.as_slice());
+}
+
+#[test]
+fn srat_only_with_numa_nvdimms() {
+    // No NVDIMM, or NVDIMMs without a domain: no SRAT, and the XSDT does not list one.
+    for desc in [
+        platform(4, vec![]),
+        numa_platform(4, &[None, None]),
+        // Needs no RAM either.
+        PlatformDesc {
+            ram: vec![],
+            ..numa_platform(4, &[None])
+        },
+    ] {
+        assert!(!desc.needs_srat());
+        let t = build(&desc);
+        check_links(&t);
+        assert!(t.table(b"SRAT").is_none());
+        let entries = 2 + usize::from(!desc.nvdimms.is_empty());
+        assert_eq!(table(&t, b"XSDT").len(), 36 + 8 * entries);
+    }
+    // One domain, even domain 0, is enough.
+    for domains in [[None, Some(0)], [Some(3), None]] {
+        let desc = numa_platform(4, &domains);
+        assert!(desc.needs_srat());
+        let t = build(&desc);
+        check_links(&t);
+        assert_eq!(table(&t, b"XSDT").len(), 36 + 8 * 4);
+        assert_eq!(t.tables.last().unwrap().signature, *b"SRAT");
+        let subs = substructures(table(&t, b"SRAT"), 48, false);
+        assert_eq!(subs.len(), 4 + 2 + 2);
+    }
+    // Without NUMA NVDIMMs the tables are exactly what they were before the SRAT existed:
+    // the RAM regions do not show up anywhere.
+    let a = numa_platform(2, &[None]);
+    let b = PlatformDesc {
+        ram: vec![(0, GIB)],
+        ..a.clone()
+    };
+    assert_eq!(build(&a), build(&b));
+}
+
+#[test]
+fn sixty_four_numa_nvdimms_and_254_cpus_fit() {
+    // The monitor's limits (MAX_PMEM_DEVICES = 64, 254 vCPUs), every DIMM on a node.
+    let mut ds = dimms(64);
+    for (i, d) in ds.iter_mut().enumerate() {
+        d.proximity_domain = Some(1 + i as u32 % 4);
+    }
+    let mut desc = platform(254, ds);
+    desc.ram = vec![(0, 3 * GIB)];
+    let t = build_tables(&desc, BASE, 0x20000).unwrap();
+    check_links(&t);
+    let srat = table(&t, b"SRAT");
+    assert_eq!(srat.len(), 48 + 254 * 16 + (1 + 64) * 40);
+    let subs = substructures(srat, 48, false);
+    assert_eq!(subs.iter().filter(|s| s.0 == 0).count(), 254);
+    assert_eq!(subs.iter().filter(|s| s.0 == 1).count(), 65);
+    assert!(
+        t.bytes.len() <= 0x20000,
+        "{:#x} bytes of tables",
+        t.bytes.len()
+    );
+
+    // Even the crate's maximum of 256 DIMMs fits the 128 KiB window.
+    let mut desc = platform(254, dimms(MAX_NVDIMMS));
+    for d in &mut desc.nvdimms {
+        d.proximity_domain.get_or_insert(0);
+    }
+    let t = build_tables(&desc, BASE, 0x20000).unwrap();
+    check_links(&t);
+}
+
+#[test]
+fn srat_errors() {
+    let err = |desc: PlatformDesc| build_tables(&desc, BASE, MAX_LEN).unwrap_err();
+
+    let no_ram = PlatformDesc {
+        ram: vec![],
+        ..numa_platform(1, &[Some(1)])
+    };
+    assert_eq!(err(no_ram), AcpiError::SratWithoutRam);
+
+    let mut desc = numa_platform(1, &[Some(MAX_PROXIMITY_DOMAIN)]);
+    assert!(build_tables(&desc, BASE, MAX_LEN).is_ok());
+    desc.nvdimms[0].proximity_domain = Some(MAX_PROXIMITY_DOMAIN + 1);
+    assert_eq!(
+        err(desc),
+        AcpiError::NvdimmProximityDomain {
+            index: 0,
+            domain: 256,
+            max: 255
+        }
+    );
+
+    // RAM rules hold whether or not an SRAT is needed.
+    for domain in [None, Some(1)] {
+        let mut desc = numa_platform(1, &[domain]);
+        desc.ram[1].1 = 0;
+        assert_eq!(
+            err(desc),
+            AcpiError::RamRegionInvalid {
+                index: 1,
+                start: 4 * GIB,
+                len: 0
+            }
+        );
+
+        let mut desc = numa_platform(1, &[domain]);
+        desc.ram[1] = (u64::MAX - 0xfff, 0x2000);
+        assert!(matches!(
+            err(desc),
+            AcpiError::RamRegionInvalid { index: 1, .. }
+        ));
+
+        let mut desc = numa_platform(1, &[domain]);
+        desc.ram[1] = (3 * GIB - 4096, GIB);
+        assert_eq!(
+            err(desc),
+            AcpiError::RamOverlap {
+                first: 0,
+                second: 1
+            }
+        );
+
+        let mut desc = numa_platform(1, &[domain, domain]);
+        desc.ram.push((desc.nvdimms[1].base + GIB - 4096, GIB));
+        assert_eq!(
+            err(desc),
+            AcpiError::RamOverlapsNvdimm { ram: 2, nvdimm: 1 }
+        );
+    }
 }

@@ -9,6 +9,7 @@ use clap::Parser;
 use thiserror::Error;
 
 use crate::layout::MIB;
+use crate::pmem_option::{parse_pmem, PmemConfig};
 
 /// The guest needs this much to boot a kernel and a small initramfs.
 pub const MIN_MEMORY: u64 = 64 * MIB;
@@ -53,6 +54,9 @@ pub struct Cli {
     /// Where the guest's COM1 goes: stdio, file=PATH or off
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: String,
+    /// A persistent memory device (repeatable): path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]
+    #[arg(long, value_name = "SPEC")]
+    pub pmem: Vec<String>,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -72,7 +76,11 @@ pub struct VmConfig {
     pub cpus: u32,
     pub memory: u64,
     pub serial: SerialMode,
+    pub pmem: Vec<PmemConfig>,
 }
+
+/// How many `--pmem` devices one guest may have (NFIT handles and ACPI names are sized for it).
+pub const MAX_PMEM_DEVICES: usize = 64;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -202,6 +210,30 @@ impl VmConfig {
             ));
         }
 
+        if cli.pmem.len() > MAX_PMEM_DEVICES {
+            return Err(invalid(
+                "pmem",
+                &cli.pmem[MAX_PMEM_DEVICES],
+                format!("at most {MAX_PMEM_DEVICES} devices per guest"),
+            ));
+        }
+        let mut pmem = Vec::with_capacity(cli.pmem.len());
+        for (index, spec) in cli.pmem.iter().enumerate() {
+            let dev = parse_pmem(spec, index).map_err(|r| invalid("pmem", spec, r))?;
+            if let Some(other) = pmem.iter().find(|p: &&PmemConfig| p.id == dev.id) {
+                return Err(invalid(
+                    "pmem",
+                    spec,
+                    format!(
+                        "id={} is already used by path={}",
+                        dev.id,
+                        other.path.display()
+                    ),
+                ));
+            }
+            pmem.push(dev);
+        }
+
         Ok(VmConfig {
             kernel: cli.kernel,
             initramfs: cli.initramfs,
@@ -209,6 +241,7 @@ impl VmConfig {
             cpus,
             memory,
             serial,
+            pmem,
         })
     }
 
@@ -289,6 +322,14 @@ mod tests {
             (&["--memory", "65537K"][..], "multiple of 4K"),
             (&["--serial", "tcp"][..], "--serial \"tcp\""),
             (&["--serial", "file="][..], "file=PATH"),
+            (
+                &["--pmem", "path=/a,bogus=1"][..],
+                "--pmem \"path=/a,bogus=1\": unknown key",
+            ),
+            (
+                &["--pmem", "path=/a", "--pmem", "path=/b,id=pmem0"][..],
+                "id=pmem0 is already used",
+            ),
         ] {
             let msg = parse(args).unwrap_err().to_string();
             assert!(msg.contains(needle), "{args:?}: {msg}");

@@ -166,3 +166,169 @@ mod tests {
         }
     }
 }
+
+/// Linux hotplugs memory (and maps pmem with struct pages) in 128 MiB sections on x86-64; a
+/// window that shares a section with another fails to come up (ndctl issue 76).
+pub const PMEM_WINDOW_ALIGN: u64 = 128 * MIB;
+/// Namespace sizes must be a multiple of this so the guest can map them with 2 MiB pages.
+pub const PMEM_SIZE_ALIGN: u64 = 2 * MIB;
+/// A KASLR guest sizes its direct map as the RAM it booted with plus this padding for hotplug
+/// (CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING, 10 TiB by default); pmem above it is unreachable
+/// (cloud-hypervisor issue 8191).
+pub const KASLR_PADDING: u64 = 10 << 40;
+
+/// One device's guest-physical window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmemWindow {
+    pub base: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PmemLayoutError {
+    #[error(
+        "size {size} is not a multiple of 2 MiB; use a multiple of 2 MiB such as {suggestion}"
+    )]
+    Unaligned {
+        index: usize,
+        size: u64,
+        suggestion: u64,
+    },
+    #[error("the device does not fit: its window would end at {end:#x}, above {limit:#x}, the highest guest address this guest can map ({reason})")]
+    TooHigh {
+        index: usize,
+        end: u64,
+        limit: u64,
+        reason: &'static str,
+    },
+}
+
+impl PmemLayoutError {
+    /// Which device (in command-line order) the error is about.
+    pub fn index(&self) -> usize {
+        match self {
+            PmemLayoutError::Unaligned { index, .. } | PmemLayoutError::TooHigh { index, .. } => {
+                *index
+            }
+        }
+    }
+}
+
+/// End of guest RAM (exclusive), which is where pmem windows may start.
+pub fn ram_end(memory: u64) -> u64 {
+    ram_regions(memory)
+        .last()
+        .map(|(start, len)| start + len)
+        .unwrap_or(0)
+}
+
+/// Places one window per device above RAM and the MMIO hole, bottom-up, each on a 128 MiB
+/// boundary so no two devices share a memory section. `phys_limit` is the first guest physical
+/// address the guest's CPU cannot address (from its CPUID physical address width).
+pub fn place_pmem(
+    memory: u64,
+    sizes: &[u64],
+    phys_limit: u64,
+) -> Result<Vec<PmemWindow>, PmemLayoutError> {
+    let ram_top = ram_end(memory);
+    let kaslr_limit = ram_top.saturating_add(KASLR_PADDING);
+    let (limit, reason) = if phys_limit <= kaslr_limit {
+        (phys_limit, "the CPU's physical address width")
+    } else {
+        (
+            kaslr_limit,
+            "RAM plus the 10 TiB a KASLR kernel leaves for hotplug",
+        )
+    };
+    let mut next = ram_top.max(MMIO_HOLE_END);
+    let mut windows = Vec::with_capacity(sizes.len());
+    for (index, &size) in sizes.iter().enumerate() {
+        if size == 0 || size % PMEM_SIZE_ALIGN != 0 {
+            return Err(PmemLayoutError::Unaligned {
+                index,
+                size,
+                suggestion: size.div_ceil(PMEM_SIZE_ALIGN).max(1) * PMEM_SIZE_ALIGN,
+            });
+        }
+        let base = next.div_ceil(PMEM_WINDOW_ALIGN) * PMEM_WINDOW_ALIGN;
+        let end = base.saturating_add(size);
+        if end > limit {
+            return Err(PmemLayoutError::TooHigh {
+                index,
+                end,
+                limit,
+                reason,
+            });
+        }
+        windows.push(PmemWindow { base, size });
+        next = end;
+    }
+    Ok(windows)
+}
+
+#[cfg(test)]
+mod pmem_tests {
+    use super::*;
+
+    const LIMIT: u64 = 1 << 46;
+
+    #[test]
+    fn windows_start_above_ram_on_section_boundaries() {
+        let w = place_pmem(256 * MIB, &[130 * MIB, GIB, 4 * GIB], LIMIT).unwrap();
+        assert_eq!(
+            w[0],
+            PmemWindow {
+                base: 4 * GIB,
+                size: 130 * MIB
+            }
+        );
+        // 4 GiB + 130 MiB rounds up to the next 128 MiB section.
+        assert_eq!(w[1].base, 4 * GIB + 256 * MIB);
+        assert_eq!(w[2].base, 4 * GIB + 256 * MIB + GIB);
+        for pair in w.windows(2) {
+            assert!(pair[0].base + pair[0].size <= pair[1].base);
+        }
+        for x in &w {
+            assert_eq!(x.base % PMEM_WINDOW_ALIGN, 0);
+        }
+    }
+
+    #[test]
+    fn windows_follow_high_ram() {
+        let w = place_pmem(3584 * MIB, &[2 * MIB], LIMIT).unwrap();
+        assert_eq!(w[0].base, 4 * GIB + 512 * MIB);
+        let w = place_pmem(4 * GIB + 4 * KIB, &[2 * MIB], LIMIT).unwrap();
+        assert_eq!(w[0].base, 5 * GIB + 128 * MIB);
+    }
+
+    #[test]
+    fn sizes_must_be_2m_multiples() {
+        let e = place_pmem(GIB, &[GIB, 3 * MIB], LIMIT).unwrap_err();
+        assert_eq!(
+            e,
+            PmemLayoutError::Unaligned {
+                index: 1,
+                size: 3 * MIB,
+                suggestion: 4 * MIB
+            }
+        );
+        assert!(e.to_string().contains("such as 4194304"));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        // A 40-bit guest (1 TiB) cannot take a 1 TiB device above 4 GiB.
+        let e = place_pmem(GIB, &[1 << 40], 1 << 40).unwrap_err();
+        assert!(
+            matches!(e, PmemLayoutError::TooHigh { index: 0, .. }),
+            "{e}"
+        );
+        // The KASLR padding bounds a 48-bit guest.
+        let e = place_pmem(GIB, &[11 << 40], 1 << 48).unwrap_err();
+        assert!(e.to_string().contains("KASLR"), "{e}");
+        assert!(place_pmem(GIB, &[1 << 40], 1 << 46).is_ok());
+        // 32 devices of 1 GiB fit easily.
+        let w = place_pmem(GIB, &vec![GIB; 32], LIMIT).unwrap();
+        assert_eq!(w.len(), 32);
+    }
+}

@@ -10,6 +10,8 @@ pub mod cpu;
 pub mod events;
 pub mod host;
 pub mod layout;
+pub mod pmem;
+pub mod pmem_option;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
@@ -45,6 +47,8 @@ pub enum VmmError {
     /// The user's input cannot work; reported with exit status 2.
     #[error(transparent)]
     Usage(#[from] boot::BootError),
+    #[error(transparent)]
+    Pmem(#[from] pmem::PmemError),
     #[error("--memory: cannot map {size} bytes of guest RAM: {detail}")]
     GuestMemory { size: u64, detail: String },
     #[error("building ACPI tables: {0}")]
@@ -64,12 +68,13 @@ pub enum VmmError {
 
 impl VmmError {
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
+        match self {
+            VmmError::Pmem(e) => e.is_usage(),
             VmmError::Usage(_)
-                | VmmError::GuestMemory { .. }
-                | VmmError::Vm(vm::VmError::TooManyCpus { .. })
-        )
+            | VmmError::GuestMemory { .. }
+            | VmmError::Vm(vm::VmError::TooManyCpus { .. }) => true,
+            _ => false,
+        }
     }
 }
 
@@ -78,7 +83,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmmError {
 }
 
 /// The platform description the ACPI tables are built from.
-fn platform(cfg: &VmConfig) -> acpi::PlatformDesc {
+fn platform(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> acpi::PlatformDesc {
     acpi::PlatformDesc {
         num_cpus: cfg.cpus,
         ioapic: acpi::IoApicDesc {
@@ -96,13 +101,17 @@ fn platform(cfg: &VmConfig) -> acpi::PlatformDesc {
             reset_port: RESET_PORT,
             reset_value: RESET_VALUE,
         },
-        nvdimms: Vec::new(),
+        ram: layout::ram_regions(cfg.memory),
+        nvdimms: pmem.nvdimm_descs(),
     }
 }
 
 /// Guest memory with everything the boot vCPU needs already in place. No KVM object exists yet,
 /// so every error here is the user's input.
-pub fn prepare_guest_memory(cfg: &VmConfig) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
+pub fn prepare_guest_memory(
+    cfg: &VmConfig,
+    pmem: &pmem::PmemDevices,
+) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
@@ -111,8 +120,12 @@ pub fn prepare_guest_memory(cfg: &VmConfig) -> Result<(GuestMemoryMmap, boot::En
         size: cfg.memory,
         detail: e.to_string(),
     })?;
-    let tables = acpi::build_tables(&platform(cfg), layout::ACPI_ADDR, layout::ACPI_MAX_SIZE)
-        .map_err(|e| VmmError::Acpi(e.to_string()))?;
+    let tables = acpi::build_tables(
+        &platform(cfg, pmem),
+        layout::ACPI_ADDR,
+        layout::ACPI_MAX_SIZE,
+    )
+    .map_err(|e| VmmError::Acpi(e.to_string()))?;
     boot::write_bytes(&mem, tables.base, &tables.bytes)?;
     cpu::write_boot_tables(&mem)?;
     let entry = boot::load(
@@ -136,11 +149,19 @@ fn serial_output(mode: &SerialMode) -> Result<Output, VmmError> {
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
-    let (mem, entry) = prepare_guest_memory(cfg)?;
+    let pmem = pmem::PmemDevices::open(&cfg.pmem, cfg.memory)?;
+    let result = run_with_pmem(cfg, &pmem);
+    // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk.
+    pmem.flush();
+    result
+}
+
+fn run_with_pmem(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> Result<StopReason, VmmError> {
+    let (mem, entry) = prepare_guest_memory(cfg, pmem)?;
     if let Some(reason) = host::check_host() {
         return Err(VmmError::HostUnsuitable(reason));
     }
-    let vm = vm::Vm::create(&mem, cfg.cpus, entry)?;
+    let vm = vm::Vm::create(&mem, cfg.cpus, entry, pmem)?;
 
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;

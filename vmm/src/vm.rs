@@ -3,7 +3,8 @@
 //! tables.
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
@@ -12,6 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use crate::boot::Entry;
 use crate::cpu::{self, CpuError};
 use crate::layout;
+use crate::pmem::PmemDevices;
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -26,6 +28,10 @@ pub enum VmError {
     TooManyCpus { wanted: u32, max: usize },
     #[error(transparent)]
     Cpu(#[from] CpuError),
+    #[error(
+        "--pmem readonly=on: this host's KVM has no read-only memory slots (KVM_CAP_READONLY_MEM)"
+    )]
+    NoReadonlySlots,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -39,7 +45,12 @@ pub struct Vm {
 
 impl Vm {
     /// Creates the VM and its vCPUs; the boot vCPU starts at `entry`.
-    pub fn create(mem: &GuestMemoryMmap, cpus: u32, entry: Entry) -> Result<Vm, VmError> {
+    pub fn create(
+        mem: &GuestMemoryMmap,
+        cpus: u32,
+        entry: Entry,
+        pmem: &PmemDevices,
+    ) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus();
         if cpus as usize > max {
@@ -73,6 +84,30 @@ impl Vm {
             // caller keeps alive for as long as the VM exists (both live in `Vmm` and the VM is
             // dropped first); slots do not overlap because guest memory regions do not.
             unsafe { fd.set_user_memory_region(desc) }.map_err(kvm_err("add RAM slot"))?;
+        }
+
+        let first_pmem_slot = mem.num_regions() as u32;
+        let readonly_ok = kvm.check_extension(Cap::ReadonlyMem);
+        for (i, dev) in pmem.devices.iter().enumerate() {
+            if dev.config.readonly && !readonly_ok {
+                return Err(VmError::NoReadonlySlots);
+            }
+            let desc = kvm_userspace_memory_region {
+                slot: first_pmem_slot + i as u32,
+                flags: if dev.config.readonly {
+                    KVM_MEM_READONLY
+                } else {
+                    0
+                },
+                guest_phys_addr: dev.window.base,
+                memory_size: dev.window.size,
+                userspace_addr: dev.mapping.as_ptr() as u64,
+            };
+            // SAFETY: the mapping covers [as_ptr, as_ptr + window.size) (the window is the
+            // backing's whole size) and lives in `PmemDevices`, which outlives the VM (run()
+            // drops the VM before it flushes and drops the devices). Windows are placed above
+            // RAM and do not overlap each other or RAM, so neither do the slots.
+            unsafe { fd.set_user_memory_region(desc) }.map_err(kvm_err("add pmem slot"))?;
         }
 
         let supported = kvm

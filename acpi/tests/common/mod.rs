@@ -7,6 +7,10 @@ pub const BASE: u64 = 0xe0000;
 pub const MAX_LEN: usize = 0x20000;
 pub const GIB: u64 = 1 << 30;
 
+/// Guest RAM of the sample platforms: 3 GiB below the MMIO hole, none above, so that `dimms()`
+/// may start at 4 GiB.
+pub const RAM: [(u64, u64); 1] = [(0, 3 * GIB)];
+
 pub fn platform(num_cpus: u32, nvdimms: Vec<NvdimmDesc>) -> PlatformDesc {
     PlatformDesc {
         num_cpus,
@@ -26,6 +30,7 @@ pub fn platform(num_cpus: u32, nvdimms: Vec<NvdimmDesc>) -> PlatformDesc {
             reset_value: 0x06,
         },
         nvdimms,
+        ram: RAM.to_vec(),
     }
 }
 

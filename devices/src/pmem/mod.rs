@@ -3,4 +3,5 @@
 //! [`infoblock`] is the pfn/dax info block (`struct nd_pfn_sb`) that tells the guest's libnvdimm
 //! which personality a namespace has (fsdax or devdax) and where its memmap lives.
 
+pub mod backing;
 pub mod infoblock;

@@ -1,0 +1,170 @@
+//! Steps 2 and 3 for persistent memory: open every `--pmem` backing, place its window in guest
+//! physical memory, map it, and describe it for the NFIT. The result is held for the life of
+//! the guest; [`PmemDevices::flush`] runs on every way out of the monitor.
+
+use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
+use log::{info, warn};
+use thiserror::Error;
+
+use crate::layout::{self, PmemLayoutError, PmemWindow};
+use crate::pmem_option::PmemConfig;
+
+#[derive(Debug, Error)]
+pub enum PmemError {
+    #[error("--pmem {0}")]
+    Backing(#[from] BackingError),
+    #[error("--pmem {path}: {source}")]
+    Layout {
+        path: String,
+        source: PmemLayoutError,
+    },
+}
+
+impl PmemError {
+    pub fn is_usage(&self) -> bool {
+        match self {
+            PmemError::Backing(e) => e.is_usage(),
+            PmemError::Layout { .. } => true,
+        }
+    }
+}
+
+/// One NVDIMM as the guest will see it.
+pub struct PmemDevice {
+    pub config: PmemConfig,
+    pub window: PmemWindow,
+    pub kind: BackingKind,
+    pub mapping: PmemMapping,
+}
+
+#[derive(Default)]
+pub struct PmemDevices {
+    pub devices: Vec<PmemDevice>,
+}
+
+/// The first guest physical address the guest's CPUs cannot address: KVM gives guests the
+/// host's physical address width, which /proc/cpuinfo reports as "address sizes".
+pub fn guest_phys_limit(cpuinfo: &str) -> u64 {
+    let bits = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("address sizes"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|b| (32..=52).contains(b))
+        .unwrap_or(36);
+    1u64 << bits
+}
+
+impl PmemDevices {
+    /// Opens, places and maps every device. Nothing is written to any backing; a file this run
+    /// created is removed again when a later device fails.
+    pub fn open(configs: &[PmemConfig], memory: u64) -> Result<PmemDevices, PmemError> {
+        if configs.is_empty() {
+            return Ok(PmemDevices::default());
+        }
+        let requests: Vec<BackingRequest> = configs
+            .iter()
+            .map(|c| BackingRequest {
+                path: c.path.clone(),
+                size: c.size,
+                readonly: c.readonly,
+            })
+            .collect();
+        let backings = Backing::open_all(&requests)?;
+        let sizes: Vec<u64> = backings.iter().map(Backing::size).collect();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let windows = match layout::place_pmem(memory, &sizes, guest_phys_limit(&cpuinfo)) {
+            Ok(w) => w,
+            Err(source) => {
+                let path = configs[source.index()].path.display().to_string();
+                backings.into_iter().for_each(Backing::abandon);
+                return Err(PmemError::Layout { path, source });
+            }
+        };
+        let mut mappings = Vec::with_capacity(backings.len());
+        for b in &backings {
+            match b.map() {
+                Ok(m) => mappings.push(m),
+                Err(e) => {
+                    drop(mappings);
+                    backings.into_iter().for_each(Backing::abandon);
+                    return Err(e.into());
+                }
+            }
+        }
+        let devices = configs
+            .iter()
+            .zip(backings)
+            .zip(windows)
+            .zip(mappings)
+            .map(|(((config, backing), window), mapping)| {
+                info!(
+                    "{}: {} ({:?}, {} MiB{}) at guest {:#x}",
+                    config.id,
+                    config.path.display(),
+                    backing.kind(),
+                    window.size >> 20,
+                    if config.readonly { ", read-only" } else { "" },
+                    window.base
+                );
+                PmemDevice {
+                    config: config.clone(),
+                    window,
+                    kind: *backing.kind(),
+                    // The mapping keeps the file (and its lock) open; the Backing can go.
+                    mapping,
+                }
+            })
+            .collect();
+        Ok(PmemDevices { devices })
+    }
+
+    /// The NFIT's view of the devices, in command-line order (NFIT handle = index + 1).
+    pub fn nvdimm_descs(&self) -> Vec<acpi::NvdimmDesc> {
+        self.devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| acpi::NvdimmDesc {
+                base: d.window.base,
+                size: d.window.size,
+                proximity_domain: d.config.numa,
+                readonly: d.config.readonly,
+                serial_number: i as u32 + 1,
+            })
+            .collect()
+    }
+
+    /// Writes every dirty page of file and block-device backings to the host's storage.
+    /// Device-dax needs nothing (see `PmemMapping::flush`). Errors are logged, not returned:
+    /// this runs on the way out and one failing device must not keep the others unflushed.
+    pub fn flush(&self) -> bool {
+        let mut ok = true;
+        for d in &self.devices {
+            if d.config.readonly {
+                continue;
+            }
+            if let Err(e) = d.mapping.flush() {
+                warn!(
+                    "{}: flushing {} failed: {e}",
+                    d.config.id,
+                    d.config.path.display()
+                );
+                ok = false;
+            }
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phys_limit_from_cpuinfo() {
+        let c = "processor\t: 0\naddress sizes\t: 40 bits physical, 48 bits virtual\n";
+        assert_eq!(guest_phys_limit(c), 1 << 40);
+        assert_eq!(guest_phys_limit("nothing"), 1 << 36);
+    }
+}

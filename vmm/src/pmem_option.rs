@@ -1,0 +1,141 @@
+//! The `--pmem` option: `path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]`.
+//!
+//! Like cloud-hypervisor's device options it is a comma-separated list of `key=value` pairs;
+//! every error names the option, the key and what was expected.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::config::parse_size;
+
+pub const PMEM_SYNTAX: &str = "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]";
+
+const KEYS: &[&str] = &["path", "size", "readonly", "id", "numa"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PmemConfig {
+    pub path: PathBuf,
+    /// Size of a file to create; for an existing backing it must match.
+    pub size: Option<u64>,
+    pub readonly: bool,
+    /// A name for logs and reports; defaults to `pmemN` in command-line order.
+    pub id: String,
+    /// ACPI proximity domain of the range (guest NUMA node of the device).
+    pub numa: Option<u32>,
+}
+
+/// Largest proximity domain we accept: Linux discards an SRAT that names a larger one.
+pub const MAX_NUMA_NODE: u32 = acpi::MAX_PROXIMITY_DOMAIN;
+
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{key}={value}: expected on or off")),
+    }
+}
+
+/// Parses one `--pmem` value; `index` numbers the default id.
+pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, String> {
+    let mut seen = HashSet::new();
+    let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
+    for item in text.split(',') {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not key=value; expected {PMEM_SYNTAX}"))?;
+        if !KEYS.contains(&key) {
+            return Err(format!(
+                "unknown key {key:?}; expected one of {}",
+                KEYS.join(", ")
+            ));
+        }
+        if !seen.insert(key) {
+            return Err(format!("key {key:?} given twice"));
+        }
+        if value.is_empty() {
+            return Err(format!("{key}= needs a value; expected {PMEM_SYNTAX}"));
+        }
+        match key {
+            "path" => path = Some(PathBuf::from(value)),
+            "size" => {
+                let bytes = parse_size(value, 1).map_err(|e| format!("size={value}: {e}"))?;
+                if bytes == 0 {
+                    return Err("size=0: the device needs a size above zero".into());
+                }
+                size = Some(bytes);
+            }
+            "readonly" => readonly = on_off(key, value)?,
+            "id" => {
+                if !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(format!("id={value}: expected letters, digits, '-' or '_'"));
+                }
+                id = Some(value.to_string());
+            }
+            "numa" => {
+                let node: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_NUMA_NODE)
+                    .ok_or_else(|| {
+                        format!("numa={value}: expected a node number from 0 to {MAX_NUMA_NODE}")
+                    })?;
+                numa = Some(node);
+            }
+            _ => unreachable!("key checked against KEYS"),
+        }
+    }
+    let path = path.ok_or_else(|| format!("path= is required; expected {PMEM_SYNTAX}"))?;
+    Ok(PmemConfig {
+        path,
+        size,
+        readonly,
+        id: id.unwrap_or_else(|| format!("pmem{index}")),
+        numa,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_and_minimal() {
+        let p = parse_pmem("path=/tmp/a,size=1G,readonly=on,id=data,numa=1", 0).unwrap();
+        assert_eq!(p.path, PathBuf::from("/tmp/a"));
+        assert_eq!(p.size, Some(1 << 30));
+        assert!(p.readonly);
+        assert_eq!(p.id, "data");
+        assert_eq!(p.numa, Some(1));
+        let p = parse_pmem("path=/dev/dax0.0", 3).unwrap();
+        assert_eq!(
+            (p.size, p.readonly, p.id.as_str(), p.numa),
+            (None, false, "pmem3", None)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, needle) in [
+            ("size=1G", "path= is required"),
+            ("path=/a,colour=red", "unknown key \"colour\""),
+            ("path=/a,size=0", "size=0"),
+            ("path=/a,size=12Q", "size=12Q"),
+            (
+                "path=/a,readonly=maybe",
+                "readonly=maybe: expected on or off",
+            ),
+            ("path=/a,numa=x", "numa=x"),
+            ("path=/a,numa=256", "numa=256"),
+            ("path=/a,path=/b", "given twice"),
+            ("path=/a,size", "not key=value"),
+            ("path=", "path= needs a value"),
+            ("path=/a,id=a b", "id=a b"),
+        ] {
+            let e = parse_pmem(text, 0).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}
