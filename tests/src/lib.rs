@@ -1,1 +1,35 @@
+//! The testbed: run scripts and guests on "a host with usable KVM" for the vmm's integration
+//! tests and benchmarks.
+//!
+//! Where KVM comes from is decided once per process ([`mode()`]): directly on this machine when
+//! it has VT-x/AMD-V, or inside a nested L1 VM (our own kernel under QEMU TCG, which provides
+//! KVM with nested paging) when it does not — as on the `kvm_pvm` development machines. Tests
+//! are written once against [`run_on_kvm_host`] and [`boot_guest`] and run the same way in
+//! both modes; they fail, never skip, when neither mode is available.
+//!
+//! Environment variables are listed in [`config`] and in `tests/README.md`.
 
+pub mod artifacts;
+pub mod config;
+pub mod cpio;
+mod error;
+pub mod guest;
+pub mod host;
+pub mod ldd;
+pub mod markers;
+pub mod mode;
+pub mod nested;
+pub mod nvdimm;
+mod process;
+pub mod scratch;
+pub mod shell;
+pub mod slots;
+
+pub use artifacts::{initramfs, kernel, vmm, InitramfsSpec, Kernel};
+pub use error::{Error, Result};
+pub use guest::{boot_guest, parse_guest_report, GuestOpts, GuestReport, GuestRun, KernelImage};
+pub use host::{run_on_kvm_host, HostOpts, HostRun};
+pub use markers::{host_section, marker_values, parse_iomem, tail_lines, HostSection, IomemEntry};
+pub use mode::{mode, Mode};
+pub use nvdimm::{Nvdimm, NvdimmKind};
+pub use scratch::ScratchDir;

@@ -1,0 +1,69 @@
+//! Boots one guest through the testbed and prints its console: a debugging aid for the vmm.
+//!
+//! ```text
+//! cargo run -p testbed --example run-guest -- [--cpus N] [--memory SIZE] [--vmlinux] [--loud]
+//!     [--param WORD]... [--vmm-arg ARG]... [--timeout SECS] [-- GUEST COMMAND...]
+//! ```
+//! `--loud` drops `quiet` from the guest kernel command line. Exits with the vmm's status.
+
+use std::time::Duration;
+
+use testbed::{boot_guest, GuestOpts, KernelImage};
+
+fn main() {
+    let mut opts = GuestOpts::default();
+    let mut args = std::env::args().skip(1);
+    let mut command: Vec<String> = Vec::new();
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next().unwrap_or_else(|| {
+                eprintln!("run-guest: {arg} needs a value");
+                std::process::exit(2)
+            })
+        };
+        match arg.as_str() {
+            "--cpus" => opts.cpus = value().parse().expect("--cpus takes a number"),
+            "--memory" => opts.memory = value(),
+            "--vmlinux" => opts.kernel = KernelImage::Vmlinux,
+            "--loud" => opts.kernel_params.retain(|p| p != "quiet"),
+            "--param" => opts.kernel_params.push(value()),
+            "--vmm-arg" => opts.vmm_args.push(value()),
+            "--timeout" => {
+                let secs = value().parse().expect("--timeout takes seconds");
+                opts.host.timeout = Duration::from_secs(secs);
+            }
+            "--" => {
+                command.extend(args.by_ref());
+            }
+            other => {
+                eprintln!("run-guest: unknown argument {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if !command.is_empty() {
+        opts.command = Some(command.join(" "));
+    }
+    match boot_guest(&opts) {
+        Ok(run) => {
+            print!("{}", run.console());
+            eprintln!(
+                "run-guest: {} host, run {:.2?}, host ready after {:?}, vmm {:?}, vmm exit {}, \
+                 guest exit {:?}, cpus {:?}, MemTotal {:?} kB",
+                run.host.mode,
+                run.host.duration,
+                run.host.host_ready,
+                run.report.vmm_time,
+                run.vmm_exit,
+                run.report.guest_exit,
+                run.report.cpus,
+                run.report.memtotal_kb
+            );
+            std::process::exit(run.vmm_exit);
+        }
+        Err(e) => {
+            eprintln!("run-guest: {e}");
+            std::process::exit(1);
+        }
+    }
+}

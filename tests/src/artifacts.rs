@@ -1,0 +1,292 @@
+//! The files every run needs — kernel, guest initramfs, vmm binary — resolved once per process.
+//!
+//! Each comes from an environment variable when set (to test a specific build, or to skip the
+//! slow builds on CI) and otherwise from the project's own build entry points, which cache their
+//! results across processes. Failures are cached too, so fifty tests do not rebuild a kernel
+//! that failed to build fifty times.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use crate::config::{self, ENV_INITRAMFS, ENV_KERNEL, ENV_VMLINUX, ENV_VMM};
+use crate::error::{Error, IoContext, Result};
+use crate::markers::tail_lines;
+use crate::shell::parse_assignments;
+
+/// The one kernel image, used both as the L1 host kernel and as the L2 guest kernel.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// The compressed, bootable image.
+    pub bzimage: PathBuf,
+    /// The matching ELF image, if known.
+    pub vmlinux: Option<PathBuf>,
+    /// Everything `guest-kernel/build.sh` printed (`KERNEL_VERSION`, `SOURCE_VERSION`, ...).
+    pub info: BTreeMap<String, String>,
+}
+
+/// Extra contents for the guest initramfs, passed to `resources/build-initramfs.sh`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct InitramfsSpec {
+    /// `PATH[:DEST]` executables copied in with their `ldd` libraries (e.g. `/usr/bin/ndctl`).
+    pub add_bins: Vec<String>,
+    /// `SRC:DEST` plain files.
+    pub add_files: Vec<String>,
+}
+
+impl InitramfsSpec {
+    /// Adds an executable (with its libraries) at the same path in the guest.
+    pub fn with_bin(mut self, path: impl Into<String>) -> Self {
+        self.add_bins.push(path.into());
+        self
+    }
+
+    /// Adds a file `src` on the host as `dest` in the guest.
+    pub fn with_file(mut self, src: impl AsRef<Path>, dest: &str) -> Self {
+        self.add_files
+            .push(format!("{}:{dest}", src.as_ref().display()));
+        self
+    }
+
+    fn is_default(&self) -> bool {
+        self.add_bins.is_empty() && self.add_files.is_empty()
+    }
+}
+
+fn cached_err(msg: &str) -> Error {
+    Error::Earlier(msg.to_string())
+}
+
+/// Runs a build helper, returning its stdout; on failure the error carries the output tail.
+fn run_helper(mut cmd: Command, what: &str) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    eprintln!("testbed: {what}: {shown}");
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ctx(|| format!("starting {shown}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        // Our helpers (and cargo with JSON messages) report on stderr; stdout is data.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let text = if stderr.trim().is_empty() {
+            stdout.as_str()
+        } else {
+            &stderr
+        };
+        return Err(Error::Command {
+            cmd: shown,
+            status: out.status.to_string(),
+            output: tail_lines(text, 60),
+        });
+    }
+    Ok(stdout)
+}
+
+fn existing(path: PathBuf, what: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::setup(format!(
+            "{what} {} does not exist",
+            path.display()
+        )))
+    }
+}
+
+fn resolve_kernel() -> Result<Kernel> {
+    if let Some(bz) = config::var(ENV_KERNEL) {
+        let bzimage = existing(PathBuf::from(bz), ENV_KERNEL)?;
+        let vmlinux = match config::var(ENV_VMLINUX) {
+            Some(v) => Some(existing(PathBuf::from(v), ENV_VMLINUX)?),
+            None => bzimage
+                .parent()
+                .map(|d| d.join("vmlinux"))
+                .filter(|p| p.is_file()),
+        };
+        return Ok(Kernel {
+            bzimage,
+            vmlinux,
+            info: BTreeMap::new(),
+        });
+    }
+    let script = config::workspace_root().join("guest-kernel/build.sh");
+    if !script.is_file() {
+        return Err(Error::setup(format!(
+            "{} is missing; set {ENV_KERNEL} to a bzImage instead",
+            script.display()
+        )));
+    }
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).current_dir(config::workspace_root());
+    let stdout = run_helper(
+        cmd,
+        "building the kernel (cached after the first ~8 min build)",
+    )?;
+    let info = parse_assignments(&stdout);
+    let bzimage = info
+        .get("BZIMAGE")
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Command {
+            cmd: script.display().to_string(),
+            status: "printed no BZIMAGE=".into(),
+            output: tail_lines(&stdout, 20),
+        })?;
+    let bzimage = existing(bzimage, "BZIMAGE")?;
+    let vmlinux = match config::var(ENV_VMLINUX) {
+        Some(v) => Some(existing(PathBuf::from(v), ENV_VMLINUX)?),
+        None => info
+            .get("VMLINUX")
+            .map(PathBuf::from)
+            .filter(|p| p.is_file()),
+    };
+    Ok(Kernel {
+        bzimage,
+        vmlinux,
+        info,
+    })
+}
+
+/// The kernel, from `PMEMVMM_KERNEL` or `guest-kernel/build.sh`.
+pub fn kernel() -> Result<&'static Kernel> {
+    static KERNEL: OnceLock<std::result::Result<Kernel, String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| resolve_kernel().map_err(Error::into_message))
+        .as_ref()
+        .map_err(|e| cached_err(e))
+}
+
+fn build_initramfs(spec: &InitramfsSpec) -> Result<PathBuf> {
+    if let Some(path) = config::var(ENV_INITRAMFS) {
+        if !spec.is_default() {
+            return Err(Error::setup(format!(
+                "{ENV_INITRAMFS} is set but this test needs extra initramfs contents ({:?}); \
+                 unset it so the testbed can run resources/build-initramfs.sh",
+                spec
+            )));
+        }
+        return existing(PathBuf::from(path), ENV_INITRAMFS);
+    }
+    let script = config::workspace_root().join("resources/build-initramfs.sh");
+    if !script.is_file() {
+        return Err(Error::setup(format!(
+            "{} is missing; set {ENV_INITRAMFS} instead",
+            script.display()
+        )));
+    }
+    // Without -o the script writes a content-addressed cache entry atomically (temp file and
+    // rename), so concurrent test processes asking for the same contents share one image and
+    // never see a half-written one.
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).current_dir(config::workspace_root());
+    for bin in &spec.add_bins {
+        cmd.arg("--add-bin").arg(bin);
+    }
+    for file in &spec.add_files {
+        cmd.arg("--add").arg(file);
+    }
+    let stdout = run_helper(cmd, "building the guest initramfs")?;
+    let built = parse_assignments(&stdout)
+        .get("INITRAMFS")
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Command {
+            cmd: script.display().to_string(),
+            status: "printed no INITRAMFS=".into(),
+            output: tail_lines(&stdout, 20),
+        })?;
+    existing(built, "INITRAMFS")
+}
+
+/// The guest initramfs with `spec`'s extras, built once per process and spec.
+pub fn initramfs(spec: &InitramfsSpec) -> Result<PathBuf> {
+    type Cache = Mutex<HashMap<InitramfsSpec, std::result::Result<PathBuf, String>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    cache
+        .entry(spec.clone())
+        .or_insert_with(|| build_initramfs(spec).map_err(Error::into_message))
+        .clone()
+        .map_err(|e| cached_err(&e))
+}
+
+/// Finds the `vmm` executable among cargo's JSON messages.
+pub fn executable_from_cargo_json(stdout: &str, name: &str) -> Option<PathBuf> {
+    const KEY: &str = "\"executable\":\"";
+    let suffix = format!("/{name}");
+    stdout
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+        .filter_map(|l| {
+            let start = l.find(KEY)? + KEY.len();
+            let end = l[start..].find('"')? + start;
+            Some(PathBuf::from(&l[start..end]))
+        })
+        .rfind(|p| p.to_string_lossy().ends_with(&suffix))
+}
+
+fn build_vmm() -> Result<PathBuf> {
+    if let Some(path) = config::var(ENV_VMM) {
+        return existing(PathBuf::from(path), ENV_VMM);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // The inherited CARGO_TARGET_DIR (if any) is kept on purpose: it is where the developer
+    // wants build output, and a relative one is relative to the workspace root we run in.
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "vmm",
+        "--bin",
+        "vmm",
+        "--message-format=json-render-diagnostics",
+    ])
+    .current_dir(config::workspace_root());
+    let stdout = run_helper(cmd, "building the vmm")?;
+    let exe = executable_from_cargo_json(&stdout, "vmm").ok_or_else(|| Error::Command {
+        cmd: "cargo build --release -p vmm".into(),
+        status: "named no vmm executable".into(),
+        output: tail_lines(&stdout, 10),
+    })?;
+    existing(exe, "vmm binary")
+}
+
+/// The vmm binary, from `PMEMVMM_VMM` or a release build of the workspace.
+pub fn vmm() -> Result<&'static Path> {
+    static VMM: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    VMM.get_or_init(|| build_vmm().map_err(Error::into_message))
+        .as_ref()
+        .map(PathBuf::as_path)
+        .map_err(|e| cached_err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_json_executable() {
+        let out = r#"{"reason":"compiler-artifact","target":{"name":"acpi"},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"vmm","kind":["bin"]},"executable":"/w/target/release/vmm","fresh":true}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            executable_from_cargo_json(out, "vmm"),
+            Some(PathBuf::from("/w/target/release/vmm"))
+        );
+        assert_eq!(executable_from_cargo_json(out, "other"), None);
+    }
+
+    #[test]
+    fn spec_builders() {
+        let s = InitramfsSpec::default()
+            .with_bin("/usr/bin/ndctl")
+            .with_file("/etc/hosts", "/etc/hosts");
+        assert_eq!(s.add_bins, vec!["/usr/bin/ndctl"]);
+        assert_eq!(s.add_files, vec!["/etc/hosts:/etc/hosts"]);
+        assert!(!s.is_default());
+    }
+}

@@ -1,0 +1,77 @@
+//! Environment variables that steer the testbed, read in one place so the README can list them.
+
+use std::path::PathBuf;
+
+/// `auto`, `direct` or `nested`: where scripts run (see [`crate::mode`]).
+pub const ENV_MODE: &str = "PMEMVMM_TESTBED";
+/// Maximum number of concurrent hosts (L0 QEMUs or direct runs) across all test processes.
+pub const ENV_JOBS: &str = "PMEMVMM_TESTBED_JOBS";
+/// Set to `1` to echo every console line live to stderr (prefixed), for debugging hangs.
+pub const ENV_ECHO: &str = "PMEMVMM_TESTBED_ECHO";
+/// Cache root (slot lock files, built initramfs images). Default `$XDG_CACHE_HOME/pmem-vmm`.
+pub const ENV_CACHE: &str = "PMEMVMM_CACHE";
+/// Path to a bzImage to use instead of running `guest-kernel/build.sh`.
+pub const ENV_KERNEL: &str = "PMEMVMM_KERNEL";
+/// Path to the matching `vmlinux` (only needed with [`ENV_KERNEL`] when tests boot an ELF kernel).
+pub const ENV_VMLINUX: &str = "PMEMVMM_VMLINUX";
+/// Path to a guest initramfs to use instead of running `resources/build-initramfs.sh`.
+pub const ENV_INITRAMFS: &str = "PMEMVMM_INITRAMFS";
+/// Path to a `vmm` binary to use instead of `cargo build --release -p vmm`.
+pub const ENV_VMM: &str = "PMEMVMM_VMM";
+/// QEMU binary for nested mode (default: `qemu-system-x86_64` from `PATH`).
+pub const ENV_QEMU: &str = "PMEMVMM_QEMU";
+/// Direct mode only: space-separated device-DAX devices on the host to hand to tests asking for
+/// NVDIMMs (default `/dev/dax0.0 /dev/dax1.0 ...`).
+pub const ENV_DEVDAX: &str = "PMEMVMM_DEVDAX";
+
+/// A non-empty environment variable.
+pub(crate) fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The cache root: `$PMEMVMM_CACHE`, else `$XDG_CACHE_HOME/pmem-vmm`, else `~/.cache/pmem-vmm`.
+/// The same rule as the kernel build script, so one variable moves everything.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = var(ENV_CACHE) {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = var("XDG_CACHE_HOME") {
+        return PathBuf::from(xdg).join("pmem-vmm");
+    }
+    let home = var("HOME").unwrap_or_else(|| "/tmp".to_string());
+    PathBuf::from(home).join(".cache").join("pmem-vmm")
+}
+
+/// Maximum concurrent hosts: `$PMEMVMM_TESTBED_JOBS`, else max(1, nproc / 2). Half the cores
+/// because each nested host runs a 2-vCPU TCG guest that keeps both of its threads busy.
+pub fn jobs() -> usize {
+    if let Some(n) = var(ENV_JOBS).and_then(|v| v.trim().parse::<usize>().ok()) {
+        return n.max(1);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).max(1)
+}
+
+/// Whether console lines are echoed live to stderr.
+pub fn echo() -> bool {
+    matches!(var(ENV_ECHO).as_deref(), Some("1" | "true" | "yes"))
+}
+
+/// The workspace root (parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Looks a program up in `PATH`, returning its full path if it is an executable file.
+pub fn which(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}

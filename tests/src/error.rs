@@ -1,0 +1,111 @@
+//! One error type for the whole testbed.
+//!
+//! Every variant that comes out of a guest or host run carries the last console lines, because a
+//! failing test on a nested TCG host is otherwise nearly impossible to diagnose from CI logs.
+
+use std::io;
+use std::time::Duration;
+
+/// Result alias used throughout the testbed.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong while preparing or running a testbed host or guest.
+#[derive(thiserror::Error)]
+pub enum Error {
+    /// The testbed cannot work here as configured (missing tool, bad env var, no KVM, ...).
+    /// The message says what to do about it.
+    #[error("testbed setup: {0}")]
+    Setup(String),
+
+    /// A failure cached from an earlier attempt in this process (artifacts and the mode are
+    /// resolved once); the text is the original error's.
+    #[error("{0}")]
+    Earlier(String),
+
+    /// A file-system or process operation failed.
+    #[error("testbed: {what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// A helper command (kernel build, initramfs build, cargo, ndctl, ldd) failed.
+    #[error("testbed: `{cmd}` failed ({status}); its output ends with:\n{output}")]
+    Command {
+        /// The command line, for the reader.
+        cmd: String,
+        /// Exit status as text.
+        status: String,
+        /// Tail of its stdout and stderr.
+        output: String,
+    },
+
+    /// The run did not finish within its timeout; the host (QEMU or `sh`) was killed.
+    #[error("testbed: run timed out after {:.0?} and was killed; last console lines:\n{tail}", .timeout)]
+    Timeout {
+        /// The timeout that expired.
+        timeout: Duration,
+        /// Last console lines.
+        tail: String,
+    },
+
+    /// The KVM host never started the test script, or stopped before it finished.
+    #[error("testbed: {msg}; last console lines:\n{tail}")]
+    Host {
+        /// What is missing.
+        msg: String,
+        /// Last console lines.
+        tail: String,
+    },
+
+    /// The guest run did not behave as the test required.
+    #[error("guest: {msg}; last console lines:\n{tail}")]
+    Guest {
+        /// What the test expected and did not get.
+        msg: String,
+        /// Last console lines.
+        tail: String,
+    },
+}
+
+/// `Debug` prints the same text as `Display` so that a test returning `Result<(), Error>` shows
+/// readable multi-line console tails instead of an escaped struct dump.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error with a short description of what we were doing.
+    pub fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The error's text, to cache it in a `OnceLock` (errors are not `Clone`) and re-raise it
+    /// as [`Error::Earlier`].
+    pub(crate) fn into_message(self) -> String {
+        self.to_string()
+    }
+
+    /// A setup error with a message telling the user what to do.
+    pub fn setup(msg: impl Into<String>) -> Self {
+        Error::Setup(msg.into())
+    }
+}
+
+/// Adds `.ctx("what")` to I/O results.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(what(), e))
+    }
+}

@@ -1,0 +1,270 @@
+//! Pure parsing of console text: the `@@NAME value@@` markers printed by the host wrapper, the
+//! vmm script and the guest init, plus `/proc/iomem`.
+//!
+//! Markers are searched anywhere in a line, not only at its start, because on a serial console a
+//! kernel message or a script's unterminated `printf` can share the line with them.
+
+/// Marker printed by the host wrapper right before the test script starts.
+pub const HOST_BEGIN: &str = "@@HOST-BEGIN@@";
+/// Name of the marker printed by the host wrapper with the script's exit status.
+pub const HOST_END: &str = "HOST-END";
+
+/// Removes carriage returns (serial consoles send CRLF) and other control bytes except newline
+/// and tab, so tests can compare lines.
+pub fn normalize_console(raw: &str) -> String {
+    raw.chars()
+        .filter(|&c| c == '\n' || c == '\t' || !c.is_control())
+        .collect()
+}
+
+/// The last `n` lines of `text`, for error messages.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    let mut tail = lines[start..].join("\n");
+    if tail.is_empty() {
+        tail.push_str("(no console output)");
+    }
+    tail
+}
+
+/// All values of marker `name` in `text`, in order: `@@NAME@@` yields `""`, `@@NAME value@@`
+/// yields `"value"`.
+pub fn marker_values<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let open = format!("@@{name}");
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(pos) = rest.find(&open) {
+        let after = &rest[pos + open.len()..];
+        if let Some(body) = after.strip_prefix("@@") {
+            out.push("");
+            rest = body;
+            continue;
+        }
+        if let Some(value) = after.strip_prefix(' ') {
+            let line = value.split('\n').next().unwrap_or("");
+            if let Some(end) = line.find("@@") {
+                out.push(value[..end].trim());
+                rest = &value[end + 2..];
+                continue;
+            }
+        }
+        rest = after;
+    }
+    out
+}
+
+/// The last value of marker `name`, parsed.
+pub fn last_marker<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
+    marker_values(text, name)
+        .into_iter()
+        .rev()
+        .find_map(|v| v.parse().ok())
+}
+
+/// Whether `text` contains marker `name` at all (with or without a value).
+pub fn has_marker(text: &str, name: &str) -> bool {
+    !marker_values(text, name).is_empty()
+}
+
+/// The part of a host console that belongs to the test script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSection<'a> {
+    /// The host never printed [`HOST_BEGIN`]: L1 did not boot or its init failed.
+    NoBegin,
+    /// The script started but the host stopped before printing its exit status.
+    NoEnd {
+        /// Everything after the begin marker.
+        output: &'a str,
+    },
+    /// The script ran to completion.
+    Done {
+        /// Everything between the markers.
+        output: &'a str,
+        /// The script's exit status.
+        rc: i32,
+    },
+}
+
+/// Splits a host console into the script's section (see [`HostSection`]).
+pub fn host_section(console: &str) -> HostSection<'_> {
+    let Some(begin) = console.find(HOST_BEGIN) else {
+        return HostSection::NoBegin;
+    };
+    let after = &console[begin + HOST_BEGIN.len()..];
+    let body = after.strip_prefix('\n').unwrap_or(after);
+    let open = format!("@@{HOST_END} ");
+    let mut search_end = body.len();
+    while let Some(pos) = body[..search_end].rfind(&open) {
+        let value = &body[pos + open.len()..];
+        let rc = value
+            .split_once("@@")
+            .filter(|(v, _)| !v.contains('\n'))
+            .and_then(|(v, _)| v.trim().parse::<i32>().ok());
+        if let Some(rc) = rc {
+            return HostSection::Done {
+                output: &body[..pos],
+                rc,
+            };
+        }
+        search_end = pos;
+    }
+    HostSection::NoEnd { output: body }
+}
+
+/// One line of `/proc/iomem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IomemEntry {
+    /// First byte.
+    pub start: u64,
+    /// Last byte (inclusive, as the kernel prints it).
+    pub end: u64,
+    /// Resource name, e.g. `System RAM`.
+    pub name: String,
+    /// Nesting depth (two spaces of indentation per level).
+    pub depth: usize,
+}
+
+/// Parses the `/proc/iomem` lines found in `text`; other lines (kernel messages, markers) are
+/// skipped so the whole guest console can be passed in.
+pub fn parse_iomem(text: &str) -> Vec<IomemEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let trimmed = line.trim_start_matches(' ');
+            let depth = (line.len() - trimmed.len()) / 2;
+            let (range, name) = trimmed.split_once(" : ")?;
+            let (start, end) = range.split_once('-')?;
+            if start.is_empty() || !start.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            Some(IomemEntry {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end.trim(), 16).ok()?,
+                name: name.trim().to_string(),
+                depth,
+            })
+        })
+        .collect()
+}
+
+/// `System RAM` entries of `iomem` that overlap the inclusive range `[lo, hi]`.
+pub fn system_ram_overlapping(iomem: &[IomemEntry], lo: u64, hi: u64) -> Vec<IomemEntry> {
+    iomem
+        .iter()
+        .filter(|e| e.name == "System RAM" && e.start <= hi && e.end >= lo)
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_strips_cr_and_controls() {
+        assert_eq!(normalize_console("a\r\nb\x1b[0m\tc\r\n"), "a\nb[0m\tc\n");
+    }
+
+    #[test]
+    fn tail() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail_lines("a", 5), "a");
+        assert_eq!(tail_lines("", 5), "(no console output)");
+    }
+
+    #[test]
+    fn marker_values_anywhere_in_line() {
+        let text = "@@GUEST-INIT@@\nnoise @@GUEST-CPUS 4@@ more\n[ 1.0] x@@GUEST-EXIT 3@@\n\
+                    @@GUEST-MEMTOTAL-KB 262144@@\n@@GUEST-EXIT 7@@";
+        assert_eq!(marker_values(text, "GUEST-INIT"), vec![""]);
+        assert_eq!(marker_values(text, "GUEST-CPUS"), vec!["4"]);
+        assert_eq!(marker_values(text, "GUEST-EXIT"), vec!["3", "7"]);
+        assert_eq!(last_marker::<i32>(text, "GUEST-EXIT"), Some(7));
+        assert_eq!(last_marker::<u64>(text, "GUEST-MEMTOTAL-KB"), Some(262144));
+        assert!(has_marker(text, "GUEST-INIT"));
+        assert!(!has_marker(text, "GUEST"));
+        assert!(!has_marker(text, "VMM-EXIT"));
+    }
+
+    #[test]
+    fn marker_value_does_not_span_lines() {
+        assert!(marker_values("@@GUEST-EXIT 1\n@@", "GUEST-EXIT").is_empty());
+        // A broken marker does not hide a later good one.
+        assert_eq!(
+            marker_values("@@GUEST-EXIT 1\n@@GUEST-EXIT 2@@", "GUEST-EXIT"),
+            vec!["2"]
+        );
+    }
+
+    #[test]
+    fn host_section_done() {
+        let c = "SeaBIOS\nboot\n@@HOST-BEGIN@@\nhello\nworld\n@@HOST-END 3@@\npower off\n";
+        assert_eq!(
+            host_section(c),
+            HostSection::Done {
+                output: "hello\nworld\n",
+                rc: 3
+            }
+        );
+    }
+
+    #[test]
+    fn host_section_unterminated_output_line() {
+        let c = "@@HOST-BEGIN@@\nabc@@HOST-END 0@@\n";
+        assert_eq!(
+            host_section(c),
+            HostSection::Done {
+                output: "abc",
+                rc: 0
+            }
+        );
+    }
+
+    #[test]
+    fn host_section_uses_last_end_marker() {
+        let c = "@@HOST-BEGIN@@\necho @@HOST-END 5@@\n@@HOST-END 0@@\n";
+        assert_eq!(
+            host_section(c),
+            HostSection::Done {
+                output: "echo @@HOST-END 5@@\n",
+                rc: 0
+            }
+        );
+    }
+
+    #[test]
+    fn host_section_missing_markers() {
+        assert_eq!(host_section("Kernel panic"), HostSection::NoBegin);
+        assert_eq!(
+            host_section("@@HOST-BEGIN@@\nstarted\n@@HOST-END x@@"),
+            HostSection::NoEnd {
+                output: "started\n@@HOST-END x@@"
+            }
+        );
+    }
+
+    #[test]
+    fn iomem() {
+        let text = "@@GUEST-INIT@@\n00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
+                    00100000-bfffffff : System RAM\n  01000000-01ffffff : Kernel code\n\
+                    c0000000-febfffff : PCI Bus 0000:00\n100000000-13fffffff : System RAM\n\
+                    garbage : line\n";
+        let e = parse_iomem(text);
+        assert_eq!(e.len(), 6);
+        assert_eq!(
+            e[3],
+            IomemEntry {
+                start: 0x0100_0000,
+                end: 0x01ff_ffff,
+                name: "Kernel code".into(),
+                depth: 1
+            }
+        );
+        assert!(system_ram_overlapping(&e, 0xC000_0000, 0xFFFF_FFFF).is_empty());
+        let bad = parse_iomem("00100000-c0000fff : System RAM\n");
+        assert_eq!(
+            system_ram_overlapping(&bad, 0xC000_0000, 0xFFFF_FFFF).len(),
+            1
+        );
+    }
+}
