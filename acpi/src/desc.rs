@@ -149,6 +149,12 @@ pub struct NvdimmDesc {
     /// Control-region serial number; part of the DIMM `id` Linux and ndctl show, so it must be
     /// distinct per DIMM.
     pub serial_number: u32,
+    /// Guest-physical address of the DIMM's flush hint: an uncached MMIO location the guest
+    /// writes after its own cache write-back whenever it needs data durable (fsync, REQ_FLUSH,
+    /// REQ_FUA: `generic_nvdimm_flush()`). The monitor traps the write and makes the host side
+    /// durable. `None` leaves the structure out; Linux then assumes the platform (ADR) persists
+    /// everything that left the CPU caches and never tells the monitor.
+    pub flush_hint: Option<u64>,
 }
 
 impl NvdimmDesc {

@@ -28,6 +28,7 @@
 //!         proximity_domain: Some(1),
 //!         readonly: false,
 //!         serial_number: 1,
+//!         flush_hint: Some(0xfe00_0000),
 //!     }],
 //!     ram: vec![(0, 2 << 30)],
 //! };

@@ -20,6 +20,7 @@ const HEADER_LEN: u32 = 40;
 const TYPE_SPA: u16 = 0;
 const TYPE_MEMDEV: u16 = 1;
 const TYPE_DCR: u16 = 4;
+const TYPE_FLUSH_HINT: u16 = 6;
 const TYPE_CAPABILITIES: u16 = 7;
 
 /// SPA length without the ACPI 6.4 location cookie. `sizeof_spa()` demands exactly 56 unless
@@ -30,6 +31,8 @@ const MEMDEV_LEN: u16 = 48;
 /// the spec and QEMU use and what iasl expects.
 const DCR_LEN: u16 = 80;
 const CAPABILITIES_LEN: u16 = 16;
+/// `struct acpi_nfit_flush_address` with one hint address (16 + 8 bytes).
+const FLUSH_HINT_LEN: u16 = 24;
 
 /// Address Range Type GUID "Persistent Memory Region" 66F0D379-B4F3-4074-AC43-0D3318B78CDB,
 /// in the EFI byte order (first three fields little-endian) that Linux's `import_guid()` reads.
@@ -103,6 +106,9 @@ pub(crate) fn build(nvdimms: &[NvdimmDesc]) -> Vec<u8> {
         table.append_slice(spa(i, dimm).as_slice());
         table.append_slice(memdev(i, dimm).as_slice());
         table.append_slice(dcr(i, dimm).as_slice());
+        if let Some(address) = dimm.flush_hint {
+            table.append_slice(flush_hint(i, address).as_slice());
+        }
     }
     table.append_slice(capabilities().as_slice());
     table.as_slice().to_vec()
@@ -178,6 +184,21 @@ fn dcr(i: usize, dimm: &NvdimmDesc) -> Le {
     w
 }
 
+/// Type 6: one flush hint address for DIMM `i` (see [`NvdimmDesc::flush_hint`]). With it,
+/// `nvdimm_has_flush()` is 1, so the guest's pmem driver advertises FUA and writes the hint on
+/// every flush instead of relying on ADR alone.
+fn flush_hint(i: usize, address: u64) -> Le {
+    let mut w = Le::default();
+    w.u16(TYPE_FLUSH_HINT)
+        .u16(FLUSH_HINT_LEN)
+        .u32(nfit_handle(i))
+        .u16(1) // Number of Flush Hint Addresses
+        .zeros(6) // reserved
+        .u64(address);
+    debug_assert_eq!(w.len(), usize::from(FLUSH_HINT_LEN));
+    w
+}
+
 /// Type 7: the persistence domain, see [`CAPABILITY_MEM_FLUSH`].
 fn capabilities() -> Le {
     let mut w = Le::default();
@@ -223,12 +244,33 @@ mod tests {
             proximity_domain: None,
             readonly: false,
             serial_number: 1,
+            flush_hint: None,
         };
         assert_eq!(spa(0, &d).len(), 64 - 8);
         assert_eq!(memdev(0, &d).len(), 48);
         assert_eq!(dcr(0, &d).len(), 80);
         assert_eq!(capabilities().len(), 16);
         assert_eq!(build(&[d]).len(), 40 + 56 + 48 + 80 + 16);
+        // struct acpi_nfit_flush_address: 16 bytes + 8 per hint.
+        assert_eq!(flush_hint(0, 0xfe00_0000).len(), 16 + 8);
+        let with_hint = NvdimmDesc {
+            flush_hint: Some(0xfe00_0000),
+            ..d
+        };
+        assert_eq!(build(&[with_hint]).len(), 40 + 56 + 48 + 80 + 24 + 16);
+    }
+
+    #[test]
+    fn flush_hint_bytes() {
+        let expected: [u8; 24] = [
+            0x06, 0x00, // type 6
+            0x18, 0x00, // length 24
+            0x03, 0x00, 0x00, 0x00, // device handle of DIMM index 2
+            0x01, 0x00, // one hint
+            0, 0, 0, 0, 0, 0, // reserved
+            0x00, 0x20, 0x00, 0xfe, 0x00, 0x00, 0x00, 0x00, // 0xfe002000
+        ];
+        assert_eq!(flush_hint(2, 0xfe00_2000).as_slice(), &expected);
     }
 
     #[test]

@@ -250,10 +250,22 @@ fn nfit_fields() {
     assert_eq!(u32_at(nfit, 36), 0, "reserved");
     let subs = substructures(nfit, 40, true);
     let types: Vec<u16> = subs.iter().map(|s| s.0).collect();
-    assert_eq!(types, [0, 1, 4, 0, 1, 4, 0, 1, 4, 0, 1, 4, 7]);
+    // Even DIMMs carry a flush hint (type 6) after their control region.
+    assert_eq!(types, [0, 1, 4, 6, 0, 1, 4, 0, 1, 4, 6, 0, 1, 4, 7]);
+    let mut next = 0;
     for (i, d) in ds.iter().enumerate() {
-        let (spa, memdev, dcr) = (subs[3 * i].1, subs[3 * i + 1].1, subs[3 * i + 2].1);
+        let (spa, memdev, dcr) = (subs[next].1, subs[next + 1].1, subs[next + 2].1);
+        next += 3;
         let index = i as u16 + 1;
+        if let Some(hint) = d.flush_hint {
+            // Flush hint address (§5.2.25.8): handle, one hint, the address.
+            let flush = subs[next].1;
+            next += 1;
+            assert_eq!(flush.len(), 24);
+            assert_eq!(u32_at(flush, 4), nfit_handle(i));
+            assert_eq!(u16_at(flush, 8), 1);
+            assert_eq!(u64_at(flush, 16), hint);
+        }
 
         // SPA range (ACPI 6.x §5.2.25.2).
         assert_eq!(spa.len(), 56);
@@ -287,8 +299,9 @@ fn nfit_fields() {
         assert_eq!(u16_at(dcr, 30), 0, "no block control windows");
     }
     // Platform capabilities (§5.2.25.9): highest bit 1, memory-controller flush only.
+    assert_eq!(next, subs.len() - 1);
     assert_eq!(
-        subs[12].1,
+        subs[next].1,
         &[7, 0, 16, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
     );
 }
@@ -324,6 +337,7 @@ const DIMM_A: NvdimmDesc = NvdimmDesc {
     proximity_domain: None,
     readonly: false,
     serial_number: 0xdead_beef,
+    flush_hint: None,
 };
 
 /// DIMM 1: base 0x13_0000_0000, size 256 MiB, proximity domain 0xFE, read-only, serial 2.
@@ -333,6 +347,7 @@ const DIMM_B: NvdimmDesc = NvdimmDesc {
     proximity_domain: Some(0xfe),
     readonly: true,
     serial_number: 2,
+    flush_hint: None,
 };
 
 const PMEM_GUID: [u8; 16] = [
@@ -515,7 +530,7 @@ fn thirty_two_nvdimms_fit() {
     let t = build_tables(&platform(254, dimms(32)), BASE, 0x20000).unwrap();
     check_links(&t);
     let nfit = table(&t, b"NFIT");
-    assert_eq!(nfit.len(), 40 + 32 * (56 + 48 + 80) + 16);
+    assert_eq!(nfit.len(), 40 + 32 * (56 + 48 + 80) + 16 * 24 + 16);
     let subs = substructures(nfit, 40, true);
     let handles: Vec<u32> = subs
         .iter()
@@ -627,6 +642,7 @@ fn numa_platform(cpus: u32, domains: &[Option<u32>]) -> PlatformDesc {
                 proximity_domain,
                 readonly: false,
                 serial_number: 0x2000 + i as u32,
+                flush_hint: None,
             })
             .collect(),
     );

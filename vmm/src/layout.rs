@@ -46,6 +46,8 @@ pub const HIMEM_START: u64 = 0x100000;
 /// Local APIC and IOAPIC, both inside the MMIO hole.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// NFIT flush hints, one 4 KiB MMIO page per pmem device, below the IOAPIC.
+pub const FLUSH_HINT_BASE: u64 = 0xfe00_0000;
 /// KVM needs three pages for the TSS and one for the EPT identity map, somewhere no RAM is.
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;

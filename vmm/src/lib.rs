@@ -204,7 +204,10 @@ fn run_with_pmem(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> Result<StopReason,
         Arc::new(Mutex::new(I8042::new(stop.clone()))),
     )
     .map_err(bus_err)?;
-    let bus = Arc::new(bus);
+    let bus = Arc::new(vcpu::Devices {
+        pio: bus,
+        flush_hints: pmem.flush_hints(),
+    });
 
     // Signals: stop signals only through the signalfd, in every thread spawned from here on.
     events::block_stop_signals().map_err(io_err("blocking signals"))?;

@@ -2,7 +2,10 @@
 //! physical memory, map it, and describe it for the NFIT. The result is held for the life of
 //! the guest; [`PmemDevices::flush`] runs on every way out of the monitor.
 
+use std::sync::Arc;
+
 use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
+use devices::pmem::flush_hint::FlushHints;
 use log::{info, warn};
 use thiserror::Error;
 
@@ -34,7 +37,8 @@ pub struct PmemDevice {
     pub config: PmemConfig,
     pub window: PmemWindow,
     pub kind: BackingKind,
-    pub mapping: PmemMapping,
+    /// Shared with the flush-hint device, which flushes it from vCPU threads.
+    pub mapping: Arc<PmemMapping>,
 }
 
 #[derive(Default)]
@@ -113,7 +117,7 @@ impl PmemDevices {
                     window,
                     kind: *backing.kind(),
                     // The mapping keeps the file (and its lock) open; the Backing can go.
-                    mapping,
+                    mapping: Arc::new(mapping),
                 }
             })
             .collect();
@@ -131,8 +135,19 @@ impl PmemDevices {
                 proximity_domain: d.config.numa,
                 readonly: d.config.readonly,
                 serial_number: i as u32 + 1,
+                flush_hint: Some(FlushHints::address(layout::FLUSH_HINT_BASE, i)),
             })
             .collect()
+    }
+
+    /// The MMIO device behind the NFIT flush hints of these devices.
+    pub fn flush_hints(&self) -> FlushHints {
+        let targets = self
+            .devices
+            .iter()
+            .map(|d| (!d.config.readonly).then(|| d.mapping.clone()))
+            .collect();
+        FlushHints::new(layout::FLUSH_HINT_BASE, targets)
     }
 
     /// Writes every dirty page of file and block-device backings to the host's storage.

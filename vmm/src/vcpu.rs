@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use devices::bus::PioBus;
 use devices::lifecycle::{StopReason, StopSignal};
+use devices::pmem::flush_hint::FlushHints;
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, warn};
@@ -33,10 +34,16 @@ pub struct VcpuThread {
     pub done: Arc<AtomicBool>,
 }
 
+/// What a vCPU thread dispatches exits to.
+pub struct Devices {
+    pub pio: PioBus,
+    pub flush_hints: FlushHints,
+}
+
 pub fn spawn(
     id: u32,
     vcpu: VcpuFd,
-    bus: Arc<PioBus>,
+    bus: Arc<Devices>,
     stop: Arc<StopSignal>,
     error: ErrorSlot,
 ) -> std::io::Result<VcpuThread> {
@@ -60,7 +67,7 @@ fn fail(stop: &StopSignal, error: &ErrorSlot, message: String) {
     stop.request(StopReason::Error);
 }
 
-fn run(id: u32, mut vcpu: VcpuFd, bus: &PioBus, stop: &StopSignal, error: &ErrorSlot) {
+fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &ErrorSlot) {
     let mut exits: u64 = 0;
     let mut unknown_mmio_logged = false;
     while stop.reason().is_none() {
@@ -69,11 +76,12 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &PioBus, stop: &StopSignal, error: &Error
                 exits += 1;
                 match exit {
                     VcpuExit::IoIn(port, data) => {
-                        bus.read(port, data);
+                        bus.pio.read(port, data);
                     }
                     VcpuExit::IoOut(port, data) => {
-                        bus.write(port, data);
+                        bus.pio.write(port, data);
                     }
+                    VcpuExit::MmioWrite(addr, _) if bus.flush_hints.write(addr) => {}
                     VcpuExit::MmioRead(addr, data) => {
                         if !unknown_mmio_logged {
                             debug!("vCPU {id}: read of unmapped MMIO {addr:#x}");

@@ -4,4 +4,6 @@
 //! which personality a namespace has (fsdax or devdax) and where its memmap lives.
 
 pub mod backing;
+pub mod flush_hint;
+pub mod format;
 pub mod infoblock;

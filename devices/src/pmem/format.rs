@@ -1,0 +1,1438 @@
+//! Step 4 of a run: give each namespace its personality before the guest starts.
+//!
+//! A label-less NFIT namespace is raw to the guest (no struct pages, no DAX) until namespace
+//! bytes [4096, 8192) hold a valid pfn/dax info block ([`super::infoblock`]); the guest's
+//! `nd_pmem_probe()` autodetects one and then gives the guest `/dev/pmemN` with DAX (fsdax) or
+//! `/dev/daxN.M` (devdax), with the memmap in guest RAM or in a reserve at the start of the
+//! device (pmem-reference.md §3, §4). This module decides, per device, what the guest should
+//! get and whether that needs a write, and performs that one 4 KiB write safely.
+//!
+//! * [`plan`] reads the 4 KiB at [`INFO_BLOCK_OFFSET`] (and, when it might write there, checks
+//!   that the area the new layout would take over is blank) and applies the rules below. It never
+//!   writes; every refusal is a [`FormatError`] whose `Display` is one line naming what is there
+//!   and what was asked.
+//! * [`apply`] performs the plan's write, if any: it writes, flushes, reads back and verifies the
+//!   block, and restores the old bytes if any of that fails.
+//! * [`BackingAccess`] is the [`NamespaceAccess`] over an opened [`Backing`] and its
+//!   [`PmemMapping`]: `pread`/`pwrite` + `fdatasync` for files and block devices (a sparse file
+//!   skips holes with `SEEK_DATA`), the mapping with cache-line flushes for device-dax.
+//!
+//! # Rules
+//!
+//! `--pmem ...,memmap=ram|pmem|none|auto[,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]`
+//!
+//! What the device holds at offset 4096 is one of: a block the guest would use on this namespace
+//! ("a valid block"); a pfn/dax signature the guest would refuse outright, so the namespace gets
+//! no device at all (e.g. a block laid out for another guest physical address: `dataoff` and
+//! `end_trunc` depend on the base when `align=1G`); or nothing the guest acts on (no signature,
+//! or a bad checksum, which the guest ignores).
+//!
+//! * `memmap=none` or `mode=raw`: no info block, a raw namespace. The guest would still detect a
+//!   valid (or refused) block, so such a block is an error under `keep`/`init`, and is erased
+//!   (4 KiB of zeros) under `force`.
+//! * `memmap=ram|pmem` (mode default fsdax, align default 2M). "Matches" means same mode, same
+//!   memmap location, and same alignment when `align=` is given.
+//!   * `format=keep` never writes: a matching valid block is used; anything else is an error.
+//!   * `format=init` (default): a matching valid block is used; a different or refused block is an
+//!     error; with no block the new block is written only when `[0, dataoff)` of the new layout
+//!     (the block, the memmap reserve and the alignment padding: what the guest stops showing as
+//!     data) is all zeros, or the monitor created the file in this run.
+//!   * `format=force`: writes the requested block (and notes what it replaces) unless the device
+//!     already holds exactly that block (same fields; the uuid is kept).
+//! * `memmap=auto` (default): a valid block is kept whatever its mode, memmap and align (unless
+//!   `format=force`). Otherwise the memmap goes in RAM while its RAM cost is at most
+//!   1/[`AUTO_RAM_FRACTION_DENOMINATOR`] of guest RAM, else in the device; a blank device is
+//!   formatted that way (under `init`/`force`); one holding other data is exposed raw with a note
+//!   saying how to format it (`force` formats it anyway). A device the guest would refuse is an
+//!   error (it can be neither kept nor hidden). `auto` also exposes raw, with a note, a blank
+//!   device it may not write (`format=keep`, `readonly=on`) and a device too small for any info
+//!   block (when `align=` is not given).
+//! * `readonly=on`: any needed write is an error; and a block with the memmap in the device is an
+//!   error too, because the guest writes its struct pages into the device's reserve, which a
+//!   read-only mapping drops.
+//!
+//! Every number the guest sees is in [`NamespaceReport`].
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use super::backing::{Backing, BackingKind, Bytes, PmemMapping};
+use super::infoblock::{
+    GuestOutcome, InfoBlock, InfoBlockError, InfoBlockRequest, InfoMode, Layout, MemmapLocation,
+    Namespace, DEFAULT_ALIGN, INFO_BLOCK_OFFSET, INFO_BLOCK_RESERVE, INFO_BLOCK_SIZE,
+    SUPPORTED_ALIGNMENTS,
+};
+
+/// `memmap=auto` puts the memmap in guest RAM while that costs at most `1 /
+/// AUTO_RAM_FRACTION_DENOMINATOR` of the guest's RAM (RAM cost as
+/// [`MemmapFootprint::ram_total`](super::infoblock::MemmapFootprint::ram_total) of the
+/// `memmap=ram` layout: struct pages plus vmemmap page tables), and in the device otherwise. With
+/// 64-byte struct pages per 4 KiB page an fsdax memmap costs 1/64 of the device, so with 16 the
+/// memmap goes to the device once the device is larger than 4 times guest RAM. A devdax namespace
+/// with 2 MiB alignment has a deduplicated memmap in RAM (8 KiB per 2 MiB page, 1/256 of the
+/// device), so it stays in RAM up to about 16 times guest RAM; with 1 GiB alignment practically
+/// always.
+pub const AUTO_RAM_FRACTION_DENOMINATOR: u64 = 16;
+
+/// `BTT_SIG` (`drivers/nvdimm/btt.h`, compared over `BTT_SIG_LEN` = 16 bytes): a BTT arena at
+/// offset 4096, which the guest probes before pfn/dax. Only used to name what a device holds.
+const BTT_SIG: [u8; 16] = *b"BTT_ARENA_INFO\0\0";
+
+/// Bytes read (or scanned) at a time when checking that an area is blank.
+const SCAN_CHUNK: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+/// `memmap=`: where the guest keeps the struct pages of the namespace, or no info block at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Memmap {
+    /// No info block: a raw namespace.
+    None,
+    /// An info block with the memmap in guest RAM (`PFN_MODE_RAM`, ndctl `--map=mem`).
+    Ram,
+    /// An info block with the memmap in the device's reserve (`PFN_MODE_PMEM`, ndctl `--map=dev`).
+    Pmem,
+    /// Keep a valid block, else choose by [`AUTO_RAM_FRACTION_DENOMINATOR`] (see the module docs).
+    #[default]
+    Auto,
+}
+
+/// `mode=`: the personality the guest gives the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NsMode {
+    /// `/dev/pmemN` with DAX (`NVDIMM_PFN_INFO`).
+    Fsdax,
+    /// `/dev/daxN.M` (`NVDIMM_DAX_INFO`).
+    Devdax,
+    /// No info block; the same as `memmap=none`.
+    Raw,
+}
+
+/// `format=`: what the monitor may write into the backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FormatPolicy {
+    /// Never write.
+    Keep,
+    /// Write only onto a blank area (or a file created in this run).
+    #[default]
+    Init,
+    /// Write whatever is there, after stating what is replaced.
+    Force,
+}
+
+fn bad_value(option: &'static str, value: &str, expected: &'static str) -> FormatError {
+    FormatError::BadValue {
+        option,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+impl FromStr for Memmap {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Memmap, FormatError> {
+        match s {
+            "none" => Ok(Memmap::None),
+            "ram" => Ok(Memmap::Ram),
+            "pmem" => Ok(Memmap::Pmem),
+            "auto" => Ok(Memmap::Auto),
+            _ => Err(bad_value("memmap", s, "ram, pmem, none or auto")),
+        }
+    }
+}
+
+impl FromStr for NsMode {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<NsMode, FormatError> {
+        match s {
+            "fsdax" => Ok(NsMode::Fsdax),
+            "devdax" => Ok(NsMode::Devdax),
+            "raw" => Ok(NsMode::Raw),
+            _ => Err(bad_value("mode", s, "fsdax, devdax or raw")),
+        }
+    }
+}
+
+impl FromStr for FormatPolicy {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<FormatPolicy, FormatError> {
+        match s {
+            "keep" => Ok(FormatPolicy::Keep),
+            "init" => Ok(FormatPolicy::Init),
+            "force" => Ok(FormatPolicy::Force),
+            _ => Err(bad_value("format", s, "keep, init or force")),
+        }
+    }
+}
+
+/// Parses `align=`: `4K`, `2M` or `1G` (case-insensitive, optionally with `iB`), or the same
+/// number of bytes in decimal: the alignments the guest kernel supports
+/// ([`SUPPORTED_ALIGNMENTS`]).
+pub fn parse_align(s: &str) -> Result<u64, FormatError> {
+    let lower = s.to_ascii_lowercase();
+    let unit = lower.strip_suffix("ib").unwrap_or(&lower);
+    let value = match unit {
+        "4k" => Some(4 << 10),
+        "2m" => Some(2 << 20),
+        "1g" => Some(1 << 30),
+        _ => unit.parse::<u64>().ok(),
+    };
+    value
+        .filter(|v| SUPPORTED_ALIGNMENTS.contains(v))
+        .ok_or_else(|| bad_value("align", s, "4K, 2M or 1G"))
+}
+
+impl fmt::Display for Memmap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Memmap::None => "none",
+            Memmap::Ram => "ram",
+            Memmap::Pmem => "pmem",
+            Memmap::Auto => "auto",
+        })
+    }
+}
+
+impl fmt::Display for NsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NsMode::Fsdax => "fsdax",
+            NsMode::Devdax => "devdax",
+            NsMode::Raw => "raw",
+        })
+    }
+}
+
+impl fmt::Display for FormatPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FormatPolicy::Keep => "keep",
+            FormatPolicy::Init => "init",
+            FormatPolicy::Force => "force",
+        })
+    }
+}
+
+/// An alignment as the option spells it (`4K`, `2M`, `1G`), else in hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlignName(pub u64);
+
+impl fmt::Display for AlignName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0x1000 => f.write_str("4K"),
+            0x20_0000 => f.write_str("2M"),
+            0x4000_0000 => f.write_str("1G"),
+            a => write!(f, "{a:#x}"),
+        }
+    }
+}
+
+/// Everything the format step needs to know about one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatRequest {
+    pub memmap: Memmap,
+    /// `mode=`, `None` when not given: fsdax for a block to write; under `memmap=auto` an existing
+    /// block is kept whatever its mode, and a given mode that differs is only noted.
+    pub mode: Option<NsMode>,
+    /// `align=` in bytes (one of [`SUPPORTED_ALIGNMENTS`]), `None` when not given: [`DEFAULT_ALIGN`]
+    /// (2 MiB) for a block to write, and an existing block matches whatever its alignment.
+    pub align: Option<u64>,
+    pub format: FormatPolicy,
+    /// Guest physical address of namespace offset 0 (the window the layout gives the device).
+    pub phys_addr: u64,
+    /// Namespace size: the backing's size.
+    pub size: u64,
+    /// Guest RAM in bytes, for `memmap=auto`.
+    pub guest_ram: u64,
+    /// `readonly=on`.
+    pub readonly: bool,
+    /// The monitor created the backing file in this run (it is all zeros).
+    pub created_this_run: bool,
+    /// Identity of a block written by this run (see [`random_uuid`]); an existing block keeps its
+    /// own.
+    pub uuid: [u8; 16],
+}
+
+/// A random (version 4) uuid for a new info block, as the kernel and ndctl make them.
+pub fn random_uuid() -> io::Result<[u8; 16]> {
+    let mut u = [0u8; 16];
+    File::open("/dev/urandom")?.read_exact(&mut u)?;
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    Ok(u)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plan
+// ---------------------------------------------------------------------------------------------
+
+/// What the guest will get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No info block the guest would act on: a raw namespace.
+    Raw,
+    /// This block (existing, or written by [`apply`]).
+    Block(InfoBlock),
+}
+
+/// The one write a plan may need, at [`INFO_BLOCK_OFFSET`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteAction {
+    None,
+    Write {
+        /// The block to write; `None` erases (4 KiB of zeros) a block `memmap=none` must hide.
+        block: Option<InfoBlock>,
+        /// What the write replaces, for `format=force` (a block, or non-blank bytes), in words.
+        replaces: Option<String>,
+        /// The 4 KiB that were at [`INFO_BLOCK_OFFSET`] when planned: [`apply`] refuses to write if
+        /// they have changed since, and puts them back if the write fails.
+        old: Box<[u8; INFO_BLOCK_SIZE]>,
+    },
+}
+
+impl WriteAction {
+    /// The bytes to write, if any.
+    pub fn bytes(&self) -> Option<[u8; INFO_BLOCK_SIZE]> {
+        match self {
+            WriteAction::None => None,
+            WriteAction::Write { block, .. } => {
+                Some(block.map_or([0; INFO_BLOCK_SIZE], |b| b.to_bytes()))
+            }
+        }
+    }
+}
+
+/// What the guest sees of one namespace, and what its memmap costs.
+///
+/// `capacity` is what the guest kernel derives from the block: for fsdax `pmem_attach_disk()`
+/// (`drivers/nvdimm/pmem.c`) sets the `/dev/pmemN` capacity to `size - pfn_pad - data_offset` with
+/// `pfn_pad = start_pad + end_trunc`; for devdax `__dax_pmem_probe()` (`drivers/dax/pmem.c`) makes
+/// the dax region, and the one `/dev/daxN.M` covering it, `[base + start_pad + dataoff, end -
+/// end_trunc)`. Both are [`Layout::data_size`] (also `pfnX.Y/size`). A raw namespace's
+/// `/dev/pmemN` is the whole namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceReport {
+    /// `"raw"`, `"fsdax"` or `"devdax"`.
+    pub mode: &'static str,
+    /// `"none"`, `"ram"` or `"pmem"`.
+    pub memmap: &'static str,
+    /// Bytes of struct pages the guest builds for the namespace (in RAM and in the device).
+    pub memmap_bytes: u64,
+    /// Guest RAM the memmap takes (struct pages and vmemmap page tables).
+    pub ram_cost_bytes: u64,
+    /// Device bytes reserved for the memmap (`dataoff - 8 KiB` with the memmap in pmem, else 0).
+    pub device_reserve_bytes: u64,
+    /// Namespace offset of the first guest-visible data byte (0 for raw).
+    pub data_offset: u64,
+    /// Guest-visible bytes: the `/dev/pmemN` or `/dev/daxN.M` size.
+    pub capacity: u64,
+    /// Mapping alignment of the block (0 for raw).
+    pub align: u64,
+}
+
+impl NamespaceReport {
+    fn raw(size: u64) -> NamespaceReport {
+        NamespaceReport {
+            mode: "raw",
+            memmap: "none",
+            memmap_bytes: 0,
+            ram_cost_bytes: 0,
+            device_reserve_bytes: 0,
+            data_offset: 0,
+            capacity: size,
+            align: 0,
+        }
+    }
+
+    fn block(b: &InfoBlock, l: &Layout) -> NamespaceReport {
+        NamespaceReport {
+            mode: match b.mode {
+                InfoMode::Fsdax => "fsdax",
+                InfoMode::Devdax => "devdax",
+            },
+            memmap: match b.memmap {
+                MemmapLocation::Ram => "ram",
+                MemmapLocation::Pmem => "pmem",
+            },
+            memmap_bytes: l.memmap.ram_bytes + l.memmap.device_bytes,
+            ram_cost_bytes: l.memmap.ram_total(),
+            device_reserve_bytes: l.memmap.device_reserve_bytes,
+            data_offset: l.data_offset,
+            capacity: l.data_size,
+            align: b.align(),
+        }
+    }
+}
+
+impl fmt::Display for NamespaceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mode == "raw" {
+            return write!(f, "raw, no memmap, capacity {}", Bytes(self.capacity));
+        }
+        write!(
+            f,
+            "{}, memmap in {} ({} of struct pages: {} of guest RAM, {} device reserve), \
+             align {}, data at offset {:#x}, capacity {}",
+            self.mode,
+            self.memmap,
+            Bytes(self.memmap_bytes),
+            Bytes(self.ram_cost_bytes),
+            Bytes(self.device_reserve_bytes),
+            AlignName(self.align),
+            self.data_offset,
+            Bytes(self.capacity)
+        )
+    }
+}
+
+/// The outcome of [`plan`]: what the guest gets, the write that needs (if any), and log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The namespace the decision is for (an io namespace at the request's address and size).
+    pub namespace: Namespace,
+    pub decision: Decision,
+    pub action: WriteAction,
+    pub report: NamespaceReport,
+    /// Lines to log: auto's numbers, what force replaces, how to format a device exposed raw.
+    pub notes: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Why a device cannot be formatted as asked. `Display` is one line; the caller prefixes the
+/// device. All variants are usage errors (exit status 2, backing unchanged) except the I/O ones,
+/// see [`FormatError::is_usage`].
+#[derive(Debug, Error)]
+pub enum FormatError {
+    #[error("{option}={value}: unknown value; expected {expected}")]
+    BadValue {
+        option: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
+    #[error("memmap={memmap} and mode={mode} conflict: {why}")]
+    Conflict {
+        memmap: Memmap,
+        mode: NsMode,
+        why: &'static str,
+    },
+
+    #[error(
+        "align={} applies only to fsdax and devdax; a raw namespace (memmap=none or mode=raw) has \
+         no mapping alignment: drop align=", AlignName(*.align)
+    )]
+    AlignOnRaw { align: u64 },
+
+    #[error(
+        "cannot lay out {asked} on this device of {} at guest physical address {phys_addr:#x}: \
+         {reason}", Bytes(*.size)
+    )]
+    Layout {
+        asked: String,
+        size: u64,
+        phys_addr: u64,
+        reason: String,
+    },
+
+    #[error("format=keep: the device has {found}; use format=init to write one")]
+    KeepNoBlock { found: String },
+
+    #[error(
+        "format=keep: the device has {found}, but {asked} was asked; ask for what is there, or use \
+         format=force to replace it"
+    )]
+    KeepMismatch { found: String, asked: String },
+
+    #[error(
+        "format=init: the device has {found}, but {asked} was asked; format=init never replaces an \
+         info block: ask for what is there, or use format=force to replace it"
+    )]
+    InitMismatch { found: String, asked: String },
+
+    #[error(
+        "format=init: bytes at offset {offset:#x} are not blank ({found}); format=init writes only \
+         when [0, {end:#x}), which the info block and its reserve take over, is all zeros: use \
+         format=force to overwrite it, or another backing"
+    )]
+    NotBlank {
+        offset: u64,
+        end: u64,
+        found: String,
+    },
+
+    #[error(
+        "memmap=none with format={format}: the device has {found}, which the guest detects even in \
+         a raw namespace; use format=force to erase it, or memmap=ram|pmem|auto to use it"
+    )]
+    BlockHidesRaw { found: String, format: FormatPolicy },
+
+    #[error(
+        "memmap=auto: the device has {found}, so the guest would give this namespace no device at \
+         all; use memmap=ram|pmem with format=force to rewrite it, or memmap=none with \
+         format=force to erase it"
+    )]
+    AutoRefusedBlock { found: String },
+
+    #[error(
+        "readonly=on, but {need}; drop readonly=on, or use format=keep with a device formatted as \
+         asked"
+    )]
+    Readonly { need: String },
+
+    #[error(
+        "readonly=on with {found}: the guest writes its struct pages into the device's memmap \
+         reserve [0x2000, {dataoff:#x}), which a read-only mapping drops; use a device formatted \
+         with memmap=ram, or drop readonly=on"
+    )]
+    ReadonlyDeviceMemmap { found: String, dataoff: u64 },
+
+    // --- Host failures (not usage errors) ---
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "the info block area [0x1000, 0x2000) changed between reading and writing it (another \
+         program is writing the backing?); nothing was written"
+    )]
+    Changed,
+
+    #[error("the info block read back after writing {reason}")]
+    Verify { reason: String },
+
+    #[error("{error}; the old bytes at [0x1000, 0x2000) were restored")]
+    Restored { error: Box<FormatError> },
+
+    #[error(
+        "{error}; restoring the old bytes failed too ({restore}): bytes [0x1000, 0x2000) of the \
+         backing may be damaged"
+    )]
+    RestoreFailed {
+        error: Box<FormatError>,
+        restore: Box<FormatError>,
+    },
+}
+
+impl FormatError {
+    /// True for mistakes in what the user asked for (exit status 2, backing unchanged); false
+    /// for host failures while reading or writing the backing.
+    pub fn is_usage(&self) -> bool {
+        !matches!(
+            self,
+            FormatError::Io { .. }
+                | FormatError::Changed
+                | FormatError::Verify { .. }
+                | FormatError::Restored { .. }
+                | FormatError::RestoreFailed { .. }
+        )
+    }
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> FormatError {
+    move |source| FormatError::Io { op, source }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access to the namespace bytes
+// ---------------------------------------------------------------------------------------------
+
+/// The few operations the format step needs on a namespace's bytes (offsets are namespace
+/// offsets, i.e. backing offsets).
+pub trait NamespaceAccess {
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The offset of the first non-zero byte in `range`, `None` if it is all zeros. Holes of a
+    /// sparse file are not read.
+    fn first_nonzero(&self, range: Range<u64>) -> io::Result<Option<u64>>;
+    /// Writes `data` at `offset` and makes it durable before returning.
+    fn write_durably(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// [`NamespaceAccess`] over an opened backing and its mapping.
+///
+/// * Regular files and block devices: `pread`, `pwrite` and `fdatasync` on the backing's open file
+///   (the descriptor the mapping was made from, so the page cache is shared and the guest sees
+///   the write). Not a `memcpy` into the mapping: writing a hole of a sparse file through a shared
+///   mapping raises SIGBUS when the file system is full, where `pwrite` returns `ENOSPC`. On a
+///   file system, `fdatasync` also persists the block allocation. The blank check skips holes
+///   with `lseek(SEEK_DATA/SEEK_HOLE)` (which moves the descriptor's file offset; nothing else
+///   uses it), so a sparse terabyte costs nothing.
+/// * Device-dax: it has no `read`/`write`/`fsync` (`dax_fops`), and `msync` fails with `EINVAL`,
+///   so reads and writes go through the mapping and a write is made durable with `clflush` on
+///   every cache line it touched and an `sfence`.
+pub struct BackingAccess<'a> {
+    file: &'a File,
+    mapping: &'a PmemMapping,
+    size: u64,
+    readonly: bool,
+    via_mapping: bool,
+}
+
+impl<'a> BackingAccess<'a> {
+    /// `mapping` must be the whole-backing mapping made by `backing.map()`.
+    ///
+    /// # Panics
+    /// If the mapping's length is not the backing's size.
+    pub fn new(backing: &'a Backing, mapping: &'a PmemMapping) -> BackingAccess<'a> {
+        assert_eq!(
+            mapping.len(),
+            backing.size(),
+            "the mapping is not the backing's"
+        );
+        BackingAccess {
+            file: backing.file(),
+            mapping,
+            size: backing.size(),
+            readonly: backing.readonly(),
+            via_mapping: matches!(backing.kind(), BackingKind::DevDax { .. }),
+        }
+    }
+
+    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "range {offset:#x}+{len:#x} is outside the backing of {:#x} bytes",
+                    self.size
+                ),
+            )),
+        }
+    }
+
+    /// The host address of namespace offset `offset`, which [`check`](Self::check) has
+    /// accepted (with the length the caller then uses).
+    fn mapped(&self, offset: u64) -> *mut u8 {
+        // SAFETY: callers checked offset + len <= size, the mapping's length, so the result stays
+        // inside the mapping (or one past its end for len 0).
+        unsafe { self.mapping.as_ptr().add(offset as usize) }
+    }
+
+    fn scan_file(&self, range: Range<u64>) -> io::Result<Option<u64>> {
+        let mut buf = vec![0u8; SCAN_CHUNK];
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = (range.end - pos).min(SCAN_CHUNK as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], pos)?;
+            if let Some(i) = first_nonzero_in(&buf[..n]) {
+                return Ok(Some(pos + i as u64));
+            }
+            pos += n as u64;
+        }
+        Ok(None)
+    }
+
+    fn scan_sparse_file(&self, range: Range<u64>) -> io::Result<Option<u64>> {
+        let mut pos = range.start;
+        while pos < range.end {
+            let data = match seek(self.file, pos, libc::SEEK_DATA) {
+                Ok(data) => data,
+                // No data at or after pos.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+                // A file system without SEEK_DATA: read it all.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                    return self.scan_file(pos..range.end)
+                }
+                Err(e) => return Err(e),
+            };
+            if data >= range.end {
+                return Ok(None);
+            }
+            let hole = seek(self.file, data, libc::SEEK_HOLE)?;
+            // A hole at or before `data` (the file changed under us) must not stall the loop.
+            let stop = if hole > data {
+                hole.min(range.end)
+            } else {
+                range.end
+            };
+            if let Some(off) = self.scan_file(data.max(pos)..stop)? {
+                return Ok(Some(off));
+            }
+            pos = stop;
+        }
+        Ok(None)
+    }
+}
+
+/// `lseek(fd, offset, whence)`.
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    // SAFETY: lseek on a descriptor `file` owns; it touches no memory of ours.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+impl NamespaceAccess for BackingAccess<'_> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check(offset, buf.len())?;
+        if !self.via_mapping {
+            return self.file.read_exact_at(buf, offset);
+        }
+        let src = self.mapped(offset);
+        // SAFETY: [src, src + len) lies inside the live mapping (checked), which is readable, and
+        // cannot overlap `buf` (a Rust allocation, not part of the mapping). The guest is not
+        // running yet, so nothing writes the bytes concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn first_nonzero(&self, range: Range<u64>) -> io::Result<Option<u64>> {
+        if range.start >= range.end {
+            return Ok(None);
+        }
+        self.check(range.start, (range.end - range.start) as usize)?;
+        if !self.via_mapping {
+            return self.scan_sparse_file(range);
+        }
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = (range.end - pos).min(SCAN_CHUNK as u64) as usize;
+            // SAFETY: [pos, pos + n) lies inside the live, readable mapping (checked above); the
+            // guest is not running, so nothing mutates those bytes while the slice lives.
+            let bytes = unsafe { std::slice::from_raw_parts(self.mapped(pos), n) };
+            if let Some(i) = first_nonzero_in(bytes) {
+                return Ok(Some(pos + i as u64));
+            }
+            pos += n as u64;
+        }
+        Ok(None)
+    }
+
+    fn write_durably(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check(offset, data.len())?;
+        if self.readonly {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the backing is open read-only (readonly=on)",
+            ));
+        }
+        if !self.via_mapping {
+            self.file.write_all_at(data, offset)?;
+            return self.file.sync_data();
+        }
+        let dst = self.mapped(offset);
+        // SAFETY: [dst, dst + len) lies inside the live mapping (checked), which is writable (the
+        // backing is not read-only, so it was mapped PROT_WRITE), and cannot overlap `data`. The
+        // guest is not running yet.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        flush_cache_lines(dst, data.len())
+    }
+}
+
+/// Writes back and invalidates every cache line of `[addr, addr + len)` and fences, so that the
+/// stores before it are in the persistence domain (device-dax has no `msync`). `clflush` is in
+/// every x86-64 CPU; `clflushopt`/`clwb` would be faster but need a feature check, and this is
+/// one 4 KiB block.
+#[cfg(target_arch = "x86_64")]
+fn flush_cache_lines(addr: *const u8, len: usize) -> io::Result<()> {
+    use std::arch::x86_64::{_mm_clflush, _mm_sfence};
+    const LINE: usize = 64;
+    let mut line = addr as usize & !(LINE - 1);
+    let end = addr as usize + len;
+    while line < end {
+        // SAFETY: `line` is the start of a cache line overlapping [addr, addr + len), a range of
+        // mapped memory; the mapping starts on a page boundary, so the whole line is mapped.
+        // clflush only writes the line back and invalidates it; memory contents do not change.
+        unsafe { _mm_clflush(line as *const u8) };
+        line += LINE;
+    }
+    // SAFETY: sfence only orders stores; SSE is part of the x86-64 baseline.
+    unsafe { _mm_sfence() };
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn flush_cache_lines(_addr: *const u8, _len: usize) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "flushing a device-dax write is implemented for x86-64 only",
+    ))
+}
+
+/// Index of the first non-zero byte. OR-folds page-sized chunks first (vectorises well) and
+/// looks for the byte only in a chunk that has one.
+fn first_nonzero_in(buf: &[u8]) -> Option<usize> {
+    let mut base = 0;
+    for chunk in buf.chunks(4096) {
+        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return chunk.iter().position(|&b| b != 0).map(|i| base + i);
+        }
+        base += chunk.len();
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planning
+// ---------------------------------------------------------------------------------------------
+
+/// What the device holds at [`INFO_BLOCK_OFFSET`], as the guest would take it.
+#[derive(Debug, Clone)]
+enum Found {
+    /// A block the guest uses on this namespace.
+    Valid(InfoBlock),
+    /// A pfn/dax signature whose block the guest refuses in a way that leaves the namespace with
+    /// no device at all (`-EOPNOTSUPP` from `nd_pfn_validate()`, or a failure when enabling).
+    Refused {
+        mode: InfoMode,
+        error: InfoBlockError,
+    },
+    /// A pfn/dax signature the guest ignores (bad checksum, foreign parent uuid, bad mode).
+    Ignored {
+        mode: InfoMode,
+        error: InfoBlockError,
+    },
+    /// A BTT arena signature (the guest may attach the namespace as a BTT sector device).
+    Btt,
+    /// Nothing the guest looks at.
+    Nothing,
+}
+
+impl Found {
+    fn classify(bytes: &[u8; INFO_BLOCK_SIZE], ns: &Namespace) -> Found {
+        let mode = if bytes[..16] == *InfoMode::Fsdax.signature() {
+            InfoMode::Fsdax
+        } else if bytes[..16] == *InfoMode::Devdax.signature() {
+            InfoMode::Devdax
+        } else if bytes[..16] == BTT_SIG {
+            return Found::Btt;
+        } else {
+            return Found::Nothing;
+        };
+        match InfoBlock::parse_for(bytes, ns) {
+            Ok(b) => Found::Valid(b),
+            Err(error) => match error.guest_outcome() {
+                Some(GuestOutcome::RawNamespace) => Found::Ignored { mode, error },
+                _ => Found::Refused { mode, error },
+            },
+        }
+    }
+
+    /// Whether the guest acts on it in a raw namespace (`memmap=none` cannot hide it).
+    fn guest_detects(&self) -> bool {
+        matches!(self, Found::Valid(_) | Found::Refused { .. })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Found::Valid(b) => describe_block(b),
+            Found::Refused { mode, error } => {
+                let hint = if matches!(
+                    error,
+                    InfoBlockError::BadOffset { .. }
+                        | InfoBlockError::ResourceStartMisaligned { .. }
+                        | InfoBlockError::ResourceEndMisaligned { .. }
+                        | InfoBlockError::DaxRegionMisaligned { .. }
+                ) {
+                    "; was it written for another guest physical address?"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} info block the guest refuses ({error}{hint})",
+                    article(*mode)
+                )
+            }
+            Found::Ignored { mode, error } => format!(
+                "no info block the guest uses ({} signature the guest ignores: {error})",
+                article(*mode)
+            ),
+            Found::Btt => "a BTT arena (BTT_ARENA_INFO signature) at offset 0x1000".to_string(),
+            Found::Nothing => "no info block".to_string(),
+        }
+    }
+}
+
+fn article(mode: InfoMode) -> &'static str {
+    match mode {
+        InfoMode::Fsdax => "an fsdax",
+        InfoMode::Devdax => "a devdax",
+    }
+}
+
+/// "an info block for mode=fsdax,memmap=pmem,align=2M (data offset 0x1200000)".
+fn describe_block(b: &InfoBlock) -> String {
+    format!(
+        "an info block for mode={},memmap={},align={} (data offset {:#x})",
+        b.mode,
+        b.memmap,
+        AlignName(b.align()),
+        b.dataoff
+    )
+}
+
+fn ns_mode(m: InfoMode) -> NsMode {
+    match m {
+        InfoMode::Fsdax => NsMode::Fsdax,
+        InfoMode::Devdax => NsMode::Devdax,
+    }
+}
+
+/// What the options ask for, after the conflicts between them are ruled out.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Raw,
+    Block(InfoMode, MemmapLocation),
+    Auto(InfoMode),
+}
+
+fn target(req: &FormatRequest) -> Result<Target, FormatError> {
+    let info_mode = |m: Option<NsMode>| match m {
+        Some(NsMode::Devdax) => InfoMode::Devdax,
+        _ => InfoMode::Fsdax,
+    };
+    let t = match (req.memmap, req.mode) {
+        (Memmap::None, None | Some(NsMode::Raw)) | (Memmap::Auto, Some(NsMode::Raw)) => Target::Raw,
+        (Memmap::None, Some(mode)) => {
+            return Err(FormatError::Conflict {
+                memmap: req.memmap,
+                mode,
+                why: "memmap=none gives a raw namespace, without an info block; drop mode= or use \
+                      memmap=ram|pmem|auto",
+            })
+        }
+        (Memmap::Ram | Memmap::Pmem, Some(NsMode::Raw)) => {
+            return Err(FormatError::Conflict {
+                memmap: req.memmap,
+                mode: NsMode::Raw,
+                why: "mode=raw gives a raw namespace, without a memmap; drop mode=raw or use \
+                      memmap=none",
+            })
+        }
+        (Memmap::Ram, m) => Target::Block(info_mode(m), MemmapLocation::Ram),
+        (Memmap::Pmem, m) => Target::Block(info_mode(m), MemmapLocation::Pmem),
+        (Memmap::Auto, m) => Target::Auto(info_mode(m)),
+    };
+    if let Some(align) = req.align {
+        if matches!(t, Target::Raw) {
+            return Err(FormatError::AlignOnRaw { align });
+        }
+        if !SUPPORTED_ALIGNMENTS.contains(&align) {
+            return Err(bad_value("align", &format!("{align:#x}"), "4K, 2M or 1G"));
+        }
+    }
+    Ok(t)
+}
+
+/// Decides what the guest gets and whether that needs a write; reads, never writes.
+pub fn plan(req: &FormatRequest, ns: &dyn NamespaceAccess) -> Result<Plan, FormatError> {
+    let target = target(req)?;
+    let namespace = Namespace::io(req.phys_addr, req.size);
+    let mut old = Box::new([0u8; INFO_BLOCK_SIZE]);
+    if req.size >= INFO_BLOCK_RESERVE {
+        ns.read(INFO_BLOCK_OFFSET, &mut old[..])
+            .map_err(io_err("reading the info block at offset 0x1000"))?;
+    }
+    let found = Found::classify(&old, &namespace);
+    let mut p = Planner {
+        req,
+        ns,
+        namespace,
+        found,
+        old,
+        notes: Vec::new(),
+    };
+    let (decision, action) = match target {
+        Target::Raw => p.raw()?,
+        Target::Block(mode, memmap) => p.block(mode, memmap)?,
+        Target::Auto(mode) => p.auto(mode)?,
+    };
+    let report = match &decision {
+        Decision::Raw => NamespaceReport::raw(req.size),
+        Decision::Block(b) => {
+            if req.readonly && b.memmap == MemmapLocation::Pmem {
+                return Err(FormatError::ReadonlyDeviceMemmap {
+                    found: describe_block(b),
+                    dataoff: b.dataoff,
+                });
+            }
+            let layout = b.layout(&namespace).map_err(|e| p.layout_error(b, e))?;
+            NamespaceReport::block(b, &layout)
+        }
+    };
+    Ok(Plan {
+        namespace,
+        decision,
+        action,
+        report,
+        notes: p.notes,
+    })
+}
+
+struct Planner<'a> {
+    req: &'a FormatRequest,
+    ns: &'a dyn NamespaceAccess,
+    namespace: Namespace,
+    found: Found,
+    old: Box<[u8; INFO_BLOCK_SIZE]>,
+    notes: Vec<String>,
+}
+
+type Outcome = (Decision, WriteAction);
+
+impl Planner<'_> {
+    fn keep(&mut self, b: InfoBlock, note: String) -> Result<Outcome, FormatError> {
+        self.notes.push(note);
+        Ok((Decision::Block(b), WriteAction::None))
+    }
+
+    fn raw_as_is(&mut self, note: Option<String>) -> Result<Outcome, FormatError> {
+        self.notes.extend(note);
+        Ok((Decision::Raw, WriteAction::None))
+    }
+
+    /// A write of `block` (or an erase), refused under `readonly=on`.
+    fn write(
+        &mut self,
+        block: Option<InfoBlock>,
+        replaces: Option<String>,
+    ) -> Result<Outcome, FormatError> {
+        let what = match &block {
+            Some(b) => describe_block(b),
+            None => "4 KiB of zeros".to_string(),
+        };
+        if self.req.readonly {
+            let need = match &replaces {
+                Some(r) => format!(
+                    "format={} needs to write {what} at offset 0x1000 over {r}",
+                    self.req.format
+                ),
+                None => format!(
+                    "format={} needs to write {what} at offset 0x1000",
+                    self.req.format
+                ),
+            };
+            return Err(FormatError::Readonly { need });
+        }
+        self.notes.push(match &replaces {
+            Some(r) => format!("format=force: writing {what} at offset 0x1000, replacing {r}"),
+            None => format!("writing {what} at offset 0x1000"),
+        });
+        let decision = block.map_or(Decision::Raw, Decision::Block);
+        Ok((
+            decision,
+            WriteAction::Write {
+                block,
+                replaces,
+                old: self.old.clone(),
+            },
+        ))
+    }
+
+    /// First non-zero byte in `[0, end)`, `None` for a file created in this run.
+    fn nonblank(&self, end: u64) -> Result<Option<u64>, FormatError> {
+        if self.req.created_this_run {
+            return Ok(None);
+        }
+        self.ns
+            .first_nonzero(0..end.min(self.req.size))
+            .map_err(io_err("checking that the area to format is blank"))
+    }
+
+    /// What non-blank bytes at `offset` are, for messages.
+    fn nonblank_words(&self, offset: u64) -> String {
+        match &self.found {
+            Found::Nothing => format!("non-blank bytes from offset {offset:#x}"),
+            f => format!("non-blank bytes from offset {offset:#x}: {}", f.describe()),
+        }
+    }
+
+    fn asked(&self, mode: InfoMode, memmap: MemmapLocation) -> String {
+        match self.req.align {
+            Some(a) => format!("mode={mode},memmap={memmap},align={}", AlignName(a)),
+            None => format!("mode={mode},memmap={memmap}"),
+        }
+    }
+
+    fn compute(
+        &self,
+        mode: InfoMode,
+        memmap: MemmapLocation,
+        uuid: [u8; 16],
+    ) -> Result<InfoBlock, InfoBlockError> {
+        InfoBlock::compute(&InfoBlockRequest {
+            mode,
+            memmap,
+            align: self.req.align.unwrap_or(DEFAULT_ALIGN),
+            namespace: self.namespace,
+            uuid,
+        })
+    }
+
+    fn layout_error(&self, b: &InfoBlock, e: InfoBlockError) -> FormatError {
+        self.layout_error_for(b.mode, b.memmap, b.align(), e)
+    }
+
+    /// A request the layout rules cannot satisfy, in the user's terms.
+    fn layout_error_for(
+        &self,
+        mode: InfoMode,
+        memmap: MemmapLocation,
+        align: u64,
+        e: InfoBlockError,
+    ) -> FormatError {
+        let reason = match e {
+            InfoBlockError::AlignmentUnsatisfiable {
+                dataoff, usable, ..
+            } if align > DEFAULT_ALIGN => format!(
+                "align={} needs the data to start on a {} boundary, at offset {dataoff:#x}, but \
+                 the device has only {usable:#x} usable bytes; use align=2M or a larger device",
+                AlignName(align),
+                Bytes(align)
+            ),
+            InfoBlockError::AlignmentUnsatisfiable {
+                dataoff, usable, ..
+            } if memmap == MemmapLocation::Pmem => format!(
+                "the device is too small for its own memmap reserve: the data would start at \
+                 offset {dataoff:#x} but the device has only {usable:#x} usable bytes; use \
+                 memmap=ram or a larger device"
+            ),
+            InfoBlockError::AlignmentUnsatisfiable {
+                dataoff, usable, ..
+            } => format!(
+                "the device is too small for an info block: the data would start at offset \
+                 {dataoff:#x} but the device has only {usable:#x} usable bytes; use memmap=none \
+                 or a larger device"
+            ),
+            e => e.to_string(),
+        };
+        FormatError::Layout {
+            asked: format!("mode={mode},memmap={memmap},align={}", AlignName(align)),
+            size: self.req.size,
+            phys_addr: self.req.phys_addr,
+            reason,
+        }
+    }
+
+    /// `memmap=none` / `mode=raw`.
+    fn raw(&mut self) -> Result<Outcome, FormatError> {
+        if self.found.guest_detects() {
+            let found = self.found.describe();
+            return match self.req.format {
+                FormatPolicy::Force => self.write(None, Some(found)),
+                format => Err(FormatError::BlockHidesRaw { found, format }),
+            };
+        }
+        let note = match &self.found {
+            Found::Btt => Some(
+                "the device holds a BTT arena at offset 0x1000: the guest may attach it as a BTT \
+                 sector device instead of a raw one"
+                    .to_string(),
+            ),
+            Found::Ignored { .. } => Some(format!(
+                "raw namespace; the device has {}",
+                self.found.describe()
+            )),
+            _ => None,
+        };
+        self.raw_as_is(note)
+    }
+
+    /// `memmap=ram|pmem`.
+    fn block(&mut self, mode: InfoMode, memmap: MemmapLocation) -> Result<Outcome, FormatError> {
+        let align = self.req.align.unwrap_or(DEFAULT_ALIGN);
+        let new = self
+            .compute(mode, memmap, self.req.uuid)
+            .map_err(|e| self.layout_error_for(mode, memmap, align, e))?;
+        let asked = self.asked(mode, memmap);
+        let found_words = self.found.describe();
+        match (&self.found, self.req.format) {
+            (Found::Valid(b), FormatPolicy::Force) => {
+                let b = *b;
+                if self.compute(mode, memmap, b.uuid).ok() == Some(b) {
+                    self.keep(
+                        b,
+                        format!(
+                            "format=force: the device already has {found_words}; not rewriting it"
+                        ),
+                    )
+                } else {
+                    self.write(Some(new), Some(found_words))
+                }
+            }
+            (Found::Valid(b), policy) => {
+                let b = *b;
+                let matches = b.mode == mode
+                    && b.memmap == memmap
+                    && self.req.align.is_none_or(|a| a == b.align());
+                match policy {
+                    _ if matches => self.keep(
+                        b,
+                        format!("format={policy}: the device already has {found_words}; using it"),
+                    ),
+                    FormatPolicy::Keep => Err(FormatError::KeepMismatch {
+                        found: found_words,
+                        asked,
+                    }),
+                    _ => Err(FormatError::InitMismatch {
+                        found: found_words,
+                        asked,
+                    }),
+                }
+            }
+            (Found::Refused { .. }, FormatPolicy::Keep) => Err(FormatError::KeepMismatch {
+                found: found_words,
+                asked,
+            }),
+            (Found::Refused { .. }, FormatPolicy::Init) => Err(FormatError::InitMismatch {
+                found: found_words,
+                asked,
+            }),
+            (Found::Refused { .. }, FormatPolicy::Force) => {
+                self.write(Some(new), Some(found_words))
+            }
+            (_, FormatPolicy::Keep) => Err(FormatError::KeepNoBlock { found: found_words }),
+            (_, FormatPolicy::Init) => match self.nonblank(new.dataoff)? {
+                Some(offset) => Err(FormatError::NotBlank {
+                    offset,
+                    end: new.dataoff,
+                    found: found_words,
+                }),
+                None => self.write(Some(new), None),
+            },
+            (_, FormatPolicy::Force) => {
+                let replaces = self.nonblank(new.dataoff)?.map(|o| self.nonblank_words(o));
+                self.write(Some(new), replaces)
+            }
+        }
+    }
+
+    /// `memmap=auto`.
+    fn auto(&mut self, mode: InfoMode) -> Result<Outcome, FormatError> {
+        let force = self.req.format == FormatPolicy::Force;
+        match &self.found {
+            Found::Valid(b) if !force => {
+                let b = *b;
+                let mut note = format!("memmap=auto: keeping the existing {}", describe_block(&b));
+                let mut ignored = Vec::new();
+                if let Some(m) = self.req.mode.filter(|&m| m != ns_mode(b.mode)) {
+                    ignored.push(format!("mode={m}"));
+                }
+                if let Some(a) = self.req.align.filter(|&a| a != b.align()) {
+                    ignored.push(format!("align={}", AlignName(a)));
+                }
+                if !ignored.is_empty() {
+                    note += &format!(
+                        "; {} not applied (give memmap=ram|pmem with format=force to rewrite it)",
+                        ignored.join(" and ")
+                    );
+                }
+                return self.keep(b, note);
+            }
+            Found::Refused { .. } if !force => {
+                return Err(FormatError::AutoRefusedBlock {
+                    found: self.found.describe(),
+                });
+            }
+            _ => {}
+        }
+
+        let Some(new) = self.auto_choice(mode)? else {
+            return self.raw_as_is(None);
+        };
+        if force {
+            if let Found::Valid(b) = self.found {
+                if self.compute(new.mode, new.memmap, b.uuid).ok() == Some(b) {
+                    let note = format!(
+                        "format=force: the device already has {}; not rewriting it",
+                        describe_block(&b)
+                    );
+                    return self.keep(b, note);
+                }
+            }
+            let replaces = match &self.found {
+                Found::Valid(_) | Found::Refused { .. } => Some(self.found.describe()),
+                _ => self.nonblank(new.dataoff)?.map(|o| self.nonblank_words(o)),
+            };
+            return self.write(Some(new), replaces);
+        }
+        if let Some(offset) = self.nonblank(new.dataoff)? {
+            let there = match &self.found {
+                Found::Nothing => String::new(),
+                f => format!(" ({})", f.describe()),
+            };
+            let note = format!(
+                "memmap=auto: exposed raw because bytes at offset {offset:#x} are not \
+                 blank{there}; to use DAX give memmap={},format=force (this overwrites the first \
+                 {} bytes)",
+                new.memmap, new.dataoff
+            );
+            return self.raw_as_is(Some(note));
+        }
+        match (self.req.format, self.req.readonly) {
+            (FormatPolicy::Keep, _) => self.raw_as_is(Some(format!(
+                "memmap=auto with format=keep: the device is blank and is not formatted; exposed \
+                 raw (drop format=keep to give it {})",
+                describe_block(&new)
+            ))),
+            (_, true) => self.raw_as_is(Some(format!(
+                "memmap=auto with readonly=on: the device is blank and cannot be formatted; \
+                 exposed raw (drop readonly=on to give it {})",
+                describe_block(&new)
+            ))),
+            _ => self.write(Some(new), None),
+        }
+    }
+
+    /// The block `memmap=auto` writes on this device: the memmap in RAM while it costs at most
+    /// 1/16 of guest RAM, else in the device. `None` (raw, with a note) when the device is too
+    /// small for any info block and `align=` was not given.
+    fn auto_choice(&mut self, mode: InfoMode) -> Result<Option<InfoBlock>, FormatError> {
+        let align = self.req.align.unwrap_or(DEFAULT_ALIGN);
+        let uuid = self.req.uuid;
+        let ram = match self.compute(mode, MemmapLocation::Ram, uuid) {
+            Ok(b) => b,
+            Err(e) if self.req.align.is_none() => {
+                self.notes.push(format!(
+                    "memmap=auto: the device of {} is too small for an info block ({e}); \
+                     exposed raw",
+                    Bytes(self.req.size)
+                ));
+                return Ok(None);
+            }
+            Err(e) => return Err(self.layout_error_for(mode, MemmapLocation::Ram, align, e)),
+        };
+        let ram_layout = ram
+            .layout(&self.namespace)
+            .map_err(|e| self.layout_error(&ram, e))?;
+        let cost = ram_layout.memmap.ram_total();
+        let budget = self.req.guest_ram / AUTO_RAM_FRACTION_DENOMINATOR;
+        let within = cost.saturating_mul(AUTO_RAM_FRACTION_DENOMINATOR) <= self.req.guest_ram;
+        let size = Bytes(self.req.size);
+        let ram_words = format!(
+            "memmap=auto: the memmap of this {size} {mode} namespace costs {cost} bytes of guest \
+             RAM with memmap=ram; 1/{AUTO_RAM_FRACTION_DENOMINATOR} of the {} guest RAM is {budget} \
+             bytes",
+            Bytes(self.req.guest_ram)
+        );
+        if within {
+            self.notes.push(format!("{ram_words}: memmap in ram"));
+            return Ok(Some(ram));
+        }
+        match self.compute(mode, MemmapLocation::Pmem, uuid) {
+            Ok(pmem) => {
+                let l = pmem
+                    .layout(&self.namespace)
+                    .map_err(|e| self.layout_error(&pmem, e))?;
+                self.notes.push(format!(
+                    "{ram_words}: memmap in pmem, reserving {} bytes of the device (guest RAM \
+                     cost {} bytes, capacity {} bytes instead of {})",
+                    l.memmap.device_reserve_bytes,
+                    l.memmap.ram_total(),
+                    l.data_size,
+                    ram_layout.data_size
+                ));
+                Ok(Some(pmem))
+            }
+            Err(e) => {
+                self.notes.push(format!(
+                    "{ram_words}, but the memmap does not fit in the device ({e}): memmap in ram"
+                ));
+                Ok(Some(ram))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------------
+
+/// Performs the plan's write, if any: checks that the 4 KiB at [`INFO_BLOCK_OFFSET`] are still
+/// what [`plan`] read, writes the new bytes durably, reads them back and verifies them (the same
+/// bytes, and for a block, one the guest accepts on this namespace:
+/// [`InfoBlock::parse_for`] gives the planned block). On any failure after the write started it
+/// writes the old bytes back the same way and returns the error ([`FormatError::Restored`], or
+/// [`FormatError::RestoreFailed`] if even that failed).
+///
+/// A host crash in the middle of the 4 KiB write can leave a torn block; its checksum then fails,
+/// the guest ignores it, and `format=init` refuses the non-blank bytes on the next run, so nothing
+/// is ever used half-written.
+pub fn apply(plan: &Plan, ns: &dyn NamespaceAccess) -> Result<(), FormatError> {
+    let WriteAction::Write { block, old, .. } = &plan.action else {
+        return Ok(());
+    };
+    let new = plan.action.bytes().expect("a write has bytes");
+    let mut now = [0u8; INFO_BLOCK_SIZE];
+    ns.read(INFO_BLOCK_OFFSET, &mut now)
+        .map_err(io_err("re-reading the info block at offset 0x1000"))?;
+    if now != **old {
+        return Err(FormatError::Changed);
+    }
+    let expect = block.map(|b| (b, &plan.namespace));
+    let Err(error) = write_verified(ns, &new, expect) else {
+        return Ok(());
+    };
+    match write_verified(ns, old, None) {
+        Ok(()) => Err(FormatError::Restored {
+            error: Box::new(error),
+        }),
+        Err(restore) => Err(FormatError::RestoreFailed {
+            error: Box::new(error),
+            restore: Box::new(restore),
+        }),
+    }
+}
+
+/// Writes `bytes` at [`INFO_BLOCK_OFFSET`] durably and checks what reads back.
+fn write_verified(
+    ns: &dyn NamespaceAccess,
+    bytes: &[u8; INFO_BLOCK_SIZE],
+    expect: Option<(InfoBlock, &Namespace)>,
+) -> Result<(), FormatError> {
+    ns.write_durably(INFO_BLOCK_OFFSET, bytes)
+        .map_err(io_err("writing the info block at offset 0x1000"))?;
+    let mut back = [0u8; INFO_BLOCK_SIZE];
+    ns.read(INFO_BLOCK_OFFSET, &mut back)
+        .map_err(io_err("reading back the info block at offset 0x1000"))?;
+    if let Some(i) = back.iter().zip(bytes.iter()).position(|(a, b)| a != b) {
+        return Err(FormatError::Verify {
+            reason: format!(
+                "differs from what was written at offset {:#x}",
+                INFO_BLOCK_OFFSET + i as u64
+            ),
+        });
+    }
+    if let Some((block, namespace)) = expect {
+        match InfoBlock::parse_for(&back, namespace) {
+            Ok(parsed) if parsed == block => {}
+            Ok(parsed) => {
+                return Err(FormatError::Verify {
+                    reason: format!("parses as {parsed:?}, not the planned {block:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(FormatError::Verify {
+                    reason: format!("is not one the guest accepts: {e}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "format_tests.rs"]
+mod tests;
