@@ -20,6 +20,7 @@ pub mod markers;
 pub mod mode;
 pub mod nested;
 pub mod nvdimm;
+pub mod pmem_checks;
 mod process;
 pub mod scratch;
 pub mod shell;

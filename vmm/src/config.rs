@@ -54,7 +54,13 @@ pub struct Cli {
     /// Where the guest's COM1 goes: stdio, file=PATH or off
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: String,
-    /// A persistent memory device (repeatable): path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]
+    /// Write a JSON description of the guest's pmem namespaces (addresses, modes, memmap cost,
+    /// capacity) to PATH before the guest starts
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// A persistent memory device (repeatable): path=PATH[,size=SIZE][,readonly=on|off][,id=NAME]
+    /// [,numa=NODE][,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G]
+    /// [,format=keep|init|force]
     #[arg(long, value_name = "SPEC")]
     pub pmem: Vec<String>,
 }
@@ -77,6 +83,7 @@ pub struct VmConfig {
     pub memory: u64,
     pub serial: SerialMode,
     pub pmem: Vec<PmemConfig>,
+    pub report: Option<PathBuf>,
 }
 
 /// How many `--pmem` devices one guest may have (NFIT handles and ACPI names are sized for it).
@@ -242,6 +249,7 @@ impl VmConfig {
             memory,
             serial,
             pmem,
+            report: cli.report,
         })
     }
 

@@ -64,6 +64,11 @@ pub enum VmmError {
     },
     #[error("{0}")]
     Guest(String),
+    #[error("--report {path:?}: {source}")]
+    Report {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 impl VmmError {
@@ -72,6 +77,7 @@ impl VmmError {
             VmmError::Pmem(e) => e.is_usage(),
             VmmError::Usage(_)
             | VmmError::GuestMemory { .. }
+            | VmmError::Report { .. }
             | VmmError::Vm(vm::VmError::TooManyCpus { .. }) => true,
             _ => false,
         }
@@ -149,7 +155,20 @@ fn serial_output(mode: &SerialMode) -> Result<Output, VmmError> {
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
+    // Checked before any backing is opened: nothing gets formatted for a guest that cannot run.
+    if let Some(reason) = host::check_host() {
+        return Err(VmmError::HostUnsuitable(reason));
+    }
     let pmem = pmem::PmemDevices::open(&cfg.pmem, cfg.memory)?;
+    if let Some(path) = &cfg.report {
+        let mut json = pmem.report_json();
+        json["memory"] = cfg.memory.into();
+        json["cpus"] = cfg.cpus.into();
+        std::fs::write(path, format!("{json:#}\n")).map_err(|source| VmmError::Report {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let result = run_with_pmem(cfg, &pmem);
     // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk.
     pmem.flush();
@@ -158,9 +177,6 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
 
 fn run_with_pmem(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> Result<StopReason, VmmError> {
     let (mem, entry) = prepare_guest_memory(cfg, pmem)?;
-    if let Some(reason) = host::check_host() {
-        return Err(VmmError::HostUnsuitable(reason));
-    }
     let vm = vm::Vm::create(&mem, cfg.cpus, entry, pmem)?;
 
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);

@@ -17,9 +17,11 @@ fn clap_error_line(e: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,vmm=info,devices=info"),
+    )
+    .format_timestamp_millis()
+    .init();
     let cfg = match VmConfig::parse_args(std::env::args_os()) {
         Ok(cfg) => cfg,
         Err(CliFailure::Clap(e)) if !e.use_stderr() => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
 use devices::pmem::flush_hint::FlushHints;
+use devices::pmem::format::{self, BackingAccess, FormatError, FormatRequest, NamespaceReport};
 use log::{info, warn};
 use thiserror::Error;
 
@@ -21,6 +22,13 @@ pub enum PmemError {
         path: String,
         source: PmemLayoutError,
     },
+    #[error("--pmem {path}: {source}")]
+    Format { path: String, source: FormatError },
+    #[error("--pmem {path}: cannot make a namespace uuid: {source}")]
+    Uuid {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl PmemError {
@@ -28,6 +36,8 @@ impl PmemError {
         match self {
             PmemError::Backing(e) => e.is_usage(),
             PmemError::Layout { .. } => true,
+            PmemError::Format { source, .. } => source.is_usage(),
+            PmemError::Uuid { .. } => false,
         }
     }
 }
@@ -37,6 +47,10 @@ pub struct PmemDevice {
     pub config: PmemConfig,
     pub window: PmemWindow,
     pub kind: BackingKind,
+    /// What the guest will make of the namespace (mode, memmap, capacity).
+    pub report: NamespaceReport,
+    /// Whether this run wrote (or erased) the info block.
+    pub wrote_info_block: bool,
     /// Shared with the flush-hint device, which flushes it from vCPU threads.
     pub mapping: Arc<PmemMapping>,
 }
@@ -44,6 +58,45 @@ pub struct PmemDevice {
 #[derive(Default)]
 pub struct PmemDevices {
     pub devices: Vec<PmemDevice>,
+}
+
+/// Plans and applies one device's info block; returns the guest's view and whether it wrote.
+fn format_namespace(
+    config: &PmemConfig,
+    backing: &Backing,
+    mapping: &PmemMapping,
+    window: PmemWindow,
+    memory: u64,
+) -> Result<(NamespaceReport, bool), PmemError> {
+    let path = || config.path.display().to_string();
+    let uuid = format::random_uuid().map_err(|source| PmemError::Uuid {
+        path: path(),
+        source,
+    })?;
+    let request = FormatRequest {
+        memmap: config.memmap,
+        mode: config.mode,
+        align: config.align,
+        format: config.format,
+        phys_addr: window.base,
+        size: window.size,
+        guest_ram: memory,
+        readonly: config.readonly,
+        created_this_run: matches!(backing.kind(), BackingKind::File { created: true }),
+        uuid,
+    };
+    let access = BackingAccess::new(backing, mapping);
+    let err = |source| PmemError::Format {
+        path: path(),
+        source,
+    };
+    let plan = format::plan(&request, &access).map_err(err)?;
+    for note in &plan.notes {
+        info!("{}: {note}", config.id);
+    }
+    let wrote = plan.action.bytes().is_some();
+    format::apply(&plan, &access).map_err(err)?;
+    Ok((plan.report, wrote))
 }
 
 /// The first guest physical address the guest's CPUs cannot address: KVM gives guests the
@@ -97,29 +150,50 @@ impl PmemDevices {
                 }
             }
         }
+        // Step 4: the memmap policy decides each namespace's info block, and writes it only
+        // where the format rules allow; every plan is made and applied before the guest runs.
+        let mut outcomes = Vec::with_capacity(backings.len());
+        for (((config, backing), window), mapping) in
+            configs.iter().zip(&backings).zip(&windows).zip(&mappings)
+        {
+            match format_namespace(config, backing, mapping, *window, memory) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => {
+                    drop(mappings);
+                    backings.into_iter().for_each(Backing::abandon);
+                    return Err(e);
+                }
+            }
+        }
         let devices = configs
             .iter()
             .zip(backings)
             .zip(windows)
             .zip(mappings)
-            .map(|(((config, backing), window), mapping)| {
-                info!(
-                    "{}: {} ({:?}, {} MiB{}) at guest {:#x}",
-                    config.id,
-                    config.path.display(),
-                    backing.kind(),
-                    window.size >> 20,
-                    if config.readonly { ", read-only" } else { "" },
-                    window.base
-                );
-                PmemDevice {
-                    config: config.clone(),
-                    window,
-                    kind: *backing.kind(),
-                    // The mapping keeps the file (and its lock) open; the Backing can go.
-                    mapping: Arc::new(mapping),
-                }
-            })
+            .zip(outcomes)
+            .map(
+                |((((config, backing), window), mapping), (report, wrote))| {
+                    info!(
+                        "{}: {} ({:?}{}) at guest {:#x}+{:#x}: {}",
+                        config.id,
+                        config.path.display(),
+                        backing.kind(),
+                        if config.readonly { ", read-only" } else { "" },
+                        window.base,
+                        window.size,
+                        report
+                    );
+                    PmemDevice {
+                        config: config.clone(),
+                        window,
+                        kind: *backing.kind(),
+                        report,
+                        wrote_info_block: wrote,
+                        // The mapping keeps the file (and its lock) open; the Backing can go.
+                        mapping: Arc::new(mapping),
+                    }
+                },
+            )
             .collect();
         Ok(PmemDevices { devices })
     }
@@ -138,6 +212,44 @@ impl PmemDevices {
                 flush_hint: Some(FlushHints::address(layout::FLUSH_HINT_BASE, i)),
             })
             .collect()
+    }
+
+    /// The machine-readable report (`vmm --report`): one object per device, in command-line
+    /// order, with the numbers the log gives.
+    pub fn report_json(&self) -> serde_json::Value {
+        let devices: Vec<serde_json::Value> = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let r = &d.report;
+                serde_json::json!({
+                    "id": d.config.id,
+                    "path": d.config.path.display().to_string(),
+                    "backing": match d.kind {
+                        BackingKind::File { .. } => "file",
+                        BackingKind::DevDax { .. } => "devdax",
+                        BackingKind::BlockDevice => "block",
+                    },
+                    "nfit_handle": acpi::nfit_handle(i),
+                    "guest_base": d.window.base,
+                    "size": d.window.size,
+                    "readonly": d.config.readonly,
+                    "numa": d.config.numa,
+                    "mode": r.mode,
+                    "memmap": r.memmap,
+                    "memmap_bytes": r.memmap_bytes,
+                    "ram_cost_bytes": r.ram_cost_bytes,
+                    "device_reserve_bytes": r.device_reserve_bytes,
+                    "data_offset": r.data_offset,
+                    "capacity": r.capacity,
+                    "align": r.align,
+                    "info_block_written": d.wrote_info_block,
+                    "flush_hint": FlushHints::address(layout::FLUSH_HINT_BASE, i),
+                })
+            })
+            .collect();
+        serde_json::json!({ "pmem": devices })
     }
 
     /// The MMIO device behind the NFIT flush hints of these devices.

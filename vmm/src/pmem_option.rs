@@ -6,11 +6,16 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use devices::pmem::format::{parse_align, FormatPolicy, Memmap, NsMode};
+
 use crate::config::parse_size;
 
-pub const PMEM_SYNTAX: &str = "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]";
+pub const PMEM_SYNTAX: &str = "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]\
+[,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]";
 
-const KEYS: &[&str] = &["path", "size", "readonly", "id", "numa"];
+const KEYS: &[&str] = &[
+    "path", "size", "readonly", "id", "numa", "memmap", "mode", "align", "format",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PmemConfig {
@@ -22,6 +27,14 @@ pub struct PmemConfig {
     pub id: String,
     /// ACPI proximity domain of the range (guest NUMA node of the device).
     pub numa: Option<u32>,
+    /// Where the guest's struct pages for the namespace live (or no info block).
+    pub memmap: Memmap,
+    /// The namespace personality; None = fsdax for a new block, whatever is there for `auto`.
+    pub mode: Option<NsMode>,
+    /// Mapping alignment; None = 2 MiB.
+    pub align: Option<u64>,
+    /// What the monitor may write into the backing.
+    pub format: FormatPolicy,
 }
 
 /// Largest proximity domain we accept: Linux discards an SRAT that names a larger one.
@@ -39,6 +52,8 @@ fn on_off(key: &str, value: &str) -> Result<bool, String> {
 pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, String> {
     let mut seen = HashSet::new();
     let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
+    let (mut memmap, mut mode, mut align, mut format) =
+        (Memmap::default(), None, None, FormatPolicy::default());
     for item in text.split(',') {
         let (key, value) = item
             .split_once('=')
@@ -84,6 +99,10 @@ pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, String> {
                     })?;
                 numa = Some(node);
             }
+            "memmap" => memmap = value.parse().map_err(|e| format!("{e}"))?,
+            "mode" => mode = Some(value.parse().map_err(|e| format!("{e}"))?),
+            "align" => align = Some(parse_align(value).map_err(|e| format!("{e}"))?),
+            "format" => format = value.parse().map_err(|e| format!("{e}"))?,
             _ => unreachable!("key checked against KEYS"),
         }
     }
@@ -94,6 +113,10 @@ pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, String> {
         readonly,
         id: id.unwrap_or_else(|| format!("pmem{index}")),
         numa,
+        memmap,
+        mode,
+        align,
+        format,
     })
 }
 
@@ -133,6 +156,10 @@ mod tests {
             ("path=/a,size", "not key=value"),
             ("path=", "path= needs a value"),
             ("path=/a,id=a b", "id=a b"),
+            ("path=/a,memmap=dev", "memmap=dev"),
+            ("path=/a,mode=sector", "mode=sector"),
+            ("path=/a,align=3M", "align=3M"),
+            ("path=/a,format=always", "format=always"),
         ] {
             let e = parse_pmem(text, 0).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");
