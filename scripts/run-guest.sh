@@ -16,7 +16,8 @@ if ((${#command[@]} == 0)); then
   # One kernel command-line word: no double quotes or newlines inside.
   command=("echo; echo '== /proc/iomem'; grep -i persistent /proc/iomem;"
     "echo '== namespace0.0 (mode, size)'; cat /sys/bus/nd/devices/namespace0.0/mode /sys/bus/nd/devices/namespace0.0/size;"
-    "echo '== pfn0.0 (memmap location, data size)'; cat /sys/bus/nd/devices/pfn0.0/mode /sys/bus/nd/devices/pfn0.0/size;"
+    "h=\$(cat /sys/bus/nd/devices/namespace0.0/holder);"
+    "echo '== memmap location and data size of' \$h; cat /sys/bus/nd/devices/\$h/mode /sys/bus/nd/devices/\$h/size;"
     "echo '== /dev/pmem0'; ls -l /dev/pmem0; cat /sys/block/pmem0/queue/dax;"
     "echo '== memory'; grep -E 'MemTotal|MemFree' /proc/meminfo")
 fi
