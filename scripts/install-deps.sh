@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   linux-source-6.12 bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc
-  busybox-static qemu-system-x86 ndctl acpica-tools e2fsprogs util-linux
+  busybox-static qemu-system-x86 ndctl acpica-tools e2fsprogs util-linux strace
 )
 
 missing=()

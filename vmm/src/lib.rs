@@ -155,11 +155,33 @@ fn serial_output(mode: &SerialMode) -> Result<Output, VmmError> {
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
-    // Checked before any backing is opened: nothing gets formatted for a guest that cannot run.
+    let mut pmem = pmem::PmemDevices::open(&cfg.pmem, cfg.memory)?;
+    let setup = prepare(cfg, &mut pmem);
+    let (mem, entry) = match setup {
+        Ok(ready) => ready,
+        Err(e) => {
+            // The guest never ran: leave no file behind that this run created.
+            pmem.abandon();
+            return Err(e);
+        }
+    };
+    let result = run_with_pmem(cfg, &pmem, mem, entry);
+    // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk.
+    pmem.flush();
+    result
+}
+
+/// Everything between reading the configuration and creating the VM. User errors (kernel,
+/// initramfs, layout) come first; the host check comes before anything is written to a backing.
+fn prepare(
+    cfg: &VmConfig,
+    pmem: &mut pmem::PmemDevices,
+) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
+    let (mem, entry) = prepare_guest_memory(cfg, pmem)?;
     if let Some(reason) = host::check_host() {
         return Err(VmmError::HostUnsuitable(reason));
     }
-    let pmem = pmem::PmemDevices::open(&cfg.pmem, cfg.memory)?;
+    pmem.format(cfg.memory)?;
     if let Some(path) = &cfg.report {
         let mut json = pmem.report_json();
         json["memory"] = cfg.memory.into();
@@ -169,14 +191,15 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
             source,
         })?;
     }
-    let result = run_with_pmem(cfg, &pmem);
-    // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk.
-    pmem.flush();
-    result
+    Ok((mem, entry))
 }
 
-fn run_with_pmem(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> Result<StopReason, VmmError> {
-    let (mem, entry) = prepare_guest_memory(cfg, pmem)?;
+fn run_with_pmem(
+    cfg: &VmConfig,
+    pmem: &pmem::PmemDevices,
+    mem: GuestMemoryMmap,
+    entry: boot::Entry,
+) -> Result<StopReason, VmmError> {
     let vm = vm::Vm::create(&mem, cfg.cpus, entry, pmem)?;
 
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);

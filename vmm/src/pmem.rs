@@ -47,7 +47,10 @@ pub struct PmemDevice {
     pub config: PmemConfig,
     pub window: PmemWindow,
     pub kind: BackingKind,
-    /// What the guest will make of the namespace (mode, memmap, capacity).
+    /// Held (with its lock) for the life of the guest.
+    pub backing: Backing,
+    /// What the guest will make of the namespace (mode, memmap, capacity); raw until
+    /// [`PmemDevices::format`] has run.
     pub report: NamespaceReport,
     /// Whether this run wrote (or erased) the info block.
     pub wrote_info_block: bool,
@@ -142,26 +145,11 @@ impl PmemDevices {
         let mut mappings = Vec::with_capacity(backings.len());
         for b in &backings {
             match b.map() {
-                Ok(m) => mappings.push(m),
+                Ok(m) => mappings.push(Arc::new(m)),
                 Err(e) => {
                     drop(mappings);
                     backings.into_iter().for_each(Backing::abandon);
                     return Err(e.into());
-                }
-            }
-        }
-        // Step 4: the memmap policy decides each namespace's info block, and writes it only
-        // where the format rules allow; every plan is made and applied before the guest runs.
-        let mut outcomes = Vec::with_capacity(backings.len());
-        for (((config, backing), window), mapping) in
-            configs.iter().zip(&backings).zip(&windows).zip(&mappings)
-        {
-            match format_namespace(config, backing, mapping, *window, memory) {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(e) => {
-                    drop(mappings);
-                    backings.into_iter().for_each(Backing::abandon);
-                    return Err(e);
                 }
             }
         }
@@ -170,32 +158,47 @@ impl PmemDevices {
             .zip(backings)
             .zip(windows)
             .zip(mappings)
-            .zip(outcomes)
-            .map(
-                |((((config, backing), window), mapping), (report, wrote))| {
-                    info!(
-                        "{}: {} ({:?}{}) at guest {:#x}+{:#x}: {}",
-                        config.id,
-                        config.path.display(),
-                        backing.kind(),
-                        if config.readonly { ", read-only" } else { "" },
-                        window.base,
-                        window.size,
-                        report
-                    );
-                    PmemDevice {
-                        config: config.clone(),
-                        window,
-                        kind: *backing.kind(),
-                        report,
-                        wrote_info_block: wrote,
-                        // The mapping keeps the file (and its lock) open; the Backing can go.
-                        mapping: Arc::new(mapping),
-                    }
-                },
-            )
+            .map(|(((config, backing), window), mapping)| PmemDevice {
+                config: config.clone(),
+                window,
+                kind: *backing.kind(),
+                backing,
+                report: NamespaceReport::raw(window.size),
+                wrote_info_block: false,
+                mapping,
+            })
             .collect();
         Ok(PmemDevices { devices })
+    }
+
+    /// Step 4: the memmap policy decides each namespace's info block and writes it only where
+    /// the format rules allow. Every plan is made and applied before the guest runs.
+    pub fn format(&mut self, memory: u64) -> Result<(), PmemError> {
+        for d in &mut self.devices {
+            let (report, wrote) =
+                format_namespace(&d.config, &d.backing, &d.mapping, d.window, memory)?;
+            info!(
+                "{}: {} ({:?}{}) at guest {:#x}+{:#x}: {}",
+                d.config.id,
+                d.config.path.display(),
+                d.kind,
+                if d.config.readonly { ", read-only" } else { "" },
+                d.window.base,
+                d.window.size,
+                report
+            );
+            d.report = report;
+            d.wrote_info_block = wrote;
+        }
+        Ok(())
+    }
+
+    /// Gives up before the guest ran: unmaps everything and removes the files this run created.
+    pub fn abandon(self) {
+        for d in self.devices {
+            drop(d.mapping);
+            d.backing.abandon();
+        }
     }
 
     /// The NFIT's view of the devices, in command-line order (NFIT handle = index + 1).

@@ -341,7 +341,8 @@ pub struct NamespaceReport {
 }
 
 impl NamespaceReport {
-    fn raw(size: u64) -> NamespaceReport {
+    /// A raw namespace of `size` bytes: no info block, no memmap.
+    pub fn raw(size: u64) -> NamespaceReport {
         NamespaceReport {
             mode: "raw",
             memmap: "none",
