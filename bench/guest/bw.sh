@@ -1,0 +1,20 @@
+#!/bin/sh
+# bench guest script (bandwidth phase): sequential mmap copies on the devdax device and on a
+# file of an ext4 -o dax filesystem on the fsdax device, RUNS times each.
+#   usage: bw.sh BYTES CHUNK PASSES RUNS
+P=/bench/bench-probe
+bytes=$1 chunk=$2 passes=$3 runs=$4
+dax=$(ls /dev/dax* 2>/dev/null | head -n 1)
+[ -n "$dax" ] || { echo "bw.sh: no /dev/dax* device"; ls /dev; exit 1; }
+[ -b /dev/pmem0 ] || { echo "bw.sh: no /dev/pmem0"; ls /dev; exit 1; }
+mkdir -p /mnt/fs
+/usr/sbin/mke2fs -q -F -t ext4 -b 4096 -E nodiscard /dev/pmem0 || { echo "bw.sh: mke2fs failed"; exit 1; }
+mount -t ext4 -o dax /dev/pmem0 /mnt/fs || { echo "bw.sh: mount -o dax failed"; exit 1; }
+grep ' /mnt/fs ' /proc/mounts | grep -q dax || { echo "bw.sh: /mnt/fs is not mounted with dax"; exit 1; }
+i=1
+while [ "$i" -le "$runs" ]; do
+    "$P" bw --tag "bandwidth.guest-devdax.$i" --path "$dax" --bytes "$bytes" --chunk "$chunk" --passes "$passes" || exit 1
+    "$P" bw --tag "bandwidth.guest-fsdax.$i" --path /mnt/fs/bw --create --bytes "$bytes" --chunk "$chunk" --passes "$passes" || exit 1
+    i=$((i + 1))
+done
+umount /mnt/fs

@@ -1,0 +1,563 @@
+//! `bench`: measures the vmm (and peer monitors) on the testbed and writes a table (stdout),
+//! `results.json` and `plot.png`. See `bench/README.md` and `bench --help`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use bench::lines::{self, Failure, Tag};
+use bench::machine;
+use bench::plot;
+use bench::report::{self, Results};
+use bench::scripts::{self, GUEST_BW, GUEST_MEMMAP, GUEST_PROBE, MKE2FS};
+use bench::settings::{parse_size, PeerKind, PeerState, Phase, Settings};
+use bench::timefmt;
+use testbed::{run_on_kvm_host, HostOpts, InitramfsSpec, Mode};
+
+const HELP: &str = "\
+bench: boot time, resident memory, start-up cost against pmem size, memmap cost and DAX
+bandwidth of the vmm on the testbed (nested or direct, see tests/README.md), next to peer
+monitors named by environment variables.
+
+Usage: bench [--runs N] [--memmap-runs N] [--quick] [--only PHASES] [--out DIR]
+
+  --runs N          runs of every figure (default 5)
+  --memmap-runs N   runs of every memmap figure (default min(N, 3): a 64 GiB memmap is slow
+                    to initialise under TCG)
+  --quick           N=1 and tiny sizes (the smoke test; a minute or two nested)
+  --only PHASES     comma-separated subset of boot,startup,memmap,bandwidth
+  --startup-sizes L comma-separated pmem sizes of the start-up phase (default 1G,64G,1T)
+  --memmap-sizes L  comma-separated pmem sizes of the memmap phase (default 1G,4G,16G,64G)
+  --out DIR         output directory (default <workspace>/target/bench/<UTC yyyymmdd-hhmmss>)
+  -h, --help        this text
+
+Output: a table on stdout; DIR/results.json (machine, settings, every sample, summaries,
+failures, missing figures); DIR/plot.png; DIR/<phase>.sh and DIR/<phase>.log (the host script
+and console of each phase).
+
+Peers (each optional; a path that does not exist or is not executable is reported as missing
+and the run goes on):
+  PMEMVMM_BENCH_CLOUD_HYPERVISOR  cloud-hypervisor binary (virtio-pmem, boots $VMLINUX)
+  PMEMVMM_BENCH_FIRECRACKER       firecracker binary (virtio-pmem, boots $VMLINUX)
+  PMEMVMM_BENCH_QEMU              qemu-system-x86_64 (-machine q35,nvdimm=on, -device nvdimm)
+
+Exit status: 0 when every figure of our monitor is there, 1 when some are missing (the table
+says which), 2 on bad usage.";
+
+struct Args {
+    settings: Settings,
+    out: Option<PathBuf>,
+}
+
+fn parse_sizes(v: &str) -> Result<Vec<u64>, String> {
+    v.split(',')
+        .map(|s| parse_size(s).ok_or_else(|| format!("bad size {s:?}")))
+        .collect()
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut runs: Option<usize> = None;
+    let mut memmap_runs: Option<usize> = None;
+    let mut quick = false;
+    let mut only: Option<Vec<Phase>> = None;
+    let mut out = None;
+    let mut startup_sizes = None;
+    let mut memmap_sizes = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "-h" | "--help" => return Err(String::new()),
+            "--quick" => quick = true,
+            "--runs" => {
+                let v = value("--runs")?;
+                runs = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or("--runs: expected N > 0")?,
+                );
+            }
+            "--memmap-runs" => {
+                let v = value("--memmap-runs")?;
+                memmap_runs = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or("--memmap-runs: expected N > 0")?,
+                );
+            }
+            "--only" => {
+                let v = value("--only")?;
+                only = Some(
+                    v.split(',')
+                        .map(|p| {
+                            Phase::parse(p.trim()).ok_or_else(|| {
+                                format!("--only: unknown phase {p:?} (boot, startup, memmap, bandwidth)")
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            "--out" => out = Some(PathBuf::from(value("--out")?)),
+            "--startup-sizes" => startup_sizes = Some(parse_sizes(&value("--startup-sizes")?)?),
+            "--memmap-sizes" => memmap_sizes = Some(parse_sizes(&value("--memmap-sizes")?)?),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let mut s = if quick {
+        Settings::quick()
+    } else {
+        Settings::standard(runs.unwrap_or(5))
+    };
+    if let Some(n) = runs {
+        s.runs = n;
+        s.memmap_runs = n.min(3);
+    }
+    if let Some(n) = memmap_runs {
+        s.memmap_runs = n;
+    }
+    if let Some(p) = only {
+        s.phases = Phase::ALL.into_iter().filter(|x| p.contains(x)).collect();
+    }
+    if let Some(v) = startup_sizes {
+        s.startup_sizes = v;
+    }
+    if let Some(v) = memmap_sizes {
+        s.memmap_sizes = v;
+    }
+    Ok(Args {
+        settings: s.with_peers_from_env(),
+        out,
+    })
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("bench: {e}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `bench-probe`, built next to this binary.
+fn probe_path() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let probe = exe
+        .parent()
+        .map(|d| d.join("bench-probe"))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "bench-probe is not next to {} (build both: cargo build --release -p bench)",
+                exe.display()
+            )
+        })?;
+    Ok(probe)
+}
+
+/// QEMU's firmware for a QEMU peer inside L1 (copied into the share; `-L $SHARE`).
+fn qemu_firmware(qemu: &Path, dir: &Path) -> Result<(), String> {
+    const FILES: [&str; 8] = [
+        "bios-256k.bin",
+        "bios.bin",
+        "linuxboot_dma.bin",
+        "linuxboot.bin",
+        "kvmvapic.bin",
+        "multiboot_dma.bin",
+        "pvh.bin",
+        "vgabios-stdvga.bin",
+    ];
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(prefix) = qemu.parent().and_then(Path::parent) {
+        dirs.push(prefix.join("share/qemu"));
+        dirs.push(prefix.join("share/seabios"));
+    }
+    dirs.extend(["/usr/share/qemu", "/usr/share/seabios"].map(PathBuf::from));
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut found = false;
+    for f in FILES {
+        if let Some(src) = dirs.iter().map(|d| d.join(f)).find(|p| p.is_file()) {
+            std::fs::copy(&src, dir.join(f))
+                .map_err(|e| format!("copying {}: {e}", src.display()))?;
+            found |= f == "bios-256k.bin";
+        }
+    }
+    if found {
+        Ok(())
+    } else {
+        Err("no bios-256k.bin in /usr/share/qemu or /usr/share/seabios".into())
+    }
+}
+
+/// Directories the L1 init mounts over (tmpfs, 9p, proc, ...): a file copied into L1's
+/// initramfs at a path under one of them is hidden at run time.
+const L1_SHADOWED: [&str; 6] = ["/work", "/tmp", "/mnt/host", "/proc", "/sys", "/dev"];
+
+/// In nested mode, a host executable must sit at a path L1 does not mount over to be copied in
+/// at "the same path" (`HostOpts::with_host_bin`); one under `/work` or `/tmp` (a cargo target
+/// directory, a downloaded peer) is staged in the testbed cache first.
+fn visible_in_l1(path: &Path, name: &str) -> Result<PathBuf, String> {
+    if !L1_SHADOWED.iter().any(|d| path.starts_with(d)) {
+        return Ok(path.to_path_buf());
+    }
+    let dir = testbed::config::cache_dir().join("bench").join(name);
+    if L1_SHADOWED.iter().any(|d| dir.starts_with(d)) {
+        return Err(format!(
+            "{} is under a directory the nested host mounts over ({}), and so is the cache \
+             {}; set PMEMVMM_CACHE elsewhere (e.g. under $HOME)",
+            path.display(),
+            L1_SHADOWED.join(" "),
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let file = path.file_name().unwrap_or_default();
+    let dest = dir.join(file);
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        file.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::copy(path, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, &dest))
+        .map_err(|e| format!("staging {} in {}: {e}", path.display(), dir.display()))?;
+    Ok(dest)
+}
+
+fn host_opts(spec: &InitramfsSpec, probe: &Path, timeout_s: u64) -> HostOpts {
+    HostOpts::default()
+        .with_initramfs(spec.clone())
+        .with_host_bin(probe)
+        .with_timeout(Duration::from_secs(timeout_s))
+}
+
+fn phase_failure(phase: Phase, reason: &str) -> Failure {
+    Failure {
+        tag: Tag::parse(&format!("{}.phase", phase.name())),
+        reason: lines::one_line(reason),
+    }
+}
+
+/// Runs one phase's script; its output (or the error) goes to `<out>/<phase>.log`.
+fn run_phase(
+    phase: Phase,
+    script: &str,
+    opts: &HostOpts,
+    out: &Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    let _ = std::fs::write(out.join(format!("{}.sh", phase.name())), script);
+    eprintln!(
+        "bench: {} phase (timeout {} s)...",
+        phase.name(),
+        opts.timeout.as_secs()
+    );
+    let log = out.join(format!("{}.log", phase.name()));
+    match run_on_kvm_host(script, opts) {
+        Ok(run) => {
+            let _ = std::fs::write(&log, &run.full_console);
+            let p = lines::parse(&run.output);
+            eprintln!(
+                "bench: {} phase done in {:.0?}: {} samples, {} failures",
+                phase.name(),
+                run.duration,
+                p.samples.len(),
+                p.failures.len()
+            );
+            results.samples.extend(p.samples);
+            results.infos.extend(p.infos);
+            results.failures.extend(p.failures);
+            if run.rc != 0 {
+                results.failures.push(phase_failure(
+                    phase,
+                    &format!("the host script exited {}", run.rc),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let text = format!("{e:?}");
+            let _ = std::fs::write(&log, &text);
+            Err(text)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<bool, String> {
+    let s = args.settings;
+    let root = testbed::config::workspace_root();
+    let started = timefmt::now_secs();
+    let out = args
+        .out
+        .unwrap_or_else(|| root.join("target/bench").join(timefmt::compact(started)));
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let out = out.canonicalize().map_err(|e| e.to_string())?;
+    let probe = probe_path()?;
+    let mode = testbed::mode().map_err(|e| format!("{e:?}"))?;
+
+    for (kind, state) in &s.peers {
+        if let PeerState::Missing(reason) = state {
+            eprintln!("bench: peer {} missing: {reason}", kind.name());
+        }
+    }
+
+    // The guest initramfs: the probe, the two guest scripts and mke2fs.
+    let guest_dir = out.join("guest");
+    std::fs::create_dir_all(&guest_dir).map_err(|e| e.to_string())?;
+    let memmap_sh = guest_dir.join("memmap.sh");
+    let bw_sh = guest_dir.join("bw.sh");
+    std::fs::write(&memmap_sh, scripts::MEMMAP_SH).map_err(|e| e.to_string())?;
+    std::fs::write(&bw_sh, scripts::BW_SH).map_err(|e| e.to_string())?;
+    let mut spec = InitramfsSpec::default()
+        .with_bin(format!("{}:{GUEST_PROBE}", probe.display()))
+        .with_file(&memmap_sh, GUEST_MEMMAP)
+        .with_file(&bw_sh, GUEST_BW);
+    if Path::new(MKE2FS).is_file() {
+        spec = spec.with_bin(MKE2FS);
+    }
+
+    // The machine, before anything runs.
+    let mut m = machine::this_machine();
+    m.insert("testbed_mode".into(), json!(mode.to_string()));
+    m.insert("nested".into(), json!(mode == Mode::Nested));
+    m.insert("date".into(), json!(timefmt::iso(started)));
+    m.insert("git".into(), json!(machine::git_commit(&root)));
+    let kernel = testbed::kernel().map_err(|e| format!("{e:?}"))?;
+    m.insert(
+        "guest_kernel".into(),
+        json!(kernel
+            .info
+            .get("KERNEL_VERSION")
+            .cloned()
+            .unwrap_or_else(|| kernel.bzimage.display().to_string())),
+    );
+    let vmm = testbed::vmm().map_err(|e| format!("{e:?}"))?;
+    m.insert(
+        "vmm".into(),
+        json!(machine::first_line_of(vmm, &["--version"]).unwrap_or_else(|e| e)),
+    );
+    if mode == Mode::Nested {
+        let qemu = std::env::var(testbed::config::ENV_QEMU)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| testbed::config::which("qemu-system-x86_64"));
+        if let Some(qemu) = qemu {
+            m.insert(
+                "l0_qemu".into(),
+                json!(machine::first_line_of(&qemu, &["--version"]).unwrap_or_else(|e| e)),
+            );
+        }
+    }
+    let mut peer_versions = serde_json::Map::new();
+    for (kind, state) in &s.peers {
+        let v = match state {
+            PeerState::Ready(p) => machine::first_line_of(p, &["--version"]).unwrap_or_else(|e| e),
+            PeerState::Missing(r) => format!("missing: {r}"),
+            PeerState::NotGiven => format!("not given ({})", kind.env_var()),
+        };
+        peer_versions.insert(kind.name().into(), json!(v));
+    }
+    m.insert("peers".into(), Value::Object(peer_versions));
+
+    // Where the probe is on the KVM host (the guest gets its own copy at GUEST_PROBE).
+    let probe = if mode == Mode::Nested {
+        visible_in_l1(&probe, "probe")?
+    } else {
+        probe
+    };
+    let probe_s = probe.display().to_string();
+    let mut results = Results::default();
+    for phase in s.phases.clone() {
+        match phase {
+            Phase::Boot => {
+                let mut peers = Vec::new();
+                for (kind, path) in s.ready_peers() {
+                    if mode == Mode::Direct {
+                        peers.push((kind, path));
+                        continue;
+                    }
+                    match visible_in_l1(&path, kind.name()) {
+                        Ok(p) => peers.push((kind, p)),
+                        Err(e) => results.failures.push(Failure {
+                            tag: Tag::parse(&format!("boot.{}.0", kind.name())),
+                            reason: lines::one_line(&e),
+                        }),
+                    }
+                }
+                let cases = s.boot_devices.len() * (1 + peers.len());
+                let timeout = 180 + (s.runs * cases) as u64 * 90;
+                let mut opts = host_opts(&spec, &probe, timeout);
+                let mut fw: Option<String> = None;
+                if mode == Mode::Nested {
+                    for (kind, path) in &peers {
+                        opts = opts.with_host_bin(path);
+                        if *kind == PeerKind::Qemu {
+                            let dir = out.join("qemu-fw");
+                            match qemu_firmware(path, &dir) {
+                                Ok(()) => {
+                                    opts = opts.with_share(&dir);
+                                    fw = Some("$SHARE".into());
+                                }
+                                Err(e) => eprintln!("bench: QEMU peer: {e}"),
+                            }
+                        }
+                    }
+                }
+                let peer_refs: Vec<(PeerKind, &Path)> =
+                    peers.iter().map(|(k, p)| (*k, p.as_path())).collect();
+                let script = scripts::boot_script(&s, &probe_s, &peer_refs, fw.as_deref());
+                if let Err(e) = run_phase(phase, &script, &opts, &out, &mut results) {
+                    if peers.is_empty() {
+                        results.failures.push(phase_failure(phase, &e));
+                    } else {
+                        // A peer can break the host setup (say, a library ldd cannot find):
+                        // report it against the peers and measure our monitor alone.
+                        eprintln!("bench: boot phase with peers failed, retrying without: {e}");
+                        for (kind, _) in &peers {
+                            results.failures.push(Failure {
+                                tag: Tag::parse(&format!("boot.{}.0", kind.name())),
+                                reason: lines::one_line(&format!(
+                                    "the host run with this peer failed: {e}"
+                                )),
+                            });
+                        }
+                        let script = scripts::boot_script(&s, &probe_s, &[], None);
+                        let opts = host_opts(&spec, &probe, timeout);
+                        if let Err(e) = run_phase(phase, &script, &opts, &out, &mut results) {
+                            results.failures.push(phase_failure(phase, &e));
+                        }
+                    }
+                }
+            }
+            Phase::Startup => {
+                let timeout = 180 + (s.runs * s.startup_sizes.len()) as u64 * 90;
+                let mut opts = host_opts(&spec, &probe, timeout);
+                if mode == Mode::Nested {
+                    // TCG's default of 40 address bits cannot place 1 TiB above 4 GiB; the
+                    // later -cpu wins over the testbed's.
+                    opts = opts.with_qemu_args(["-cpu", "max,phys-bits=48"]);
+                }
+                let script = scripts::startup_script(&s, &probe_s);
+                if let Err(e) = run_phase(phase, &script, &opts, &out, &mut results) {
+                    results.failures.push(phase_failure(phase, &e));
+                }
+            }
+            Phase::Memmap => {
+                let cases = s.memmap_sizes.len() * s.memmap_policies.len();
+                let timeout = 300 + (s.memmap_runs * cases) as u64 * 300;
+                let opts = host_opts(&spec, &probe, timeout);
+                let script = scripts::memmap_script(&s, &probe_s);
+                if let Err(e) = run_phase(phase, &script, &opts, &out, &mut results) {
+                    results.failures.push(phase_failure(phase, &e));
+                }
+            }
+            Phase::Bandwidth => {
+                let timeout = 600 + s.runs as u64 * 300;
+                let opts = host_opts(&spec, &probe, timeout);
+                let script = scripts::bandwidth_script(&s, &probe_s);
+                if let Err(e) = run_phase(phase, &script, &opts, &out, &mut results) {
+                    results.failures.push(phase_failure(phase, &e));
+                }
+            }
+        }
+    }
+    results.finish();
+
+    // What the hosts said about themselves (L1 in nested mode).
+    let mut hosts = serde_json::Map::new();
+    for i in results.infos.iter().filter(|i| i.tag.phase == "machine") {
+        let entry = hosts.entry(i.tag.case.clone()).or_insert_with(|| json!({}));
+        entry[&i.key] = json!(i.text);
+    }
+    m.insert("kvm_hosts".into(), Value::Object(hosts));
+    m.insert(
+        "loadavg_at_end".into(),
+        json!(std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()),
+    );
+    m.insert("duration_s".into(), json!(timefmt::now_secs() - started));
+
+    let expected = report::expected_figures(&s);
+    println!("{}", report::table(&results, &s, &expected));
+    let doc = report::to_json(&results, &s, Value::Object(m.clone()), &expected);
+    let json_path = out.join("results.json");
+    std::fs::write(&json_path, format!("{doc:#}\n"))
+        .map_err(|e| format!("writing {}: {e}", json_path.display()))?;
+    let png = out.join("plot.png");
+    let subtitle = format!(
+        "{} | {} | {} runs | {}",
+        m.get("cpu_model").and_then(Value::as_str).unwrap_or("?"),
+        if mode == Mode::Nested {
+            "nested (vmm in a TCG L1)"
+        } else {
+            "direct"
+        },
+        s.runs,
+        timefmt::iso(started)
+    );
+    if let Err(e) = plot::draw(
+        &png,
+        &plot::boot_bars(&results),
+        &plot::memmap_lines(&results, &s.memmap_policies),
+        &subtitle,
+    ) {
+        eprintln!("bench: {e}");
+    }
+    println!(
+        "results: {}\nplot:    {}",
+        json_path.display(),
+        png.display()
+    );
+    let complete = expected.iter().all(|k| results.summaries.contains_key(k));
+    Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, String> {
+        parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn cli() {
+        let a = args(&["--quick", "--only", "boot,memmap"]).unwrap();
+        assert!(a.settings.quick);
+        assert_eq!(a.settings.phases, vec![Phase::Boot, Phase::Memmap]);
+        let a = args(&["--runs", "10", "--out", "/tmp/x"]).unwrap();
+        assert_eq!((a.settings.runs, a.settings.memmap_runs), (10, 3));
+        assert_eq!(a.out, Some(PathBuf::from("/tmp/x")));
+        let a = args(&["--memmap-sizes", "1G,2G", "--memmap-runs", "1"]).unwrap();
+        assert_eq!(a.settings.memmap_sizes, vec![1 << 30, 2 << 30]);
+        assert_eq!(a.settings.memmap_runs, 1);
+        assert!(args(&["--runs", "0"]).is_err());
+        assert!(args(&["--only", "nope"]).is_err());
+        assert!(args(&["--bogus"]).is_err());
+        assert_eq!(args(&["--help"]).err(), Some(String::new()));
+    }
+}

@@ -1,0 +1,518 @@
+//! From samples to figures: summaries, derived figures (ratios, per-GiB costs), the list of
+//! figures a run must have, the stdout table and the JSON document.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::lines::{Failure, Info, Sample, Tag};
+use crate::settings::{parse_size, size_label, PeerKind, PeerState, Settings, GIB};
+use crate::stats::{summarize, Summary};
+
+/// `(phase, case, metric)`.
+pub type Key = (String, String, String);
+
+/// All results of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// Raw samples (probe output plus derived per-run figures).
+    pub samples: Vec<Sample>,
+    /// Facts.
+    pub infos: Vec<Info>,
+    /// Measurements that failed.
+    pub failures: Vec<Failure>,
+    /// Summaries of every `(phase, case, metric)`.
+    pub summaries: BTreeMap<Key, Summary>,
+}
+
+fn key(phase: &str, case: &str, metric: &str) -> Key {
+    (phase.to_string(), case.to_string(), metric.to_string())
+}
+
+/// The unit of a metric, from its suffix.
+pub fn unit(metric: &str) -> &'static str {
+    if metric.ends_with("_ms") {
+        "ms"
+    } else if metric.ends_with("_kib_per_gib") {
+        "KiB/GiB"
+    } else if metric.ends_with("_kib") {
+        "KiB"
+    } else if metric.ends_with("_mib_s") {
+        "MiB/s"
+    } else if metric.ends_with("_bytes") {
+        "bytes"
+    } else if metric.ends_with("_pct") {
+        "%"
+    } else {
+        "x"
+    }
+}
+
+/// The pmem size in a memmap case name (`ram-4G` is 4 GiB).
+pub fn memmap_case_size(case: &str) -> Option<u64> {
+    parse_size(case.rsplit_once('-')?.1)
+}
+
+impl Results {
+    /// Adds derived per-run samples (memmap costs per GiB), then summarises everything and adds
+    /// the figures made of summaries (ratios, start-up spread).
+    pub fn finish(&mut self) {
+        let mut derived = Vec::new();
+        for s in &self.samples {
+            if s.tag.phase != "memmap" {
+                continue;
+            }
+            let Some(size) = memmap_case_size(&s.tag.case) else {
+                continue;
+            };
+            let gib = size as f64 / GIB as f64;
+            let per_gib = match s.metric.as_str() {
+                "ram_cost_kib" => Some(("ram_cost_kib_per_gib", s.value / gib)),
+                "formula_ram_cost_bytes" => {
+                    Some(("formula_ram_cost_kib_per_gib", s.value / 1024.0 / gib))
+                }
+                _ => None,
+            };
+            if let Some((metric, value)) = per_gib {
+                derived.push(Sample {
+                    tag: s.tag.clone(),
+                    metric: metric.into(),
+                    value: (value * 10.0).round() / 10.0,
+                });
+            }
+        }
+        self.samples.extend(derived);
+        let mut groups: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+        for s in &self.samples {
+            groups
+                .entry(key(&s.tag.phase, &s.tag.case, &s.metric))
+                .or_default()
+                .push(s.value);
+        }
+        self.summaries = groups
+            .into_iter()
+            .filter_map(|(k, v)| summarize(&v).map(|s| (k, s)))
+            .collect();
+        self.add_ratios();
+    }
+
+    fn median(&self, phase: &str, case: &str, metric: &str) -> Option<f64> {
+        self.summaries
+            .get(&key(phase, case, metric))
+            .map(|s| s.median)
+    }
+
+    fn put(&mut self, phase: &str, case: &str, metric: &str, value: f64) {
+        if value.is_finite() {
+            let v = (value * 1000.0).round() / 1000.0;
+            self.summaries.insert(
+                key(phase, case, metric),
+                Summary {
+                    n: 1,
+                    median: v,
+                    min: v,
+                    max: v,
+                },
+            );
+        }
+    }
+
+    fn add_ratios(&mut self) {
+        // Boot: each peer against our vmm with the same number of devices.
+        let boot_cases: Vec<String> = self
+            .summaries
+            .keys()
+            .filter(|(p, c, m)| p == "boot" && m == "launch_ms" && !c.starts_with("vmm-"))
+            .map(|(_, c, _)| c.clone())
+            .collect();
+        for case in boot_cases {
+            let n = case.rsplit('-').next().unwrap_or("0");
+            for metric in ["launch_ms", "rss_kib"] {
+                if let (Some(peer), Some(ours)) = (
+                    self.median("boot", &case, metric),
+                    self.median("boot", &format!("vmm-{n}"), metric),
+                ) {
+                    if ours > 0.0 {
+                        let name = format!("{}_vs_vmm_ratio", metric.trim_end_matches("_ms"));
+                        self.put("boot", &case, &name, peer / ours);
+                    }
+                }
+            }
+        }
+        // Start-up: the largest size against the smallest (the issue asks for < 10 %).
+        let mut startup: Vec<(u64, f64)> = self
+            .summaries
+            .iter()
+            .filter(|((p, _, m), _)| p == "startup" && m == "startup_ms")
+            .filter_map(|((_, c, _), s)| Some((parse_size(c.strip_prefix("vmm-")?)?, s.median)))
+            .collect();
+        startup.sort_by_key(|(size, _)| *size);
+        if let (Some(first), Some(last)) = (startup.first().copied(), startup.last().copied()) {
+            if startup.len() > 1 && first.1 > 0.0 {
+                let case = format!("{}-vs-{}", size_label(last.0), size_label(first.0));
+                self.put(
+                    "startup",
+                    &case,
+                    "startup_growth_pct",
+                    (last.1 / first.1 - 1.0) * 100.0,
+                );
+            }
+        }
+        // Bandwidth: guest against host on the same backing.
+        for kind in ["devdax", "fsdax"] {
+            for dir in ["read", "write"] {
+                let metric = format!("{dir}_mib_s");
+                if let (Some(g), Some(h)) = (
+                    self.median("bandwidth", &format!("guest-{kind}"), &metric),
+                    self.median("bandwidth", &format!("host-{kind}"), &metric),
+                ) {
+                    if h > 0.0 {
+                        self.put(
+                            "bandwidth",
+                            &format!("guest-{kind}"),
+                            &format!("{dir}_vs_host_ratio"),
+                            g / h,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Failures of `(phase, case)`.
+    pub fn failures_of(&self, phase: &str, case: &str) -> Vec<&Failure> {
+        self.failures
+            .iter()
+            .filter(|f| f.tag.phase == phase && f.tag.case == case)
+            .collect()
+    }
+}
+
+/// Every figure the settings ask of *our* monitor (peers may fail without making the run
+/// incomplete). The smoke test checks that each is present.
+pub fn expected_figures(s: &Settings) -> Vec<Key> {
+    use crate::settings::Phase;
+    let mut out = Vec::new();
+    if s.has(Phase::Boot) {
+        for n in &s.boot_devices {
+            for m in ["launch_ms", "startup_ms", "rss_kib", "rss_total_kib"] {
+                out.push(key("boot", &format!("vmm-{n}"), m));
+            }
+        }
+    }
+    if s.has(Phase::Startup) {
+        for size in &s.startup_sizes {
+            for m in ["launch_ms", "startup_ms", "open_map_ms", "rss_kib"] {
+                out.push(key("startup", &format!("vmm-{}", size_label(*size)), m));
+            }
+        }
+    }
+    if s.has(Phase::Memmap) {
+        for size in &s.memmap_sizes {
+            for p in &s.memmap_policies {
+                for m in [
+                    "bringup_ms",
+                    "ram_cost_kib",
+                    "ram_cost_kib_per_gib",
+                    "formula_ram_cost_kib_per_gib",
+                    "open_format_ms",
+                    "startup_ms",
+                ] {
+                    out.push(key("memmap", &format!("{p}-{}", size_label(*size)), m));
+                }
+            }
+        }
+    }
+    if s.has(Phase::Bandwidth) {
+        for side in ["guest", "host"] {
+            for kind in ["devdax", "fsdax"] {
+                for m in ["read_mib_s", "write_mib_s"] {
+                    out.push(key("bandwidth", &format!("{side}-{kind}"), m));
+                }
+            }
+        }
+        for kind in ["devdax", "fsdax"] {
+            for m in ["read_vs_host_ratio", "write_vs_host_ratio"] {
+                out.push(key("bandwidth", &format!("guest-{kind}"), m));
+            }
+        }
+    }
+    out
+}
+
+/// Figures that are zero by construction up to measurement noise, so that a smoke test checks
+/// them for presence, not sign: the guest RAM a memmap kept in the device, or no memmap at all,
+/// costs (the RAM difference is then a few pages either way).
+pub fn may_be_zero(k: &Key) -> bool {
+    k.0 == "memmap"
+        && (k.2.starts_with("ram_cost") || k.2.starts_with("formula_ram_cost"))
+        && !k.1.starts_with("ram-")
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The stdout table.
+pub fn table(results: &Results, settings: &Settings, expected: &[Key]) -> String {
+    let mut out = String::new();
+    let mut phase = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<22} {:<30} {:>10} {:>10} {:>10} {:>3}  unit",
+        "phase", "case", "figure", "median", "min", "max", "n"
+    );
+    for ((p, c, m), s) in &results.summaries {
+        if m.starts_with("formula_") && !m.ends_with("_per_gib") {
+            continue;
+        }
+        if p != &phase {
+            let _ = writeln!(out, "{}", "-".repeat(108));
+            phase = p.clone();
+        }
+        let _ = writeln!(
+            out,
+            "{:<10} {:<22} {:<30} {:>10} {:>10} {:>10} {:>3}  {}",
+            p,
+            c,
+            m,
+            fmt_num(s.median),
+            fmt_num(s.min),
+            fmt_num(s.max),
+            s.n,
+            unit(m)
+        );
+    }
+    let _ = writeln!(out, "{}", "-".repeat(108));
+    for (kind, state) in &settings.peers {
+        match state {
+            PeerState::NotGiven => {
+                let _ = writeln!(
+                    out,
+                    "peer {:<17} not measured (set {})",
+                    kind.name(),
+                    kind.env_var()
+                );
+            }
+            PeerState::Missing(reason) => {
+                let _ = writeln!(out, "peer {:<17} missing: {reason}", kind.name());
+            }
+            PeerState::Ready(path) => {
+                let _ = writeln!(out, "peer {:<17} {}", kind.name(), path.display());
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &results.failures {
+        if seen.insert((f.tag.phase.clone(), f.tag.case.clone(), f.reason.clone())) {
+            let _ = writeln!(
+                out,
+                "FAILED {}.{} (run {}): {}",
+                f.tag.phase, f.tag.case, f.tag.run, f.reason
+            );
+        }
+    }
+    let missing: Vec<&Key> = expected
+        .iter()
+        .filter(|k| !results.summaries.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(out, "MISSING FIGURES: {}", missing.len());
+        for (p, c, m) in missing {
+            let _ = writeln!(out, "  {p} {c} {m}");
+        }
+    }
+    out
+}
+
+fn tag_json(t: &Tag) -> Value {
+    json!({ "phase": t.phase, "case": t.case, "run": t.run })
+}
+
+/// The JSON document: machine, settings, every sample, summaries, infos, failures, peers and
+/// the figures that are missing.
+pub fn to_json(results: &Results, settings: &Settings, machine: Value, expected: &[Key]) -> Value {
+    let samples: Vec<Value> = results
+        .samples
+        .iter()
+        .map(|s| {
+            let mut v = tag_json(&s.tag);
+            v["metric"] = json!(s.metric);
+            v["value"] = json!(s.value);
+            v["unit"] = json!(unit(&s.metric));
+            v
+        })
+        .collect();
+    let summaries: Vec<Value> = results
+        .summaries
+        .iter()
+        .map(|((p, c, m), s)| {
+            json!({
+                "phase": p, "case": c, "metric": m, "unit": unit(m),
+                "n": s.n, "median": s.median, "min": s.min, "max": s.max,
+            })
+        })
+        .collect();
+    let infos: Vec<Value> = results
+        .infos
+        .iter()
+        .map(|i| {
+            let mut v = tag_json(&i.tag);
+            v["key"] = json!(i.key);
+            v["text"] = json!(i.text);
+            v
+        })
+        .collect();
+    let failures: Vec<Value> = results
+        .failures
+        .iter()
+        .map(|f| {
+            let mut v = tag_json(&f.tag);
+            v["reason"] = json!(f.reason);
+            v
+        })
+        .collect();
+    let peers: Vec<Value> = settings
+        .peers
+        .iter()
+        .map(|(k, s)| {
+            let (state, detail) = match s {
+                PeerState::NotGiven => ("not given", format!("set {}", k.env_var())),
+                PeerState::Missing(r) => ("missing", r.clone()),
+                PeerState::Ready(p) => ("measured", p.display().to_string()),
+            };
+            json!({ "peer": k.name(), "env": k.env_var(), "state": state, "detail": detail })
+        })
+        .collect();
+    let missing: Vec<Value> = expected
+        .iter()
+        .filter(|k| !results.summaries.contains_key(*k))
+        .map(|(p, c, m)| json!({ "phase": p, "case": c, "metric": m }))
+        .collect();
+    let expected_json: Vec<Value> = expected
+        .iter()
+        .map(|(p, c, m)| json!({ "phase": p, "case": c, "metric": m, "may_be_zero": may_be_zero(&(p.clone(), c.clone(), m.clone())) }))
+        .collect();
+    json!({
+        "machine": machine,
+        "settings": {
+            "runs": settings.runs,
+            "memmap_runs": settings.memmap_runs,
+            "quick": settings.quick,
+            "phases": settings.phases.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            "guest_ram_bytes": settings.guest_ram,
+            "boot_devices": settings.boot_devices,
+            "boot_pmem_size": settings.boot_pmem_size,
+            "startup_sizes": settings.startup_sizes,
+            "memmap_sizes": settings.memmap_sizes,
+            "memmap_policies": settings.memmap_policies,
+            "memmap_guest_ram_bytes": settings.memmap_guest_ram,
+            "bandwidth_device_size": settings.bw_device,
+            "bandwidth_bytes": settings.bw_bytes,
+            "bandwidth_chunk": settings.bw_chunk,
+            "bandwidth_passes": settings.bw_passes,
+            "bandwidth_guest_ram_bytes": settings.bw_guest_ram,
+            "settle_ms": settings.settle_ms,
+        },
+        "peers": peers,
+        "summaries": summaries,
+        "samples": samples,
+        "infos": infos,
+        "failures": failures,
+        "expected": expected_json,
+        "missing_figures": missing,
+    })
+}
+
+/// Peer names, for the plot and the table.
+pub fn peer_names() -> Vec<&'static str> {
+    PeerKind::ALL.iter().map(|k| k.name()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lines::parse;
+
+    fn results(text: &str) -> Results {
+        let p = parse(text);
+        let mut r = Results {
+            samples: p.samples,
+            infos: p.infos,
+            failures: p.failures,
+            ..Default::default()
+        };
+        r.finish();
+        r
+    }
+
+    #[test]
+    fn derived_figures() {
+        let r = results(
+            "@@BENCH memmap.ram-4G.1 ram_cost_kib 65536@@\n\
+             @@BENCH memmap.ram-4G.1 formula_ram_cost_bytes 67108864@@\n\
+             @@BENCH boot.vmm-1.1 launch_ms 1000@@\n\
+             @@BENCH boot.qemu-1.1 launch_ms 1500@@\n\
+             @@BENCH startup.vmm-1G.1 startup_ms 100@@\n\
+             @@BENCH startup.vmm-1T.1 startup_ms 105@@\n\
+             @@BENCH bandwidth.guest-devdax.1 read_mib_s 900@@\n\
+             @@BENCH bandwidth.host-devdax.1 read_mib_s 1000@@\n",
+        );
+        let get = |p: &str, c: &str, m: &str| r.summaries[&key(p, c, m)].median;
+        assert_eq!(get("memmap", "ram-4G", "ram_cost_kib_per_gib"), 16384.0);
+        assert_eq!(
+            get("memmap", "ram-4G", "formula_ram_cost_kib_per_gib"),
+            16384.0
+        );
+        assert_eq!(get("boot", "qemu-1", "launch_vs_vmm_ratio"), 1.5);
+        assert_eq!(get("startup", "1T-vs-1G", "startup_growth_pct"), 5.0);
+        assert_eq!(get("bandwidth", "guest-devdax", "read_vs_host_ratio"), 0.9);
+    }
+
+    #[test]
+    fn expected_and_table() {
+        let mut s = Settings::quick();
+        s.peers = vec![
+            (
+                PeerKind::Firecracker,
+                PeerState::Missing("/x: No such file".into()),
+            ),
+            (PeerKind::Qemu, PeerState::NotGiven),
+        ];
+        let exp = expected_figures(&s);
+        assert!(exp.contains(&key("boot", "vmm-8", "rss_kib")));
+        assert!(exp.contains(&key("memmap", "none-64M", "ram_cost_kib_per_gib")));
+        assert!(may_be_zero(&key("memmap", "none-64M", "ram_cost_kib")));
+        assert!(!may_be_zero(&key("memmap", "ram-64M", "ram_cost_kib")));
+        let r = results(
+            "@@BENCH boot.vmm-0.1 launch_ms 812.5@@\n@@BENCH-FAIL boot.vmm-1.1 no init@@\n",
+        );
+        let t = table(&r, &s, &exp);
+        assert!(t.contains("launch_ms"), "{t}");
+        assert!(t.contains("missing: /x: No such file"), "{t}");
+        assert!(t.contains("not measured (set PMEMVMM_BENCH_QEMU)"), "{t}");
+        assert!(t.contains("FAILED boot.vmm-1 (run 1): no init"), "{t}");
+        assert!(t.contains("MISSING FIGURES"), "{t}");
+        let j = to_json(&r, &s, json!({}), &exp);
+        assert_eq!(j["samples"][0]["value"], 812.5);
+        assert_eq!(j["peers"][0]["state"], "missing");
+        assert!(!j["missing_figures"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(unit("launch_ms"), "ms");
+        assert_eq!(unit("ram_cost_kib_per_gib"), "KiB/GiB");
+        assert_eq!(unit("rss_kib"), "KiB");
+        assert_eq!(unit("read_mib_s"), "MiB/s");
+        assert_eq!(unit("read_vs_host_ratio"), "x");
+        assert_eq!(memmap_case_size("pmem-64G"), Some(64 * GIB));
+    }
+}

@@ -1,0 +1,584 @@
+//! The host scripts of the phases: POSIX sh run by [`testbed::run_on_kvm_host`] on the KVM host
+//! (L1 in nested mode), where `bench-probe` launches each monitor and measures it.
+//!
+//! Every script keeps going after a failed measurement (the probe reports it as a
+//! `@@BENCH-FAIL@@` line) and exits 0, so one broken case never hides the others.
+
+use std::path::Path;
+
+use testbed::shell::sh_quote;
+
+use crate::settings::{size_label, PeerKind, Phase, Settings, MIB};
+
+/// The guest script of the memmap phase (installed as [`GUEST_MEMMAP`]).
+pub const MEMMAP_SH: &str = include_str!("../guest/memmap.sh");
+/// The guest script of the bandwidth phase (installed as [`GUEST_BW`]).
+pub const BW_SH: &str = include_str!("../guest/bw.sh");
+/// Where the probe is in the guest.
+pub const GUEST_PROBE: &str = "/bench/bench-probe";
+/// Where `memmap.sh` is in the guest.
+pub const GUEST_MEMMAP: &str = "/bench/memmap.sh";
+/// Where `bw.sh` is in the guest.
+pub const GUEST_BW: &str = "/bench/bw.sh";
+/// `mke2fs` in the guest (Debian's, with its libraries), for the ext4 `-o dax` file.
+pub const MKE2FS: &str = "/usr/sbin/mke2fs";
+
+/// The line our init prints when it starts: "launch to guest init" ends here.
+pub const INIT_MARKER: &str = "@@GUEST-INIT@@";
+/// The line our init prints after the guest command.
+pub const EXIT_MARKER: &str = "@@GUEST-EXIT";
+/// What our vmm logs once its vCPUs run: "start-up" ends here.
+pub const STARTED_LOG: &str = "guest started";
+/// What our vmm logs for a device once it is opened, mapped and formatted.
+pub const PMEM_READY_LOG: &str = " at guest 0x";
+
+/// Guest kernel parameters for every monitor (the guest command follows `--`).
+pub const GUEST_PARAMS: &str = "console=ttyS0 quiet panic=-1";
+
+/// Wrapped in double quotes for sh, leaving `$VAR` expansions live (for `$WORK/...`).
+pub fn dq(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The guest kernel command line with `command` run by init.
+pub fn guest_cmdline(command: &str) -> String {
+    format!("{GUEST_PARAMS} -- \"{command}\"")
+}
+
+/// One `bench-probe launch` invocation.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Tag of its samples.
+    pub tag: String,
+    /// The line that ends the measurement (the monitor is then killed).
+    pub until: String,
+    /// Metric for the time from exec to `until` (empty: not reported).
+    pub until_name: String,
+    /// `(metric, substring)`: time from exec to the first line containing it.
+    pub ats: Vec<(String, String)>,
+    /// Read resident memory after `until`.
+    pub rss: bool,
+    /// Guest RAM size (for the resident-memory rule).
+    pub ram_bytes: u64,
+    /// Path prefixes of pmem backings (shell words, may use `$WORK`).
+    pub exclude: Vec<String>,
+    /// Wait before reading resident memory.
+    pub settle_ms: u64,
+    /// Give up after this long.
+    pub timeout_s: u64,
+    /// The monitor command, as shell words.
+    pub command: Vec<String>,
+}
+
+impl Launch {
+    /// A launch that ends at guest init, with resident memory.
+    pub fn to_init(tag: String, s: &Settings, exclude: &str, command: Vec<String>) -> Launch {
+        Launch {
+            tag,
+            until: INIT_MARKER.into(),
+            until_name: "launch_ms".into(),
+            ats: Vec::new(),
+            rss: true,
+            ram_bytes: s.guest_ram,
+            exclude: vec![dq(exclude)],
+            settle_ms: s.settle_ms,
+            timeout_s: 300,
+            command,
+        }
+    }
+
+    /// Adds a timed log line.
+    pub fn at(mut self, metric: &str, substring: &str) -> Launch {
+        self.ats.push((metric.into(), substring.into()));
+        self
+    }
+
+    /// The shell line.
+    pub fn render(&self) -> String {
+        let mut w: Vec<String> = vec![
+            "\"$P\"".into(),
+            "launch".into(),
+            "--tag".into(),
+            sh_quote(&self.tag),
+            "--until".into(),
+            sh_quote(&self.until),
+            "--until-name".into(),
+            sh_quote(&self.until_name),
+            "--timeout-s".into(),
+            self.timeout_s.to_string(),
+        ];
+        for (m, sub) in &self.ats {
+            w.push("--at".into());
+            w.push(sh_quote(&format!("{m}={sub}")));
+        }
+        if self.rss {
+            w.push("--rss".into());
+            w.push("--ram-bytes".into());
+            w.push(self.ram_bytes.to_string());
+            w.push("--settle-ms".into());
+            w.push(self.settle_ms.to_string());
+            for e in &self.exclude {
+                w.push("--exclude".into());
+                w.push(e.clone());
+            }
+        }
+        w.push("--".into());
+        w.extend(self.command.iter().cloned());
+        w.join(" ")
+    }
+}
+
+/// Our vmm's command line.
+pub fn vmm_command(ram: u64, cmdline: &str, pmem: &[String], extra: &[String]) -> Vec<String> {
+    let mut w: Vec<String> = [
+        "\"$VMM\"",
+        "--kernel",
+        "\"$KERNEL\"",
+        "--initramfs",
+        "\"$INITRAMFS\"",
+        "--cpus",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    w.push("--memory".into());
+    w.push(format!("{}M", ram / MIB));
+    w.push("--serial".into());
+    w.push("stdio".into());
+    w.push("--cmdline".into());
+    w.push(sh_quote(cmdline));
+    for p in pmem {
+        w.push("--pmem".into());
+        w.push(dq(p));
+    }
+    w.extend(extra.iter().cloned());
+    w
+}
+
+/// Backing file `i` of the boot phase (shared by every monitor, as `$WORK/pm<i>.img`).
+fn boot_backing(i: usize) -> String {
+    format!("$WORK/pm{i}.img")
+}
+
+/// The command that boots the boot-phase guest with `n` devices on `monitor`; `None` for ours.
+pub fn boot_command(
+    s: &Settings,
+    peer: Option<(PeerKind, &Path)>,
+    n: usize,
+    qemu_firmware: Option<&str>,
+) -> Vec<String> {
+    let cmdline = guest_cmdline("sleep 600");
+    let ram_mib = s.guest_ram / MIB;
+    let Some((kind, path)) = peer else {
+        let pmem: Vec<String> = (0..n)
+            .map(|i| format!("path={},memmap=none", boot_backing(i)))
+            .collect();
+        return vmm_command(s.guest_ram, &cmdline, &pmem, &[]);
+    };
+    let bin = sh_quote(&path.to_string_lossy());
+    match kind {
+        PeerKind::Qemu => {
+            let mem = if n == 0 {
+                format!("{ram_mib}M")
+            } else {
+                let devices_mib = n as u64 * s.boot_pmem_size / MIB;
+                format!(
+                    "{ram_mib}M,slots={n},maxmem={}M",
+                    ram_mib + devices_mib + 1024
+                )
+            };
+            let mut w: Vec<String> = vec![
+                bin,
+                "-machine".into(),
+                "q35,nvdimm=on".into(),
+                "-accel".into(),
+                "kvm".into(),
+                "-cpu".into(),
+                "host".into(),
+                "-smp".into(),
+                "1".into(),
+                "-m".into(),
+                mem,
+                "-nodefaults".into(),
+                "-no-user-config".into(),
+                "-display".into(),
+                "none".into(),
+                "-serial".into(),
+                "stdio".into(),
+                "-no-reboot".into(),
+            ];
+            if let Some(fw) = qemu_firmware {
+                w.push("-L".into());
+                w.push(dq(fw));
+            }
+            w.extend([
+                "-kernel".into(),
+                "\"$KERNEL\"".into(),
+                "-initrd".into(),
+                "\"$INITRAMFS\"".into(),
+                "-append".into(),
+                sh_quote(&cmdline),
+            ]);
+            for i in 0..n {
+                w.push("-object".into());
+                w.push(dq(&format!(
+                    "memory-backend-file,id=m{i},share=on,mem-path={},size={}",
+                    boot_backing(i),
+                    s.boot_pmem_size
+                )));
+                w.push("-device".into());
+                w.push(format!("nvdimm,memdev=m{i},id=nv{i}"));
+            }
+            w
+        }
+        PeerKind::CloudHypervisor => {
+            let mut w: Vec<String> = vec![
+                bin,
+                "--kernel".into(),
+                "\"$VMLINUX\"".into(),
+                "--initramfs".into(),
+                "\"$INITRAMFS\"".into(),
+                "--cmdline".into(),
+                sh_quote(&cmdline),
+                "--cpus".into(),
+                "boot=1".into(),
+                "--memory".into(),
+                format!("size={ram_mib}M"),
+                "--serial".into(),
+                "tty".into(),
+                "--console".into(),
+                "off".into(),
+            ];
+            if n > 0 {
+                w.push("--pmem".into());
+                for i in 0..n {
+                    w.push(dq(&format!("file={}", boot_backing(i))));
+                }
+            }
+            w
+        }
+        PeerKind::Firecracker => vec![
+            bin,
+            "--no-api".into(),
+            "--config-file".into(),
+            dq(&format!("$WORK/fc-{n}.json")),
+        ],
+    }
+}
+
+/// Firecracker's configuration file for `n` devices, as a shell here-document that expands
+/// `$VMLINUX`, `$INITRAMFS` and `$WORK`.
+pub fn firecracker_config(s: &Settings, n: usize) -> String {
+    let pmem: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "    {{ \"id\": \"pmem{i}\", \"path_on_host\": \"{}\", \"root_device\": false, \
+                 \"read_only\": false }}",
+                boot_backing(i)
+            )
+        })
+        .collect();
+    // In an unquoted here-document a backslash before `"` stays, which is the JSON escape.
+    let args = guest_cmdline("sleep 600").replace('"', "\\\"");
+    format!(
+        "cat >\"$WORK/fc-{n}.json\" <<EOF\n{{\n  \"boot-source\": {{ \"kernel_image_path\": \
+         \"$VMLINUX\", \"initrd_path\": \"$INITRAMFS\", \"boot_args\": \"{args}\" }},\n  \
+         \"machine-config\": {{ \"vcpu_count\": 1, \"mem_size_mib\": {} }},\n  \"drives\": [],\n  \
+         \"pmem\": [\n{}\n  ]\n}}\nEOF\n",
+        s.guest_ram / MIB,
+        pmem.join(",\n")
+    )
+}
+
+fn preamble(probe: &str, phase: Phase) -> String {
+    format!(
+        "# bench: {} phase\nP={}\ncd \"$WORK\" || exit 1\n\"$P\" host-info --tag machine.{}\n",
+        phase.name(),
+        sh_quote(probe),
+        phase.name()
+    )
+}
+
+/// The boot phase: every case interleaved within each run, so slow periods of a loaded machine
+/// spread over all cases.
+pub fn boot_script(
+    s: &Settings,
+    probe: &str,
+    peers: &[(PeerKind, &Path)],
+    qemu_firmware: Option<&str>,
+) -> String {
+    let mut out = preamble(probe, Phase::Boot);
+    let most = s.boot_devices.iter().copied().max().unwrap_or(0);
+    for i in 0..most {
+        out.push_str(&format!(
+            "truncate -s {} {}\n",
+            s.boot_pmem_size,
+            dq(&boot_backing(i))
+        ));
+    }
+    if peers.iter().any(|(k, _)| *k == PeerKind::Firecracker) {
+        for &n in &s.boot_devices {
+            out.push_str(&firecracker_config(s, n));
+        }
+    }
+    let mut cases: Vec<(String, Option<(PeerKind, &Path)>)> = Vec::new();
+    for &n in &s.boot_devices {
+        cases.push((format!("vmm-{n}"), None));
+    }
+    for &(kind, path) in peers {
+        for &n in &s.boot_devices {
+            cases.push((format!("{}-{n}", kind.name()), Some((kind, path))));
+        }
+    }
+    for run in 1..=s.runs {
+        for (case, peer) in &cases {
+            let n: usize = case
+                .rsplit('-')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let tag = crate::lines::Tag::format("boot", case, run);
+            let mut l =
+                Launch::to_init(tag, s, "$WORK/pm", boot_command(s, *peer, n, qemu_firmware));
+            if peer.is_none() {
+                l = l.at("startup_ms", STARTED_LOG);
+            }
+            out.push_str(&l.render());
+            out.push('\n');
+        }
+    }
+    out.push_str("rm -f \"$WORK\"/pm*.img \"$WORK\"/fc-*.json\nexit 0\n");
+    out
+}
+
+/// The start-up phase: our vmm with one sparse device of each size, nothing formatted
+/// (`memmap=none`), so the only work that could grow with the size is mapping it.
+pub fn startup_script(s: &Settings, probe: &str) -> String {
+    let mut out = preamble(probe, Phase::Startup);
+    for (i, size) in s.startup_sizes.iter().enumerate() {
+        out.push_str(&format!("truncate -s {size} \"$WORK/st{i}.img\"\n"));
+    }
+    let cmdline = guest_cmdline("sleep 600");
+    for run in 1..=s.runs {
+        for (i, size) in s.startup_sizes.iter().enumerate() {
+            let tag =
+                crate::lines::Tag::format("startup", &format!("vmm-{}", size_label(*size)), run);
+            let pmem = [format!("path=$WORK/st{i}.img,memmap=none")];
+            let l = Launch::to_init(
+                tag,
+                s,
+                "$WORK/st",
+                vmm_command(s.guest_ram, &cmdline, &pmem, &[]),
+            )
+            .at("startup_ms", STARTED_LOG)
+            .at("open_map_ms", PMEM_READY_LOG);
+            out.push_str(&l.render());
+            out.push('\n');
+        }
+    }
+    out.push_str("rm -f \"$WORK\"/st*.img\nexit 0\n");
+    out
+}
+
+/// The memmap phase: for each size and policy a fresh sparse file the vmm creates and formats,
+/// a guest that re-binds the namespace ([`MEMMAP_SH`]), and the vmm's `--report` for the
+/// formula.
+pub fn memmap_script(s: &Settings, probe: &str) -> String {
+    let mut out = preamble(probe, Phase::Memmap);
+    let cmdline = guest_cmdline(&format!("sh {GUEST_MEMMAP}"));
+    for run in 1..=s.memmap_runs {
+        for size in &s.memmap_sizes {
+            for policy in &s.memmap_policies {
+                let tag = crate::lines::Tag::format(
+                    "memmap",
+                    &format!("{policy}-{}", size_label(*size)),
+                    run,
+                );
+                out.push_str("rm -f \"$WORK/mm.img\" \"$WORK/mm.json\"\n");
+                let pmem = [format!("path=$WORK/mm.img,size={size},memmap={policy}")];
+                let extra = ["--report".to_string(), dq("$WORK/mm.json")];
+                let l = Launch {
+                    tag: tag.clone(),
+                    until: EXIT_MARKER.into(),
+                    until_name: String::new(),
+                    ats: vec![
+                        ("open_format_ms".into(), PMEM_READY_LOG.into()),
+                        ("startup_ms".into(), STARTED_LOG.into()),
+                    ],
+                    rss: false,
+                    ram_bytes: s.memmap_guest_ram,
+                    exclude: Vec::new(),
+                    settle_ms: 0,
+                    timeout_s: 1200,
+                    command: vmm_command(s.memmap_guest_ram, &cmdline, &pmem, &extra),
+                };
+                out.push_str(&l.render());
+                out.push('\n');
+                out.push_str(&format!(
+                    "\"$P\" report --tag {} \"$WORK/mm.json\"\n",
+                    sh_quote(&tag)
+                ));
+            }
+        }
+    }
+    out.push_str("rm -f \"$WORK/mm.img\" \"$WORK/mm.json\"\nexit 0\n");
+    out
+}
+
+/// The bandwidth phase: one guest with an fsdax and a devdax device copies through both
+/// ([`BW_SH`]); then the host copies through the same two backing files.
+pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
+    let mut out = preamble(probe, Phase::Bandwidth);
+    out.push_str("rm -f \"$WORK/bwf.img\" \"$WORK/bwd.img\"\n");
+    let cmdline = guest_cmdline(&format!(
+        "sh {GUEST_BW} {} {} {} {}",
+        s.bw_bytes, s.bw_chunk, s.bw_passes, s.runs
+    ));
+    let pmem = [
+        format!(
+            "path=$WORK/bwf.img,size={},memmap=ram,mode=fsdax",
+            s.bw_device
+        ),
+        format!(
+            "path=$WORK/bwd.img,size={},memmap=ram,mode=devdax",
+            s.bw_device
+        ),
+    ];
+    let l = Launch {
+        tag: crate::lines::Tag::format("bandwidth", "guest", 1),
+        until: EXIT_MARKER.into(),
+        until_name: String::new(),
+        ats: Vec::new(),
+        rss: false,
+        ram_bytes: s.bw_guest_ram,
+        exclude: Vec::new(),
+        settle_ms: 0,
+        timeout_s: 1800,
+        command: vmm_command(s.bw_guest_ram, &cmdline, &pmem, &[]),
+    };
+    out.push_str(&l.render());
+    out.push('\n');
+    // The host copies through the end of each backing, away from the info block and the
+    // guest's filesystem metadata; it is the same tmpfs (or disk) file all the same.
+    let offset = s.bw_device.saturating_sub(s.bw_bytes);
+    for run in 1..=s.runs {
+        for (case, file) in [("host-devdax", "bwd.img"), ("host-fsdax", "bwf.img")] {
+            out.push_str(&format!(
+                "\"$P\" bw --tag {} --path \"$WORK/{file}\" --offset {offset} --bytes {} \
+                 --chunk {} --passes {}\n",
+                crate::lines::Tag::format("bandwidth", case, run),
+                s.bw_bytes,
+                s.bw_chunk,
+                s.bw_passes
+            ));
+        }
+    }
+    out.push_str("rm -f \"$WORK/bwf.img\" \"$WORK/bwd.img\"\nexit 0\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::GIB;
+
+    fn sh_n(script: &str) {
+        let st = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(script)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    }
+
+    #[test]
+    fn scripts_are_valid_sh() {
+        let s = Settings::standard(2);
+        let peers = [
+            (PeerKind::CloudHypervisor, Path::new("/opt/ch")),
+            (PeerKind::Firecracker, Path::new("/opt/fc")),
+            (PeerKind::Qemu, Path::new("/usr/bin/qemu-system-x86_64")),
+        ];
+        for script in [
+            boot_script(&s, "/p/bench-probe", &peers, Some("$SHARE/qemu-fw")),
+            startup_script(&s, "/p/bench-probe"),
+            memmap_script(&s, "/p/bench-probe"),
+            bandwidth_script(&s, "/p/bench-probe"),
+            MEMMAP_SH.to_string(),
+            BW_SH.to_string(),
+        ] {
+            sh_n(&script);
+        }
+    }
+
+    #[test]
+    fn boot_script_shape() {
+        let s = Settings::standard(2);
+        let q = [(PeerKind::Qemu, Path::new("/usr/bin/qemu-system-x86_64"))];
+        let b = boot_script(&s, "/p", &q, None);
+        // 3 vmm cases + 3 qemu cases, 2 runs each.
+        assert_eq!(b.matches(" launch ").count(), 12, "{b}");
+        assert!(b.contains("--tag boot.vmm-8.2"));
+        assert!(b.contains("--tag boot.qemu-1.1"));
+        assert!(b.contains("\"path=$WORK/pm7.img,memmap=none\""));
+        assert!(b.contains("q35,nvdimm=on"));
+        assert!(b.contains("slots=8,maxmem=9472M"), "{b}");
+        assert_eq!(b.matches("truncate -s 1073741824").count(), 8);
+        assert!(b.contains("--cmdline 'console=ttyS0 quiet panic=-1 -- \"sleep 600\"'"));
+    }
+
+    /// The here-document expands to JSON that parses, with the boot arguments intact.
+    #[test]
+    fn firecracker_config_is_json() {
+        let s = Settings::standard(1);
+        let script = format!(
+            "WORK=/w VMLINUX=/k/vmlinux INITRAMFS=/k/i.img\n{}cat /w/fc-2.json\n",
+            firecracker_config(&s, 2).replace("$WORK/", "/tmp/bench-fc-test-")
+        );
+        let _ = std::fs::create_dir_all("/tmp");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script.replace("/w/fc-2.json", "/tmp/bench-fc-test-fc-2.json"))
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file("/tmp/bench-fc-test-fc-2.json");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["boot-source"]["kernel_image_path"], "/k/vmlinux");
+        assert_eq!(
+            v["boot-source"]["boot_args"],
+            "console=ttyS0 quiet panic=-1 -- \"sleep 600\""
+        );
+        assert_eq!(v["pmem"].as_array().unwrap().len(), 2);
+        assert_eq!(v["machine-config"]["mem_size_mib"], 256);
+    }
+
+    #[test]
+    fn memmap_and_bandwidth_shape() {
+        let mut s = Settings::standard(1);
+        s.memmap_sizes = vec![GIB];
+        let m = memmap_script(&s, "/p");
+        assert_eq!(m.matches(" launch ").count(), 4);
+        assert!(m.contains("\"path=$WORK/mm.img,size=1073741824,memmap=auto\""));
+        assert!(m.contains("--memory 2048M"));
+        assert!(m.contains("report --tag memmap.pmem-1G.1"));
+        let b = bandwidth_script(&s, "/p");
+        assert!(b.contains("sh /bench/bw.sh 268435456 67108864 3 1"));
+        assert!(b.contains("--offset 805306368"));
+    }
+
+    #[test]
+    fn double_quoting() {
+        assert_eq!(dq("a$WORK\"b`c\\"), "\"a$WORK\\\"b\\`c\\\\\"");
+    }
+}
