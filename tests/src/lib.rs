@@ -21,6 +21,7 @@ pub mod mode;
 pub mod nested;
 pub mod nvdimm;
 pub mod pmem_checks;
+pub mod policy_checks;
 mod process;
 pub mod scratch;
 pub mod shell;

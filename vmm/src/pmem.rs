@@ -63,43 +63,31 @@ pub struct PmemDevices {
     pub devices: Vec<PmemDevice>,
 }
 
-/// Plans and applies one device's info block; returns the guest's view and whether it wrote.
-fn format_namespace(
-    config: &PmemConfig,
-    backing: &Backing,
-    mapping: &PmemMapping,
-    window: PmemWindow,
-    memory: u64,
-) -> Result<(NamespaceReport, bool), PmemError> {
-    let path = || config.path.display().to_string();
+/// Plans one device's info block without writing anything.
+fn plan_namespace(d: &PmemDevice, memory: u64) -> Result<format::Plan, PmemError> {
+    let path = || d.config.path.display().to_string();
     let uuid = format::random_uuid().map_err(|source| PmemError::Uuid {
         path: path(),
         source,
     })?;
     let request = FormatRequest {
-        memmap: config.memmap,
-        mode: config.mode,
-        align: config.align,
-        format: config.format,
-        phys_addr: window.base,
-        size: window.size,
+        memmap: d.config.memmap,
+        mode: d.config.mode,
+        align: d.config.align,
+        format: d.config.format,
+        phys_addr: d.window.base,
+        size: d.window.size,
         guest_ram: memory,
-        readonly: config.readonly,
-        created_this_run: matches!(backing.kind(), BackingKind::File { created: true }),
+        readonly: d.config.readonly,
+        created_this_run: matches!(d.kind, BackingKind::File { created: true }),
         uuid,
     };
-    let access = BackingAccess::new(backing, mapping);
-    let err = |source| PmemError::Format {
-        path: path(),
-        source,
-    };
-    let plan = format::plan(&request, &access).map_err(err)?;
-    for note in &plan.notes {
-        info!("{}: {note}", config.id);
-    }
-    let wrote = plan.action.bytes().is_some();
-    format::apply(&plan, &access).map_err(err)?;
-    Ok((plan.report, wrote))
+    format::plan(&request, &BackingAccess::new(&d.backing, &d.mapping)).map_err(|source| {
+        PmemError::Format {
+            path: path(),
+            source,
+        }
+    })
 }
 
 /// The first guest physical address the guest's CPUs cannot address: KVM gives guests the
@@ -174,9 +162,23 @@ impl PmemDevices {
     /// Step 4: the memmap policy decides each namespace's info block and writes it only where
     /// the format rules allow. Every plan is made and applied before the guest runs.
     pub fn format(&mut self, memory: u64) -> Result<(), PmemError> {
-        for d in &mut self.devices {
-            let (report, wrote) =
-                format_namespace(&d.config, &d.backing, &d.mapping, d.window, memory)?;
+        // Plan every device before writing to any: a refusal for one device must leave all
+        // backings as they were (and print nothing but the refusal).
+        let plans = self
+            .devices
+            .iter()
+            .map(|d| plan_namespace(d, memory))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (d, plan) in self.devices.iter_mut().zip(plans) {
+            for note in &plan.notes {
+                info!("{}: {note}", d.config.id);
+            }
+            format::apply(&plan, &BackingAccess::new(&d.backing, &d.mapping)).map_err(
+                |source| PmemError::Format {
+                    path: d.config.path.display().to_string(),
+                    source,
+                },
+            )?;
             info!(
                 "{}: {} ({:?}{}) at guest {:#x}+{:#x}: {}",
                 d.config.id,
@@ -185,10 +187,10 @@ impl PmemDevices {
                 if d.config.readonly { ", read-only" } else { "" },
                 d.window.base,
                 d.window.size,
-                report
+                plan.report
             );
-            d.report = report;
-            d.wrote_info_block = wrote;
+            d.wrote_info_block = plan.action.bytes().is_some();
+            d.report = plan.report;
         }
         Ok(())
     }
