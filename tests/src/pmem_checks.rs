@@ -382,17 +382,7 @@ mod tests {
     #[test]
     fn shell_libraries_parse() {
         for (name, text) in [("guest", guest_lib()), ("host", host_lib())] {
-            let out = std::process::Command::new("sh")
-                .arg("-n")
-                .arg("-c")
-                .arg(&text)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{name} library: {}\n{text}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::shell::assert_sh_parses(name, &text);
         }
     }
 

@@ -706,17 +706,7 @@ mod tests {
     #[test]
     fn shell_libraries_parse() {
         for (name, text) in [("guest", policy_lib()), ("host", host_lib())] {
-            let out = Command::new("sh")
-                .arg("-n")
-                .arg("-c")
-                .arg(&text)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{name} library: {}\n{text}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::shell::assert_sh_parses(name, &text);
         }
     }
 

@@ -58,6 +58,22 @@ pub fn parse_assignments(text: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// Fails (for a test) when `text` is not valid POSIX sh (`sh -n`), naming the library, so a
+/// quoting slip in a generated script fails on the host, not inside a guest.
+pub fn assert_sh_parses(name: &str, text: &str) {
+    let out = std::process::Command::new("sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(text)
+        .output()
+        .expect("run sh -n");
+    assert!(
+        out.status.success(),
+        "{name} library: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
