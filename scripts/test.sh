@@ -1,12 +1,42 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs missing packages, builds (and caches) the guest
-# kernel, then runs the whole cargo test suite. Integration tests boot real guests on KVM,
-# directly or in the nested testbed (see the README, PMEMVMM_TESTBED).
+# kernel, checks formatting and lints, then runs the whole suite with cargo-nextest (every test
+# binary to the end, no fail-fast) and prints each binary's and each test's wall time.
+# Integration tests boot real guests on KVM, directly or in the nested testbed (see the README,
+# PMEMVMM_TESTBED). Extra arguments go to `cargo nextest run` (e.g. a filter expression).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+started=$(date +%s)
+phase() { echo "[test.sh] $* (+$(( $(date +%s) - started )) s)" >&2; }
+
+phase "installing dependencies"
 scripts/install-deps.sh
+phase "building the guest kernel"
 # Build the kernel up front so its log is readable on its own and tests only find it cached.
 guest-kernel/build.sh >/dev/null
+phase "checking format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+phase "building"
 cargo build --release -p vmm
-cargo test --workspace --release -- "$@"
+# Every test process uses this binary instead of asking cargo again.
+PMEMVMM_VMM="$(pwd)/target/release/vmm"
+export PMEMVMM_VMM
+
+rc=0
+if cargo nextest --version >/dev/null 2>&1; then
+    phase "running tests (cargo nextest)"
+    cargo nextest run --workspace --release --profile ci "$@" || rc=$?
+    # nextest does not run doctests.
+    cargo test --workspace --release --doc || rc=$?
+    junit=target/nextest/ci/junit.xml
+    if [[ -f $junit ]]; then
+        python3 scripts/test-times.py "$junit" || true
+    fi
+else
+    phase "running tests (cargo test; install cargo-nextest for per-test times)"
+    cargo test --workspace --release --no-fail-fast -- "$@" || rc=$?
+fi
+phase "done, exit $rc"
+exit "$rc"

@@ -43,10 +43,26 @@ pub enum Error {
     },
 
     /// The run did not finish within its timeout; the host (QEMU or `sh`) was killed.
-    #[error("testbed: run timed out after {:.0?} and was killed; last console lines:\n{tail}", .timeout)]
+    #[error("testbed: run timed out after {:.0?} and was killed; host processes:\n{host_view}last console lines:\n{tail}", .timeout)]
     Timeout {
         /// The timeout that expired.
         timeout: Duration,
+        /// The host's view of the killed processes (threads, states, CPU time).
+        host_view: String,
+        /// Last console lines.
+        tail: String,
+    },
+
+    /// The run was stopped early because a kernel on the console reported a stall, or the
+    /// console went silent past the run's limit (see `tests/README.md`, nested timer stalls).
+    #[error(
+        "testbed: run stopped: {why}; host processes:\n{host_view}last console lines:\n{tail}"
+    )]
+    Stall {
+        /// What the watchdog saw.
+        why: String,
+        /// The host's view of the killed processes (threads, states, CPU time).
+        host_view: String,
         /// Last console lines.
         tail: String,
     },

@@ -11,13 +11,16 @@ use crate::error::{Error, IoContext, Result};
 use crate::markers::{host_section, tail_lines, HostSection};
 use crate::mode::{self, Mode};
 use crate::nvdimm::{Nvdimm, NvdimmKind};
-use crate::process::{run_captured, Captured};
+use crate::process::{run_captured, Captured, Stopped, Watch};
 use crate::scratch::ScratchDir;
 use crate::shell::is_var_name;
 use crate::{nested, slots};
 
 /// How many console lines error messages carry.
 pub const TAIL_LINES: usize = 40;
+
+/// Default [`HostOpts::silence`].
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(150);
 
 /// Options for [`run_on_kvm_host`]. Build with `HostOpts::default()` and the `with_*` methods.
 #[derive(Debug, Clone)]
@@ -29,6 +32,12 @@ pub struct HostOpts {
     /// Wall-clock limit for the whole run, L1 boot included. Default 180 s: TCG is slow and the
     /// machine may be busy building a kernel.
     pub timeout: Duration,
+    /// Longest console silence before the run is stopped as hung. Default 150 s: every test
+    /// script prints more often; a guest stuck without timer interrupts prints nothing.
+    pub silence: Option<Duration>,
+    /// Stop the run as soon as the console shows a kernel stall report (RCU stall, lockup).
+    /// Default true; only a test that provokes one on purpose turns it off.
+    pub stop_on_stall: bool,
     /// Extra environment for the script.
     pub env: Vec<(String, String)>,
     /// A host directory the script sees as `$SHARE` (read-write, via 9p in nested mode). When
@@ -57,6 +66,8 @@ impl Default for HostOpts {
             memory_mib: 6144,
             cpus: 2,
             timeout: Duration::from_secs(180),
+            silence: Some(DEFAULT_SILENCE),
+            stop_on_stall: true,
             env: Vec::new(),
             share: None,
             qemu_args: Vec::new(),
@@ -84,6 +95,19 @@ impl HostOpts {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+    /// Sets the silence limit (`None`: only the timeout).
+    pub fn with_silence(mut self, silence: Option<Duration>) -> Self {
+        self.silence = silence;
+        self
+    }
+
+    fn watch(&self) -> Watch {
+        Watch {
+            timeout: self.timeout,
+            silence: self.silence,
+            stalls: self.stop_on_stall,
+        }
     }
     /// Adds an environment variable for the script.
     pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -229,7 +253,7 @@ pub fn run_on_kvm_host(script: &str, opts: &HostOpts) -> Result<HostRun> {
         Mode::Direct => {
             let cmd = direct_command(script, opts, &resolved, run_dir.path())?;
             let _slot = slots::acquire()?;
-            run_captured(cmd, opts.timeout, echo)?
+            run_captured(cmd, opts.watch(), echo)?
         }
         Mode::Nested => {
             for n in &opts.nvdimms {
@@ -237,7 +261,7 @@ pub fn run_on_kvm_host(script: &str, opts: &HostOpts) -> Result<HostRun> {
             }
             let cmd = nested::command(script, opts, &resolved, run_dir.path())?;
             let _slot = slots::acquire()?;
-            run_captured(cmd, opts.timeout, echo)?
+            run_captured(cmd, opts.watch(), echo)?
         }
     };
     finish(mode, opts.timeout, captured)
@@ -248,7 +272,23 @@ fn finish(mode: Mode, timeout: Duration, c: Captured) -> Result<HostRun> {
     let console = c.console_for_errors();
     let tail = tail_lines(&console, TAIL_LINES);
     let Some(status) = c.status else {
-        return Err(Error::Timeout { timeout, tail });
+        return Err(match c.stopped {
+            Some(Stopped::Stall(line)) => Error::Stall {
+                why: format!("the console reported a stall: {line}"),
+                host_view: c.host_view,
+                tail,
+            },
+            Some(Stopped::Silence(limit)) => Error::Stall {
+                why: format!("the console was silent for {limit:.0?}"),
+                host_view: c.host_view,
+                tail,
+            },
+            Some(Stopped::Timeout) | None => Error::Timeout {
+                timeout,
+                host_view: c.host_view,
+                tail,
+            },
+        });
     };
     match host_section(&c.stdout) {
         HostSection::Done { output, rc } => Ok(HostRun {
@@ -373,6 +413,8 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         Captured {
             status: status.map(|s| std::process::ExitStatus::from_raw(s << 8)),
+            stopped: status.is_none().then_some(Stopped::Timeout),
+            host_view: String::new(),
             stdout: stdout.to_string(),
             stderr: String::new(),
             duration: Duration::from_secs(1),
@@ -428,7 +470,7 @@ mod tests {
             dir.path(),
         )
         .unwrap();
-        let c = run_captured(cmd, Duration::from_secs(20), None).unwrap();
+        let c = run_captured(cmd, HostOpts::default().watch(), None).unwrap();
         let run = finish(Mode::Direct, Duration::from_secs(20), c).unwrap();
         assert_eq!(run.rc, 7);
         let work = dir.path().join("work");

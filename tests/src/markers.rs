@@ -17,6 +17,19 @@ pub fn normalize_console(raw: &str) -> String {
         .collect()
 }
 
+/// Whether a console line is a kernel report that a CPU stopped making progress: an RCU stall
+/// (the nested-timer symptom in `tests/README.md`), its "timer wakeup didn't happen" companion,
+/// or a soft/hard lockup. A guest (or L1) that prints one is not coming back within any test's
+/// budget, so the run is stopped at once.
+pub fn is_stall_report(line: &str) -> bool {
+    (line.contains("rcu: INFO:") && line.contains("stall"))
+        || line.contains("rcu_preempt detected stalls")
+        || line.contains("rcu_sched detected stalls")
+        || line.contains("timer wakeup didn't happen")
+        || line.contains("watchdog: BUG: soft lockup")
+        || line.contains("Watchdog detected hard LOCKUP")
+}
+
 /// The last `n` lines of `text`, for error messages.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -163,6 +176,25 @@ mod tests {
     #[test]
     fn normalize_strips_cr_and_controls() {
         assert_eq!(normalize_console("a\r\nb\x1b[0m\tc\r\n"), "a\nb[0m\tc\n");
+    }
+
+    #[test]
+    fn stall_reports() {
+        for line in [
+            "[  95.1] rcu: INFO: rcu_sched self-detected stall on CPU",
+            "rcu: INFO: rcu_sched detected stalls on CPUs/tasks:",
+            "[ 1.0] rcu: rcu_sched kthread timer wakeup didn't happen for 6333 jiffies! g-1191",
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]",
+        ] {
+            assert!(is_stall_report(line), "{line}");
+        }
+        for line in [
+            "@@GUEST-INIT@@",
+            "rcu: Hierarchical RCU implementation.",
+            "stall detection disabled",
+        ] {
+            assert!(!is_stall_report(line), "{line}");
+        }
     }
 
     #[test]

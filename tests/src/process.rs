@@ -12,13 +12,43 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::markers::{normalize_console, HOST_BEGIN};
+use crate::markers::{is_stall_report, normalize_console, HOST_BEGIN};
+
+/// When to give up on a running host process before it exits by itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch {
+    /// Wall-clock limit for the whole run.
+    pub timeout: Duration,
+    /// Longest stretch without a console line; `None`: no limit but the timeout.
+    pub silence: Option<Duration>,
+    /// Stop the run when the console shows a kernel stall report ([`is_stall_report`]).
+    pub stalls: bool,
+}
+
+/// How long after the first stall line the run goes on, so the console carries the whole report.
+const STALL_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the testbed stopped a run that had not exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// The wall-clock limit expired.
+    Timeout,
+    /// The console printed this stall report.
+    Stall(String),
+    /// The console was silent for this long.
+    Silence(Duration),
+}
 
 /// What a finished (or killed) host process printed.
 #[derive(Debug)]
 pub(crate) struct Captured {
-    /// Exit status; `None` when the timeout killed it.
+    /// Exit status; `None` when the testbed killed it (see `stopped`).
     pub status: Option<ExitStatus>,
+    /// Why the testbed killed it, if it did.
+    pub stopped: Option<Stopped>,
+    /// The host's view of the process group when it was stopped: each thread's state and CPU
+    /// time, and how much CPU the group used lately (empty when it exited by itself).
+    pub host_view: String,
     /// Console (stdout), normalized.
     pub stdout: String,
     /// Stderr, normalized (QEMU's own complaints).
@@ -63,11 +93,23 @@ impl Drop for GroupGuard {
 
 type Shared = Arc<Mutex<Vec<u8>>>;
 
+/// What the readers saw, for the watchdog: when the last line came and the first stall report.
+#[derive(Debug)]
+struct Seen {
+    last_line: Instant,
+    stall: Option<(Instant, String)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn spawn_reader(
     pipe: impl Read + Send + 'static,
     buf: Shared,
     started: Instant,
     begin_at: Option<Arc<Mutex<Option<Duration>>>>,
+    seen: Arc<Mutex<Seen>>,
     echo: Option<String>,
     done: mpsc::Sender<()>,
 ) {
@@ -85,8 +127,15 @@ fn spawn_reader(
                     .windows(HOST_BEGIN.len())
                     .any(|w| w == HOST_BEGIN.as_bytes())
                 {
-                    let mut at = at.lock().unwrap_or_else(|p| p.into_inner());
-                    at.get_or_insert_with(|| started.elapsed());
+                    lock(at).get_or_insert_with(|| started.elapsed());
+                }
+            }
+            {
+                let text = String::from_utf8_lossy(&line);
+                let mut seen = lock(&seen);
+                seen.last_line = Instant::now();
+                if seen.stall.is_none() && is_stall_report(&text) {
+                    seen.stall = Some((Instant::now(), normalize_console(text.trim_end())));
                 }
             }
             if let Some(prefix) = &echo {
@@ -94,26 +143,107 @@ fn spawn_reader(
                 eprint!("{prefix}{}", text.trim_end_matches(['\r', '\n']));
                 eprintln!();
             }
-            buf.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(&line);
+            lock(&buf).extend_from_slice(&line);
         }
         let _ = done.send(());
     });
 }
 
 fn take(buf: &Shared) -> String {
-    let bytes = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+    let bytes = std::mem::take(&mut *lock(buf));
     normalize_console(&String::from_utf8_lossy(&bytes))
 }
 
-/// Spawns `cmd` (stdin from /dev/null, stdout and stderr captured), waits up to `timeout`,
-/// and kills its process group on timeout. `echo` prefixes live copies of the output on stderr.
-pub(crate) fn run_captured(
-    mut cmd: Command,
-    timeout: Duration,
-    echo: Option<&str>,
-) -> Result<Captured> {
+/// Clock ticks per second for `/proc/PID/stat` CPU times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf(3) only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// `(comm, state, cpu seconds)` from a `/proc/.../stat` line (comm may hold spaces).
+fn parse_stat(stat: &str, ticks: f64) -> Option<(String, char, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the comm: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    let state = rest.first()?.chars().next()?;
+    let utime: f64 = rest.get(11)?.parse().ok()?;
+    let stime: f64 = rest.get(12)?.parse().ok()?;
+    Some((comm, state, (utime + stime) / ticks))
+}
+
+/// The processes in process group `pgid` (from `/proc/*/stat`, field 5).
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let close = s.rfind(')')?;
+                    s[close + 1..]
+                        .split_whitespace()
+                        .nth(2)?
+                        .parse::<i32>()
+                        .ok()
+                })
+                == Some(pgid)
+        })
+        .collect()
+}
+
+/// CPU seconds the whole group has used so far.
+fn group_cpu(pgid: i32) -> f64 {
+    let ticks = clock_ticks();
+    group_members(pgid)
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|s| parse_stat(&s, ticks).map(|(_, _, cpu)| cpu))
+        .sum()
+}
+
+/// Each thread of each process in the group: name, state, CPU seconds.
+fn describe_group(pgid: i32) -> String {
+    let ticks = clock_ticks();
+    let mut out = String::new();
+    for pid in group_members(pgid) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        let mut tids: Vec<i32> = tasks
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable();
+        for tid in tids {
+            if let Some((comm, state, cpu)) =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+                    .ok()
+                    .and_then(|s| parse_stat(&s, ticks))
+            {
+                out.push_str(&format!(
+                    "  pid {pid} tid {tid} {comm:<16} state {state}  cpu {cpu:.1} s\n"
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// How far back the host view's "CPU lately" figure looks.
+const CPU_WINDOW: Duration = Duration::from_secs(30);
+
+/// Spawns `cmd` (stdin from /dev/null, stdout and stderr captured) and waits for it, killing its
+/// process group when `watch` says so: timeout, a stall report on the console, or silence.
+/// `echo` prefixes live copies of the output on stderr.
+pub(crate) fn run_captured(mut cmd: Command, watch: Watch, echo: Option<&str>) -> Result<Captured> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -140,6 +270,10 @@ pub(crate) fn run_captured(
     let out: Shared = Arc::default();
     let err: Shared = Arc::default();
     let begin_at = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(Seen {
+        last_line: started,
+        stall: None,
+    }));
     let (done_tx, done_rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -148,6 +282,7 @@ pub(crate) fn run_captured(
         out.clone(),
         started,
         Some(begin_at.clone()),
+        seen.clone(),
         echo.map(|p| format!("{p} ")),
         done_tx.clone(),
     );
@@ -156,20 +291,60 @@ pub(crate) fn run_captured(
         err.clone(),
         started,
         None,
+        seen.clone(),
         echo.map(|p| format!("{p}! ")),
         done_tx,
     );
 
-    let deadline = started + timeout;
+    let deadline = started + watch.timeout;
+    let pgid = guard.pgid;
+    // (when, group CPU seconds) samples for the host view's "CPU lately".
+    let mut cpu_samples: std::collections::VecDeque<(Instant, f64)> = Default::default();
+    let mut next_sample = started;
+    let mut stopped = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) => {}
             Err(e) => return Err(Error::io(format!("waiting for {program}"), e)),
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= next_sample {
+            cpu_samples.push_back((now, group_cpu(pgid)));
+            while cpu_samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > CPU_WINDOW)
+            {
+                cpu_samples.pop_front();
+            }
+            next_sample = now + Duration::from_secs(1);
+        }
+        let reason = {
+            let seen = lock(&seen);
+            match &seen.stall {
+                Some((at, line)) if watch.stalls && now.duration_since(*at) >= STALL_GRACE => {
+                    Some(Stopped::Stall(line.clone()))
+                }
+                _ => match watch.silence {
+                    Some(limit) if now.duration_since(seen.last_line) >= limit => {
+                        Some(Stopped::Silence(limit))
+                    }
+                    _ => (now >= deadline).then_some(Stopped::Timeout),
+                },
+            }
+        };
+        if let Some(reason) = reason {
+            let mut view = describe_group(pgid);
+            if let Some((t0, c0)) = cpu_samples.front() {
+                view.push_str(&format!(
+                    "  the group used {:.1} s of CPU in the last {:.0} s\n",
+                    group_cpu(pgid) - c0,
+                    now.duration_since(*t0).as_secs_f64()
+                ));
+            }
             guard.kill();
             let _ = child.wait();
+            stopped = Some((reason, view));
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -186,8 +361,14 @@ pub(crate) fn run_captured(
         }
     }
     let begin_at = *begin_at.lock().unwrap_or_else(|p| p.into_inner());
+    let (stopped, host_view) = match stopped {
+        Some((reason, view)) => (Some(reason), view),
+        None => (None, String::new()),
+    };
     Ok(Captured {
         status,
+        stopped,
+        host_view,
         stdout: take(&out),
         stderr: take(&err),
         duration,
@@ -199,6 +380,63 @@ pub(crate) fn run_captured(
 mod tests {
     use super::*;
 
+    fn watch(secs: u64) -> Watch {
+        Watch {
+            timeout: Duration::from_secs(secs),
+            silence: None,
+            stalls: true,
+        }
+    }
+
+    #[test]
+    fn a_stall_report_stops_the_run_within_the_grace() {
+        let c = run_captured(
+            sh(
+                "echo boot; echo '[ 95.0] rcu: INFO: rcu_sched self-detected stall on CPU'; \
+                echo more; sleep 60",
+            ),
+            watch(60),
+            None,
+        )
+        .unwrap();
+        assert!(c.status.is_none());
+        assert!(
+            matches!(&c.stopped, Some(Stopped::Stall(l)) if l.contains("self-detected stall")),
+            "{:?}",
+            c.stopped
+        );
+        assert!(
+            c.duration < STALL_GRACE + Duration::from_secs(5),
+            "{:?}",
+            c.duration
+        );
+        assert!(c.stdout.contains("more"));
+    }
+
+    #[test]
+    fn silence_stops_the_run() {
+        let c = run_captured(
+            sh("echo hello; sleep 60"),
+            Watch {
+                silence: Some(Duration::from_secs(1)),
+                ..watch(60)
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.stopped, Some(Stopped::Silence(Duration::from_secs(1))));
+        assert!(c.duration < Duration::from_secs(10), "{:?}", c.duration);
+        assert!(c.host_view.contains("state"), "{}", c.host_view);
+    }
+
+    #[test]
+    fn stat_lines_parse_with_spaces_in_names() {
+        let stat = "42 (qemu vcpu 0) S 1 42 42 0 -1 4194560 0 0 0 0 250 50 0 0 20 0 1 0 1 0 0";
+        let (comm, state, cpu) = parse_stat(stat, 100.0).unwrap();
+        assert_eq!((comm.as_str(), state), ("qemu vcpu 0", 'S'));
+        assert!((cpu - 3.0).abs() < 1e-9, "{cpu}");
+    }
+
     fn sh(script: &str) -> Command {
         let mut c = Command::new("sh");
         c.arg("-c").arg(script);
@@ -209,7 +447,7 @@ mod tests {
     fn captures_output_and_status() {
         let c = run_captured(
             sh("echo a; echo @@HOST-BEGIN@@; echo b >&2; exit 3"),
-            Duration::from_secs(10),
+            watch(10),
             None,
         )
         .unwrap();
@@ -223,11 +461,16 @@ mod tests {
     fn timeout_kills_the_whole_group() {
         let c = run_captured(
             sh("echo started; sleep 30 & sleep 30; echo never"),
-            Duration::from_millis(500),
+            Watch {
+                timeout: Duration::from_millis(500),
+                ..watch(0)
+            },
             None,
         )
         .unwrap();
         assert!(c.status.is_none());
+        assert_eq!(c.stopped, Some(Stopped::Timeout));
+        assert!(c.host_view.contains("sleep"), "{}", c.host_view);
         assert_eq!(c.stdout, "started\n");
         // The background sleep held the pipe too; we still returned quickly.
         assert!(c.duration < Duration::from_secs(5), "{:?}", c.duration);

@@ -149,16 +149,76 @@ fn timeout_kills_the_host_and_reports_the_last_lines() -> Result<()> {
     let timeout = Duration::from_secs(45);
     let result = run_on_kvm_host(script, &opts().with_timeout(timeout));
     match result {
-        Err(Error::Timeout { timeout: t, tail }) => {
+        Err(Error::Timeout {
+            timeout: t,
+            host_view,
+            tail,
+        }) => {
             assert_eq!(t, timeout);
             assert!(tail.contains("before-the-hang"), "tail:\n{tail}");
             assert!(!tail.contains("never-printed"), "tail:\n{tail}");
-            let msg = Error::Timeout { timeout: t, tail }.to_string();
+            // The host's view names the killed processes and their threads.
+            assert!(host_view.contains("tid"), "host view:\n{host_view}");
+            let msg = Error::Timeout {
+                timeout: t,
+                host_view,
+                tail,
+            }
+            .to_string();
             assert!(msg.contains("timed out"), "{msg}");
             Ok(())
         }
         Err(other) => Err(other),
         Ok(run) => Err(run.error("a sleeping script should have timed out")),
+    }
+}
+
+/// A console line that reports an RCU stall ends the run within seconds, not at the timeout,
+/// with the stall line, the console tail and the host's view of its threads in the error.
+#[test]
+fn a_stall_report_stops_the_run_at_once() -> Result<()> {
+    let script = r#"
+        echo before-the-stall
+        echo 'rcu: INFO: rcu_sched self-detected stall on CPU'
+        sleep 600
+        echo never-printed
+    "#;
+    let timeout = Duration::from_secs(170);
+    let started = std::time::Instant::now();
+    match run_on_kvm_host(script, &opts().with_timeout(timeout)) {
+        Err(Error::Stall {
+            why,
+            host_view,
+            tail,
+        }) => {
+            assert!(why.contains("self-detected stall"), "{why}");
+            assert!(tail.contains("before-the-stall"), "tail:\n{tail}");
+            assert!(host_view.contains("tid"), "host view:\n{host_view}");
+            // L1 boots in seconds; the stop comes a few seconds after the line, far from 170 s.
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(100), "took {took:?}");
+            Ok(())
+        }
+        Err(other) => Err(other),
+        Ok(run) => Err(run.error("a stall report should have stopped the run")),
+    }
+}
+
+/// A console that stays silent past the run's silence limit ends the run early.
+#[test]
+fn a_silent_console_stops_the_run() -> Result<()> {
+    let script = "echo last-words; sleep 600";
+    let opts = opts()
+        .with_timeout(Duration::from_secs(170))
+        .with_silence(Some(Duration::from_secs(20)));
+    match run_on_kvm_host(script, &opts) {
+        Err(Error::Stall { why, tail, .. }) => {
+            assert!(why.contains("silent for 20s"), "{why}");
+            assert!(tail.contains("last-words"), "tail:\n{tail}");
+            Ok(())
+        }
+        Err(other) => Err(other),
+        Ok(run) => Err(run.error("a silent run should have been stopped")),
     }
 }
 

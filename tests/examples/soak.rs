@@ -1,0 +1,253 @@
+//! Boots many guests in one testbed host, interleaving our vmm (bzImage and PVH vmlinux) with
+//! the peer monitors, and prints each launch-to-exit time: the tool behind the timer-stall
+//! investigation in `tests/README.md` ("Nested timer stalls").
+//!
+//! ```text
+//! cargo run --release -p testbed --example soak -- [--boots N] [--peers DIR] [--no-peers]
+//!     [--guest-cmd CMD] [--guest-param WORD]... [--l1-param WORD]... [--qemu-arg ARG]...
+//!     [--timeout SECS] [--echo]
+//! ```
+//! Each round boots every monitor once; a boot slower than 3x its monitor's median, one that
+//! timed out, or a guest console with an RCU stall is listed at the end. Exits 1 when any was
+//! seen. `--peers DIR` defaults to `../shared/peers` beside the repository when it exists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use testbed::{marker_values, run_on_kvm_host, HostOpts};
+
+/// Per-boot limit inside L1; a stalled guest is killed after it.
+const BOOT_LIMIT_SECS: u32 = 120;
+
+struct Args {
+    boots: u32,
+    peers: Option<PathBuf>,
+    guest_cmd: String,
+    guest_params: Vec<String>,
+    l1_params: Vec<String>,
+    qemu_args: Vec<String>,
+    timeout: u64,
+}
+
+fn parse_args() -> Args {
+    let default_peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers");
+    let mut a = Args {
+        boots: 10,
+        peers: default_peers
+            .join("cloud-hypervisor")
+            .exists()
+            .then_some(default_peers),
+        guest_cmd: "sleep 2".into(),
+        guest_params: ["console=ttyS0", "quiet", "panic=-1"]
+            .map(String::from)
+            .to_vec(),
+        l1_params: Vec::new(),
+        qemu_args: Vec::new(),
+        timeout: 3600,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next().unwrap_or_else(|| {
+                eprintln!("soak: {arg} needs a value");
+                std::process::exit(2)
+            })
+        };
+        match arg.as_str() {
+            "--boots" => a.boots = value().parse().expect("--boots takes a number"),
+            "--peers" => a.peers = Some(PathBuf::from(value())),
+            "--no-peers" => a.peers = None,
+            "--guest-cmd" => a.guest_cmd = value(),
+            "--guest-param" => a.guest_params.push(value()),
+            "--l1-param" => a.l1_params.push(value()),
+            "--qemu-arg" => a.qemu_args.push(value()),
+            "--timeout" => a.timeout = value().parse().expect("--timeout takes seconds"),
+            "--echo" => std::env::set_var("PMEMVMM_TESTBED_ECHO", "1"),
+            other => {
+                eprintln!("soak: unknown argument {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+    a
+}
+
+/// The L1 script: `boots` rounds, each monitor once per round, one `@@SOAK ...@@` line each.
+fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
+    let cmdline = format!("{} -- \"{}\"", a.guest_params.join(" "), a.guest_cmd);
+    let mut monitors = vec![
+        (
+            "vmm-bzimage",
+            "\"$VMM\" --kernel \"$KERNEL\" --initramfs \"$INITRAMFS\" --memory 256M \
+             --cmdline \"$CMDLINE\""
+                .to_string(),
+        ),
+        (
+            "vmm-pvh",
+            "\"$VMM\" --kernel \"$VMLINUX\" --initramfs \"$INITRAMFS\" --memory 256M \
+             --cmdline \"$CMDLINE\""
+                .to_string(),
+        ),
+    ];
+    if let Some(ch) = ch {
+        monitors.push((
+            "cloud-hypervisor",
+            format!(
+                "'{}' --kernel \"$VMLINUX\" --initramfs \"$INITRAMFS\" --cmdline \"$CMDLINE\" \
+                 --cpus boot=1 --memory size=256M --serial tty --console off",
+                ch.display()
+            ),
+        ));
+    }
+    if let Some(fc) = fc {
+        monitors.push((
+            "firecracker",
+            format!(
+                "'{}' --no-api --config-file \"$WORK/fc.json\"",
+                fc.display()
+            ),
+        ));
+    }
+    let mut s = format!(
+        "CMDLINE='{}'\n\
+         JCMDLINE=$(printf '%s' \"$CMDLINE\" | sed 's/\"/\\\\\"/g')\n\
+         cat >\"$WORK/fc.json\" <<EOF\n\
+         {{ \"boot-source\": {{ \"kernel_image_path\": \"$VMLINUX\", \"initrd_path\": \
+         \"$INITRAMFS\", \"boot_args\": \"$JCMDLINE\" }},\n\
+         \"machine-config\": {{ \"vcpu_count\": 1, \"mem_size_mib\": 256 }} }}\n\
+         EOF\n\
+         echo \"@@SOAK-L1 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)@@\"\n\
+         i=0\n\
+         while [ $i -lt {} ]; do\n",
+        cmdline.replace('\'', "'\\''"),
+        a.boots
+    );
+    for (name, cmd) in &monitors {
+        s.push_str(&format!(
+            "  t0=$(cut -d' ' -f1 /proc/uptime)\n  \
+             timeout {BOOT_LIMIT_SECS} {cmd} >\"$WORK/console\" 2>&1 </dev/null\n  \
+             rc=$?\n  \
+             t1=$(cut -d' ' -f1 /proc/uptime)\n  \
+             cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)\n  \
+             st=0; grep -q 'rcu.*stall\\|timer wakeup didn' \"$WORK/console\" && st=1\n  \
+             echo \"@@SOAK {name} $i $t0 $t1 $rc $st $cs@@\"\n  \
+             if [ $st = 1 ] || [ $rc = 124 ]; then tail -n 30 \"$WORK/console\"; fi\n"
+        ));
+    }
+    s.push_str("  i=$((i+1))\ndone\ndmesg | tail -n 40\n");
+    s
+}
+
+#[derive(Debug)]
+struct Boot {
+    monitor: String,
+    round: u32,
+    secs: f64,
+    rc: i32,
+    stalled: bool,
+    clocksource: String,
+}
+
+fn parse(output: &str) -> Vec<Boot> {
+    marker_values(output, "SOAK")
+        .into_iter()
+        .filter_map(|v| {
+            let w: Vec<&str> = v.split_whitespace().collect();
+            if w.len() < 7 {
+                return None;
+            }
+            let t0: f64 = w[2].parse().ok()?;
+            let t1: f64 = w[3].parse().ok()?;
+            Some(Boot {
+                monitor: w[0].to_string(),
+                round: w[1].parse().ok()?,
+                secs: t1 - t0,
+                rc: w[4].parse().ok()?,
+                stalled: w[5] == "1",
+                clocksource: w[6].to_string(),
+            })
+        })
+        .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let a = parse_args();
+    let (ch, fc) = match &a.peers {
+        Some(dir) => {
+            let dir = dir.canonicalize().unwrap_or_else(|e| {
+                eprintln!("soak: peers directory {}: {e}", dir.display());
+                std::process::exit(2)
+            });
+            (
+                Some(dir.join("cloud-hypervisor")),
+                Some(dir.join("firecracker")),
+            )
+        }
+        None => (None, None),
+    };
+    let mut opts = HostOpts::default().with_timeout(Duration::from_secs(a.timeout));
+    for bin in [&ch, &fc].into_iter().flatten() {
+        opts = opts.with_host_bin(bin.clone());
+    }
+    opts.l1_cmdline = a.l1_params.clone();
+    opts = opts.with_qemu_args(a.qemu_args.clone());
+    let run = match run_on_kvm_host(&script(&a, ch.as_deref(), fc.as_deref()), &opts) {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("soak: {e}");
+            std::process::exit(1);
+        }
+    };
+    let boots = parse(&run.output);
+    let mut by_monitor: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for b in &boots {
+        println!(
+            "{:<17} round {:>3}  {:>7.2} s  exit {:>3}  clocksource {}{}",
+            b.monitor,
+            b.round,
+            b.secs,
+            b.rc,
+            b.clocksource,
+            if b.stalled { "  RCU STALL" } else { "" }
+        );
+        by_monitor.entry(&b.monitor).or_default().push(b.secs);
+    }
+    let medians: BTreeMap<&str, f64> = by_monitor
+        .iter_mut()
+        .map(|(m, v)| (*m, median(v)))
+        .collect();
+    let mut bad = 0;
+    println!("\nmonitor            boots  median   max     >3x median  stalls  timeouts");
+    for (m, v) in &by_monitor {
+        let med = medians[m];
+        let mine = boots.iter().filter(|b| b.monitor == *m);
+        let slow = mine.clone().filter(|b| b.secs > 3.0 * med).count();
+        let stalls = mine.clone().filter(|b| b.stalled).count();
+        let timeouts = mine.filter(|b| b.rc == 124).count();
+        bad += slow + stalls + timeouts;
+        println!(
+            "{m:<17} {:>6}  {med:>6.2}  {:>6.2}  {slow:>10}  {stalls:>6}  {timeouts:>8}",
+            v.len(),
+            v.iter().copied().fold(0.0, f64::max)
+        );
+    }
+    let expected = a.boots as usize * by_monitor.len().max(1);
+    if boots.len() < expected {
+        println!(
+            "only {} of {expected} boots reported; L1 output tail:\n{}",
+            boots.len(),
+            run.tail(40)
+        );
+        bad += 1;
+    }
+    if bad > 0 {
+        println!("\nL1 output (tail):\n{}", run.tail(60));
+        std::process::exit(1);
+    }
+}
