@@ -211,41 +211,6 @@ fn qemu_firmware(qemu: &Path, dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Directories the L1 init mounts over (tmpfs, 9p, proc, ...): a file copied into L1's
-/// initramfs at a path under one of them is hidden at run time.
-const L1_SHADOWED: [&str; 6] = ["/work", "/tmp", "/mnt/host", "/proc", "/sys", "/dev"];
-
-/// In nested mode, a host executable must sit at a path L1 does not mount over to be copied in
-/// at "the same path" (`HostOpts::with_host_bin`); one under `/work` or `/tmp` (a cargo target
-/// directory, a downloaded peer) is staged in the testbed cache first.
-fn visible_in_l1(path: &Path, name: &str) -> Result<PathBuf, String> {
-    if !L1_SHADOWED.iter().any(|d| path.starts_with(d)) {
-        return Ok(path.to_path_buf());
-    }
-    let dir = testbed::config::cache_dir().join("bench").join(name);
-    if L1_SHADOWED.iter().any(|d| dir.starts_with(d)) {
-        return Err(format!(
-            "{} is under a directory the nested host mounts over ({}), and so is the cache \
-             {}; set PMEMVMM_CACHE elsewhere (e.g. under $HOME)",
-            path.display(),
-            L1_SHADOWED.join(" "),
-            dir.display()
-        ));
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let file = path.file_name().unwrap_or_default();
-    let dest = dir.join(file);
-    let tmp = dir.join(format!(
-        ".{}.{}",
-        file.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::copy(path, &tmp)
-        .and_then(|_| std::fs::rename(&tmp, &dest))
-        .map_err(|e| format!("staging {} in {}: {e}", path.display(), dir.display()))?;
-    Ok(dest)
-}
-
 fn host_opts(spec: &InitramfsSpec, probe: &Path, timeout_s: u64) -> HostOpts {
     HostOpts::default()
         .with_initramfs(spec.clone())
@@ -384,7 +349,7 @@ fn run(args: Args) -> Result<bool, String> {
 
     // Where the probe is on the KVM host (the guest gets its own copy at GUEST_PROBE).
     let probe = if mode == Mode::Nested {
-        visible_in_l1(&probe, "probe")?
+        testbed::nested::visible_in_l1(&probe, "probe")?
     } else {
         probe
     };
@@ -399,7 +364,7 @@ fn run(args: Args) -> Result<bool, String> {
                         peers.push((kind, path));
                         continue;
                     }
-                    match visible_in_l1(&path, kind.name()) {
+                    match testbed::nested::visible_in_l1(&path, kind.name()) {
                         Ok(p) => peers.push((kind, p)),
                         Err(e) => results.failures.push(Failure {
                             tag: Tag::parse(&format!("boot.{}.0", kind.name())),

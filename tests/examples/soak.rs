@@ -115,7 +115,7 @@ fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
          cat >\"$WORK/fc.json\" <<EOF\n\
          {{ \"boot-source\": {{ \"kernel_image_path\": \"$VMLINUX\", \"initrd_path\": \
          \"$INITRAMFS\", \"boot_args\": \"$JCMDLINE\" }},\n\
-         \"machine-config\": {{ \"vcpu_count\": 1, \"mem_size_mib\": 256 }} }}\n\
+         \"machine-config\": {{ \"vcpu_count\": 1, \"mem_size_mib\": 256 }}, \"drives\": [] }}\n\
          EOF\n\
          echo \"@@SOAK-L1 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)@@\"\n\
          i=0\n\
@@ -132,7 +132,7 @@ fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
              cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)\n  \
              st=0; grep -q 'rcu.*stall\\|timer wakeup didn' \"$WORK/console\" && st=1\n  \
              echo \"@@SOAK {name} $i $t0 $t1 $rc $st $cs@@\"\n  \
-             if [ $st = 1 ] || [ $rc = 124 ]; then tail -n 30 \"$WORK/console\"; fi\n"
+             if [ $st = 1 ] || [ $rc != 0 ]; then tail -n 30 \"$WORK/console\"; fi\n"
         ));
     }
     s.push_str("  i=$((i+1))\ndone\ndmesg | tail -n 40\n");
@@ -184,10 +184,13 @@ fn main() {
                 eprintln!("soak: peers directory {}: {e}", dir.display());
                 std::process::exit(2)
             });
-            (
-                Some(dir.join("cloud-hypervisor")),
-                Some(dir.join("firecracker")),
-            )
+            let stage = |name: &str| {
+                testbed::nested::visible_in_l1(&dir.join(name), name).unwrap_or_else(|e| {
+                    eprintln!("soak: {e}");
+                    std::process::exit(2)
+                })
+            };
+            (Some(stage("cloud-hypervisor")), Some(stage("firecracker")))
         }
         None => (None, None),
     };
@@ -223,16 +226,17 @@ fn main() {
         .map(|(m, v)| (*m, median(v)))
         .collect();
     let mut bad = 0;
-    println!("\nmonitor            boots  median   max     >3x median  stalls  timeouts");
+    println!("\nmonitor            boots  median   max     >3x median  stalls  timeouts  failed");
     for (m, v) in &by_monitor {
         let med = medians[m];
         let mine = boots.iter().filter(|b| b.monitor == *m);
         let slow = mine.clone().filter(|b| b.secs > 3.0 * med).count();
         let stalls = mine.clone().filter(|b| b.stalled).count();
-        let timeouts = mine.filter(|b| b.rc == 124).count();
-        bad += slow + stalls + timeouts;
+        let timeouts = mine.clone().filter(|b| b.rc == 124).count();
+        let failed = mine.filter(|b| b.rc != 0 && b.rc != 124).count();
+        bad += slow + stalls + timeouts + failed;
         println!(
-            "{m:<17} {:>6}  {med:>6.2}  {:>6.2}  {slow:>10}  {stalls:>6}  {timeouts:>8}",
+            "{m:<17} {:>6}  {med:>6.2}  {:>6.2}  {slow:>10}  {stalls:>6}  {timeouts:>8}  {failed:>6}",
             v.len(),
             v.iter().copied().fold(0.0, f64::max)
         );

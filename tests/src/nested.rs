@@ -252,6 +252,42 @@ pub fn memory_arg(memory_mib: u64, nvdimm_sizes: &[u64]) -> String {
     )
 }
 
+/// Directories the L1 init mounts over (tmpfs, 9p, proc, ...): a file copied into L1's
+/// initramfs at a path under one of them is hidden at run time.
+pub const L1_SHADOWED: [&str; 6] = ["/work", "/tmp", "/mnt/host", "/proc", "/sys", "/dev"];
+
+/// In nested mode, a host executable must sit at a path L1 does not mount over to be copied in
+/// at "the same path" (`HostOpts::with_host_bin`); one under `/work` or `/tmp` (a cargo target
+/// directory, a peer monitor in `shared/peers`) is staged in the testbed cache first, under
+/// `name`. Returns the path to hand to `with_host_bin` and to use in the script.
+pub fn visible_in_l1(path: &Path, name: &str) -> Result<PathBuf, String> {
+    if !L1_SHADOWED.iter().any(|d| path.starts_with(d)) {
+        return Ok(path.to_path_buf());
+    }
+    let dir = config::cache_dir().join("host-bins").join(name);
+    if L1_SHADOWED.iter().any(|d| dir.starts_with(d)) {
+        return Err(format!(
+            "{} is under a directory the nested host mounts over ({}), and so is the cache \
+             {}; set PMEMVMM_CACHE elsewhere (e.g. under $HOME)",
+            path.display(),
+            L1_SHADOWED.join(" "),
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let file = path.file_name().unwrap_or_default();
+    let dest = dir.join(file);
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        file.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::copy(path, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, &dest))
+        .map_err(|e| format!("staging {} in {}: {e}", path.display(), dir.display()))?;
+    Ok(dest)
+}
+
 /// The L0 QEMU command for one run. Writes L1's initramfs into `run_dir`.
 pub(crate) fn command(
     script: &str,
