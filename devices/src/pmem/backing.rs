@@ -460,7 +460,6 @@ impl Backing {
             len,
             kind: self.kind,
             readonly: self.readonly,
-            synchronous,
             path: self.path.clone(),
             _file: Arc::clone(&self.file),
         })
@@ -1142,7 +1141,6 @@ pub struct PmemMapping {
     len: usize,
     kind: BackingKind,
     readonly: bool,
-    synchronous: bool,
     path: PathBuf,
     _file: Arc<File>,
 }
@@ -1173,13 +1171,6 @@ impl PmemMapping {
         &self.kind
     }
 
-    /// The kernel granted `MAP_SYNC`: write faults are synchronous with the file system's
-    /// metadata, so a write the guest has flushed from its CPU caches is durable without any
-    /// call to [`flush`](Self::flush) (device-dax; a file on a DAX file system).
-    pub fn synchronous(&self) -> bool {
-        self.synchronous
-    }
-
     /// Makes the guest's writes so far durable, as far as the host side can.
     ///
     /// What the host guarantees, per kind of backing (the README's text):
@@ -1193,8 +1184,8 @@ impl PmemMapping {
     ///   pages cost anything), so the data is on stable storage when the monitor exits. Not
     ///   guaranteed: a host crash or power loss before that writeback, because the guest's own
     ///   flush (cache-line writeback and fence) never reaches the monitor or the host's disk.
-    ///   Exception: a file on a DAX file system mapped with `MAP_SYNC`
-    ///   ([`synchronous`](Self::synchronous)) behaves like device-dax.
+    ///   Exception: a file on a DAX file system mapped with `MAP_SYNC` (write faults synchronous
+    ///   with the file system's metadata; the mapping log line says so) behaves like device-dax.
     /// * **Block device** (e.g. a host `/dev/pmemN`): as a regular file, through the block
     ///   device's page cache; the `msync` also sends a cache flush to the device.
     /// * **Device-dax** (`/dev/daxX.Y`): there is no page cache and nothing to do here; `msync`
@@ -1575,8 +1566,12 @@ mod tests {
         // Root ignores the mode bits; the immutable attribute stops root too.
         let _guard = if is_root() {
             if let Err(e) = set_immutable(&path, true) {
-                eprintln!("skipping: cannot make {} immutable: {e}", path.display());
-                return;
+                panic!(
+                    "as root this test needs the immutable attribute (chattr +i) to make {} \
+                     read-only, and the file system refused it: {e}; run it on ext4/xfs/btrfs \
+                     (TMPDIR) or as an ordinary user",
+                    path.display()
+                );
             }
             Some(Immutable(path.clone()))
         } else {
@@ -2008,21 +2003,32 @@ mod tests {
     /// A loop device over a file, detached on drop.
     struct Loop(PathBuf);
     impl Loop {
-        fn attach(file: &Path, readonly: bool) -> Option<Loop> {
-            if !is_root() {
-                return None;
-            }
+        /// Attaches `file`; fails the test, saying why, when that is not possible here.
+        fn attach(file: &Path, readonly: bool) -> Loop {
+            assert!(
+                is_root(),
+                "this test needs a loop device: run the unit tests as root (losetup needs it)"
+            );
             let mut cmd = Command::new("losetup");
             if readonly {
                 cmd.arg("--read-only");
             }
-            let out = cmd.args(["--find", "--show"]).arg(file).output().ok()?;
-            if !out.status.success() {
-                return None;
-            }
-            Some(Loop(PathBuf::from(
-                String::from_utf8(out.stdout).ok()?.trim(),
-            )))
+            let out = cmd
+                .args(["--find", "--show"])
+                .arg(file)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run losetup (apt-get install mount): {e}"));
+            assert!(
+                out.status.success(),
+                "losetup --find --show {} failed (no free loop device?): {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Loop(PathBuf::from(
+                String::from_utf8(out.stdout)
+                    .expect("losetup prints a path")
+                    .trim(),
+            ))
         }
     }
     impl Drop for Loop {
@@ -2036,10 +2042,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("loop.img");
         write_file(&file, 4 * MIB, 5);
-        let Some(dev) = Loop::attach(&file, false) else {
-            eprintln!("skipping: no loop device (needs root and losetup)");
-            return;
-        };
+        let dev = Loop::attach(&file, false);
         let b = Backing::open(&req(&dev.0, None, false)).unwrap();
         assert_eq!(b.kind(), &BackingKind::BlockDevice);
         assert_eq!(b.size(), 4 * MIB);
@@ -2066,9 +2069,7 @@ mod tests {
         assert_eq!(&fs::read(&file).unwrap()[8192..8196], b"loop");
 
         // A read-only block device asks for readonly=on.
-        let Some(ro) = Loop::attach(&file, true) else {
-            return;
-        };
+        let ro = Loop::attach(&file, true);
         let e = Backing::open(&req(&ro.0, None, false)).unwrap_err();
         assert!(matches!(e, BackingError::NeedsReadonly { .. }), "{e:?}");
         assert_eq!(

@@ -2,6 +2,7 @@
 //! through [`crate::pmem::backing`], cross-checked against `ndctl write-infoblock`.
 
 use super::*;
+use crate::pmem::test_support::require_ndctl;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -1194,17 +1195,6 @@ fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0; len];
     f.read_exact_at(&mut v, offset).unwrap();
     v
-}
-
-fn require_ndctl() {
-    let found = Command::new("ndctl").arg("--version").output();
-    match found {
-        Ok(out) if out.status.success() => {}
-        _ => panic!(
-            "ndctl is not installed (or not on PATH): this test cross-checks the written block \
-             against `ndctl write-infoblock`. Install it (Debian/Ubuntu: `apt-get install ndctl`)."
-        ),
-    }
 }
 
 /// A 64 MiB sparse file with data past the area to format.

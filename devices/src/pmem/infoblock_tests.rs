@@ -2,6 +2,7 @@
 //! pmem-reference.md §3.7, every kernel rejection, the memmap footprint, and live runs of ndctl.
 
 use super::*;
+use crate::pmem::test_support::require_ndctl;
 
 use std::path::Path;
 use std::process::Command;
@@ -1071,18 +1072,6 @@ fn footprint_accounts_for_every_struct_page() {
 // ---------------------------------------------------------------------------------------------
 // Live: the installed ndctl (CI installs it)
 // ---------------------------------------------------------------------------------------------
-
-fn require_ndctl() {
-    let found = Command::new("ndctl").arg("--version").output();
-    match found {
-        Ok(out) if out.status.success() => {}
-        _ => panic!(
-            "ndctl is not installed (or not on PATH): this test cross-checks the info block \
-             against `ndctl write-infoblock` / `ndctl read-infoblock`. Install it \
-             (Debian/Ubuntu: `apt-get install ndctl`) and run the tests again."
-        ),
-    }
-}
 
 fn ndctl_write(dir: &Path, v: &Vector) -> Option<[u8; INFO_BLOCK_SIZE]> {
     let out = dir.join(format!("v{}.img", v.line));

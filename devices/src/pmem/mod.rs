@@ -7,3 +7,5 @@ pub mod backing;
 pub mod flush_hint;
 pub mod format;
 pub mod infoblock;
+#[cfg(test)]
+mod test_support;
