@@ -48,8 +48,8 @@ use thiserror::Error;
 
 /// Backing sizes must be multiples of this (2 MiB): the guest hot-adds pmem in 2 MiB subsections
 /// and the info block's alignment rules assume it; it also lets KVM back the range with 2 MiB
-/// pages.
-pub const PMEM_SIZE_ALIGN: u64 = 2 << 20;
+/// pages. The guest geometry's pmem size granule.
+pub use geometry::PMEM_SIZE_GRANULE as PMEM_SIZE_ALIGN;
 
 /// Largest device-dax alignment we can map: the biggest page size on x86-64 (a PUD, 1 GiB).
 const MAX_DAX_ALIGN: u64 = 1 << 30;
