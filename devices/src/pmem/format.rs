@@ -1435,5 +1435,4 @@ fn write_verified(
 }
 
 #[cfg(test)]
-#[path = "format_tests.rs"]
 mod tests;

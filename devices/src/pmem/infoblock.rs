@@ -993,5 +993,4 @@ fn footprint(block: &InfoBlock, base: u64, end: u64) -> (MemmapFootprint, u64) {
 }
 
 #[cfg(test)]
-#[path = "infoblock_tests.rs"]
 mod tests;
