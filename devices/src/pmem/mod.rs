@@ -7,7 +7,10 @@
 //! | [`dax_sysfs`] | device-dax size and alignment from sysfs |
 //! | [`mapping`] | [`mapping::PmemMapping`], the RAII owner of a backing's mmap; flush |
 //! | [`infoblock`] | the pfn/dax info block (`struct nd_pfn_sb`) and the layout it implies |
-//! | [`format`] | the memmap policy planner: what the guest gets, and the one write it needs |
+//! | [`options`] | the values of `memmap=`, `mode=`, `align=`, `format=` |
+//! | [`namespace_io`] | reading and durably writing a namespace's bytes (file I/O or the mapping) |
+//! | [`format`](mod@format) | the memmap policy planner: what the guest gets, and the one write it needs |
+//! | [`report`] | the typed report of what the guest gets (mode, memmap, sizes) |
 //! | [`flush_hint`] | the NFIT flush-hint MMIO device (guest-facing) |
 //! | [`bytes`] | byte counts in messages |
 
@@ -18,5 +21,8 @@ pub mod flush_hint;
 pub mod format;
 pub mod infoblock;
 pub mod mapping;
+pub mod namespace_io;
+pub mod options;
+pub mod report;
 #[cfg(test)]
 mod test_support;
