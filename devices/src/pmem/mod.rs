@@ -1,5 +1,5 @@
 //! Persistent memory exposed to the guest as NFIT NVDIMM namespaces: the host side of each
-//! device, one concern per module.
+//! device, one concern per module. (The guest-facing flush-hint device is [`crate::flush_hint`].)
 //!
 //! | module | concern |
 //! | --- | --- |
@@ -11,13 +11,11 @@
 //! | [`namespace_io`] | reading and durably writing a namespace's bytes (file I/O or the mapping) |
 //! | [`format`](mod@format) | the memmap policy planner: what the guest gets, and the one write it needs |
 //! | [`report`] | the typed report of what the guest gets (mode, memmap, sizes) |
-//! | [`flush_hint`] | the NFIT flush-hint MMIO device (guest-facing) |
 //! | [`bytes`] | byte counts in messages |
 
 pub mod backing;
 pub mod bytes;
 pub mod dax_sysfs;
-pub mod flush_hint;
 pub mod format;
 pub mod infoblock;
 pub mod mapping;
@@ -26,3 +24,7 @@ pub mod options;
 pub mod report;
 #[cfg(test)]
 mod test_support;
+
+/// The flush hints are a guest-facing device now at [`crate::flush_hint`]; this is the path
+/// callers have always used.
+pub use crate::flush_hint;
