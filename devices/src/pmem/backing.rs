@@ -6,8 +6,8 @@
 //!   given, created sparse (`O_CREAT|O_EXCL`, mode 0600) at that size. An existing file is never
 //!   resized: a `size=` that disagrees with it is an error.
 //! * a **device-dax character device** (`/dev/daxX.Y`): `stat` says 0 bytes, so size and
-//!   alignment come from sysfs (`/sys/dev/char/MAJ:MIN/{size,align}`, pmem-reference.md §5). The
-//!   device only accepts shared mappings whose address and length are multiples of its alignment.
+//!   alignment come from sysfs (`/sys/dev/char/MAJ:MIN/{size,align}`, the dax bus attributes of
+//!   `drivers/dax/bus.c`; see [`super::dax_sysfs`]). The device only accepts shared mappings whose address and length are multiples of its alignment.
 //! * a **block device** such as a host `/dev/pmemN`: size from `BLKGETSIZE64`. Opened with
 //!   `O_EXCL` when read-write, so a mounted device or one another program holds exclusively is
 //!   refused instead of being corrupted under a file system.

@@ -4,7 +4,8 @@
 //! bytes [4096, 8192) hold a valid pfn/dax info block ([`super::infoblock`]); the guest's
 //! `nd_pmem_probe()` autodetects one and then gives the guest `/dev/pmemN` with DAX (fsdax) or
 //! `/dev/daxN.M` (devdax), with the memmap in guest RAM or in a reserve at the start of the
-//! device (pmem-reference.md §3, §4). This module decides, per device, what the guest should
+//! device (`nd_pfn_validate()` and `nd_pfn_init()` in `drivers/nvdimm/pfn_devs.c`,
+//! `pmem_attach_disk()` in `drivers/nvdimm/pmem.c`). This module decides, per device, what the guest should
 //! get and whether that needs a write, and performs that one 4 KiB write safely.
 //!
 //! * [`plan`] reads the 4 KiB at [`INFO_BLOCK_OFFSET`] (and, when it might write there, checks

@@ -20,7 +20,7 @@ use crate::pmem::infoblock::{InfoBlockRequest, PAGE_SIZE};
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-/// Device A of pmem-reference.md §3.7 lives at 5 GiB (1 GiB aligned).
+/// Device A of the info block's worked examples lives at 5 GiB (1 GiB aligned).
 const BASE: u64 = 0x1_4000_0000;
 const UUID: [u8; 16] = [
     0x6a, 0x0f, 0x1c, 0x3e, 0x7b, 0x4d, 0x4e, 0x2a, 0x9c, 0x5b, 0x1d, 0x2e, 0x3f, 0x40, 0x51, 0x62,
@@ -962,7 +962,7 @@ fn align_and_size_the_device_cannot_honour() {
 
 #[test]
 fn report_gives_what_the_guest_sees() {
-    // pmem-reference.md §3.7, device A (1 GiB at 5 GiB) and B (16 GiB at 8 GiB).
+    // The info block's worked examples: device A (1 GiB at 5 GiB) and B (16 GiB at 8 GiB).
     let cases = [
         (
             BASE,
