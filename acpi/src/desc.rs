@@ -6,12 +6,15 @@
 
 use crate::error::AcpiError;
 
-/// Highest CPU count. APIC ids are `0..num_cpus` in 8-bit Local APIC entries, where 0xff is
-/// the broadcast id that Linux `acpi_parse_lapic()` skips; 254 keeps every id well below it.
-pub const MAX_CPUS: u32 = 254;
+/// Highest CPU count (the guest geometry's; 8-bit APIC ids below the broadcast id 0xff).
+pub use geometry::MAX_CPUS;
 
-/// Highest NVDIMM count: child devices are named `NV00`..`NVFF` (two hex digits).
-pub const MAX_NVDIMMS: usize = 256;
+/// Highest NVDIMM count: the monitor's [`geometry::MAX_PMEM_DEVICES`] (64). The tables could
+/// name up to 256 (child devices `NV00`..`NVFF`, two hex digits); they are never asked for more
+/// than the command line accepts.
+pub use geometry::MAX_PMEM_DEVICES as MAX_NVDIMMS;
+
+const _: () = assert!(MAX_NVDIMMS <= 256, "NVDIMM child names have two hex digits");
 
 /// Highest serial port count: devices are named `COM1`..`COM9`.
 pub const MAX_SERIAL_PORTS: usize = 9;

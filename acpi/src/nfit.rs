@@ -86,7 +86,7 @@ const HIGHEST_CAPABILITY: u8 = 1;
 /// socket 0, controller 0, channel 0, DIMM n"; Linux never decodes it.
 ///
 /// # Panics
-/// If `index >= MAX_NVDIMMS` (256).
+/// If `index >= MAX_NVDIMMS` (64, `geometry::MAX_PMEM_DEVICES`).
 pub const fn nfit_handle(index: usize) -> u32 {
     assert!(index < MAX_NVDIMMS, "NVDIMM index out of range");
     index as u32 + 1
@@ -95,7 +95,7 @@ pub const fn nfit_handle(index: usize) -> u32 {
 /// SPA range index and control region index of DIMM `index`: `index + 1`. Zero is reserved
 /// ("not mapped"; `acpi_nfit_register_region()` ignores range index 0).
 const fn structure_index(index: usize) -> u16 {
-    // MAX_NVDIMMS (256) keeps this far below u16::MAX.
+    // MAX_NVDIMMS (at most 256) keeps this far below u16::MAX.
     index as u16 + 1
 }
 

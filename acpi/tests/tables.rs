@@ -607,7 +607,10 @@ fn nvdimm_errors() {
         }
     ));
 
-    assert!(matches!(err(dimms(257)), AcpiError::TooManyNvdimms { .. }));
+    assert!(matches!(
+        err(dimms(MAX_NVDIMMS + 1)),
+        AcpiError::TooManyNvdimms { .. }
+    ));
 }
 
 #[test]
@@ -818,7 +821,7 @@ fn sixty_four_numa_nvdimms_and_254_cpus_fit() {
         t.bytes.len()
     );
 
-    // Even the crate's maximum of 256 DIMMs fits the 128 KiB window.
+    // The maximum number of DIMMs (MAX_NVDIMMS) fits the 128 KiB window.
     let mut desc = platform(254, dimms(MAX_NVDIMMS));
     for d in &mut desc.nvdimms {
         d.proximity_domain.get_or_insert(0);

@@ -9,12 +9,12 @@ use std::process::Command;
 use crate::error::{Error, IoContext, Result};
 use crate::markers::tail_lines;
 
-/// Offset of the info block in a namespace (after the 4 KiB label/"reserved" area).
-pub const INFO_BLOCK_OFFSET: u64 = 4096;
-/// Signature of a device-DAX info block (`struct nd_pfn_sb`).
-pub const DAX_SIGNATURE: &[u8; 16] = b"NVDIMM_DAX_INFO\0";
-/// Signature of an fsdax ("pfn") info block.
-pub const PFN_SIGNATURE: &[u8; 16] = b"NVDIMM_PFN_INFO\0";
+/// Offset of the info block in a namespace (after the 4 KiB label/"reserved" area), and the
+/// signatures of a device-DAX and an fsdax ("pfn") info block (`struct nd_pfn_sb`): the
+/// monitor's own definitions.
+pub use devices::pmem::infoblock::{
+    DAX_SIG as DAX_SIGNATURE, INFO_BLOCK_OFFSET, PFN_SIG as PFN_SIGNATURE,
+};
 
 /// How L1 should see an emulated NVDIMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl Nvdimm {
     /// Creates and sizes the backing file, then writes a devdax info block with
     /// `ndctl write-infoblock` unless one is there already.
     pub fn prepare(&self) -> Result<()> {
-        if self.size == 0 || !self.size.is_multiple_of(2 << 20) {
+        if self.size == 0 || !self.size.is_multiple_of(geometry::PMEM_SIZE_GRANULE) {
             return Err(Error::setup(format!(
                 "NVDIMM {}: size {} is not a non-zero multiple of 2 MiB",
                 self.backing.display(),
@@ -95,7 +95,7 @@ impl Nvdimm {
         }
         drop(file);
         if let NvdimmKind::Devdax { align } = self.kind {
-            if self.signature()? != *DAX_SIGNATURE {
+            if self.signature()? != DAX_SIGNATURE {
                 write_devdax_infoblock(&self.backing, align)?;
             }
         }
@@ -181,7 +181,7 @@ mod tests {
     fn dataoff_parsing() {
         let mut b = [0u8; 64];
         assert_eq!(info_block_dataoff(&b), None);
-        b[..16].copy_from_slice(DAX_SIGNATURE);
+        b[..16].copy_from_slice(&DAX_SIGNATURE);
         b[56..64].copy_from_slice(&(18u64 << 20).to_le_bytes());
         assert_eq!(info_block_dataoff(&b), Some(18 << 20));
     }
@@ -200,16 +200,17 @@ mod tests {
     }
 
     /// Agrees with ndctl on where the data starts (needs ndctl on the machine, as nested mode
-    /// does).
+    /// does; fails when it is missing).
     #[test]
     fn prepare_writes_an_info_block_ndctl_agrees_with() {
-        if crate::config::which("ndctl").is_none() {
-            return;
-        }
+        assert!(
+            crate::config::which("ndctl").is_some(),
+            "this test needs ndctl on PATH (apt-get install ndctl; scripts/install-deps.sh)"
+        );
         let d = ScratchDir::new("nvdimm").unwrap();
         let n = Nvdimm::devdax(d.path().join("dimm"), 1 << 30);
         n.prepare().unwrap();
-        assert_eq!(&n.signature().unwrap(), DAX_SIGNATURE);
+        assert_eq!(n.signature().unwrap(), DAX_SIGNATURE);
         let meta = std::fs::metadata(&n.backing).unwrap();
         assert_eq!(meta.len(), 1 << 30);
         let dataoff = n.data_offset().unwrap();

@@ -11,16 +11,13 @@ use crate::artifacts::InitramfsSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::markers::{marker_values, parse_iomem, IomemEntry};
 
-pub const MIB: u64 = 1 << 20;
-pub const GIB: u64 = 1 << 30;
+pub use geometry::{GIB, MIB};
 
-/// Guest RAM stops at 3 GiB below 4 GiB (vmm/src/layout.rs `MMIO_HOLE_START`).
-pub const MMIO_HOLE_START: u64 = 3 * GIB;
-/// ... and continues at 4 GiB.
-pub const MMIO_HOLE_END: u64 = 4 * GIB;
 /// pmem windows start on 128 MiB boundaries, one x86-64 memory section, so no two devices (and
 /// no device and RAM) share a section.
-pub const SECTION: u64 = 128 * MIB;
+pub use geometry::MEMORY_SECTION_SIZE as SECTION;
+/// Guest RAM stops at 3 GiB below 4 GiB and continues at 4 GiB (the monitor's geometry).
+pub use geometry::{MMIO_HOLE_END, MMIO_HOLE_START};
 
 /// Where the guest library lives in the guest initramfs.
 pub const GUEST_LIB: &str = "/pmem-lib.sh";

@@ -2,7 +2,7 @@
 //! that reports what the guest made of each namespace (sysfs, `ndctl list -N`) and proves DAX
 //! works on it (ext4 `-o dax` with `STATX_ATTR_DAX` and a `MAP_SYNC` mapping on fsdax, an `mmap`
 //! of `/dev/daxN.M` on devdax), a tiny static C helper for what busybox cannot do (`mmap`,
-//! `statx`), a host shell library that finds the guest's patterns in the backings at the
+//! `statx`; `resources/guest-agent/daxio.c`), a host shell library that finds the guest's patterns in the backings at the
 //! offsets `vmm --report` predicted, and the wrapping and parsing of several vmm runs in one
 //! host script.
 //!
@@ -30,140 +30,9 @@ pub const MKFS_EXT4: &str = "/sbin/mkfs.ext4";
 /// ndctl, in the guest and (for the cross-tool and bad-input tests) in the nested host.
 pub const NDCTL: &str = "/usr/bin/ndctl";
 
-/// The source of the guest helper `daxio`.
-pub const DAXIO_C: &str = r#"/* daxio: the memmap policy tests' guest helper (mmap, statx).
- *   daxio statx PATH                        prints dax=1 or dax=0 (STATX_ATTR_DAX)
- *   daxio put PATH MAPLEN OFFSET SRC [sync] maps [0, MAPLEN) of PATH shared (with "sync":
- *                                           MAP_SHARED_VALIDATE|MAP_SYNC, which only a DAX
- *                                           mapping allows), copies file SRC to OFFSET, unmaps,
- *                                           maps again and compares; prints ok
- *   daxio get PATH MAPLEN OFFSET LEN DEST   maps PATH, copies LEN bytes at OFFSET to file DEST
- * Exit status 0 on success, 1 on a failure (the reason on stderr), 2 on bad usage. */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#ifndef MAP_SHARED_VALIDATE
-#define MAP_SHARED_VALIDATE 0x03
-#endif
-#ifndef MAP_SYNC
-#define MAP_SYNC 0x80000
-#endif
-#ifndef STATX_ATTR_DAX
-#define STATX_ATTR_DAX 0x00200000
-#endif
-
-static int die(const char *what, const char *path)
-{
-    fprintf(stderr, "daxio: %s %s: %s\n", what, path, strerror(errno));
-    return 1;
-}
-
-static unsigned long long num(const char *s)
-{
-    return strtoull(s, NULL, 0);
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    int fd = open(path, O_RDONLY);
-    struct stat st;
-    char *buf;
-    if (fd < 0 || fstat(fd, &st) < 0)
-        return NULL;
-    buf = malloc(st.st_size ? st.st_size : 1);
-    if (!buf || read(fd, buf, st.st_size) != st.st_size)
-        return NULL;
-    close(fd);
-    *len = st.st_size;
-    return buf;
-}
-
-static void *map(int fd, size_t len, int prot, int sync)
-{
-    int flags = sync ? MAP_SHARED_VALIDATE | MAP_SYNC : MAP_SHARED;
-    return mmap(NULL, len, prot, flags, fd, 0);
-}
-
-static int fits(size_t off, size_t len, size_t maplen)
-{
-    if (off + len <= maplen)
-        return 1;
-    fprintf(stderr, "daxio: %zu bytes at %zu do not fit in %zu\n", len, off, maplen);
-    return 0;
-}
-
-int main(int argc, char **argv)
-{
-    if (argc == 3 && !strcmp(argv[1], "statx")) {
-        struct statx st;
-        if (statx(AT_FDCWD, argv[2], 0, STATX_BASIC_STATS, &st) < 0)
-            return die("statx", argv[2]);
-        if (!(st.stx_attributes_mask & STATX_ATTR_DAX)) {
-            fprintf(stderr, "daxio: statx %s: the kernel does not report STATX_ATTR_DAX\n",
-                    argv[2]);
-            return 1;
-        }
-        printf("dax=%d\n", (st.stx_attributes & STATX_ATTR_DAX) ? 1 : 0);
-        return 0;
-    }
-    if ((argc == 6 || argc == 7) && !strcmp(argv[1], "put")) {
-        size_t maplen = num(argv[3]), off = num(argv[4]), len;
-        int sync = argc == 7 && !strcmp(argv[6], "sync");
-        char *src = slurp(argv[5], &len), *p;
-        int fd = open(argv[2], O_RDWR);
-        if (!src)
-            return die("reading", argv[5]);
-        if (fd < 0)
-            return die("opening", argv[2]);
-        if (!fits(off, len, maplen))
-            return 1;
-        p = map(fd, maplen, PROT_READ | PROT_WRITE, sync);
-        if (p == MAP_FAILED)
-            return die(sync ? "mmap MAP_SYNC" : "mmap", argv[2]);
-        memcpy(p + off, src, len);
-        if (munmap(p, maplen) < 0)
-            return die("munmap", argv[2]);
-        p = map(fd, maplen, PROT_READ, 0);
-        if (p == MAP_FAILED)
-            return die("mmap again", argv[2]);
-        if (memcmp(p + off, src, len)) {
-            fprintf(stderr, "daxio: %s: read back differs\n", argv[2]);
-            return 1;
-        }
-        munmap(p, maplen);
-        close(fd);
-        printf("ok\n");
-        return 0;
-    }
-    if (argc == 7 && !strcmp(argv[1], "get")) {
-        size_t maplen = num(argv[3]), off = num(argv[4]), len = num(argv[5]);
-        int fd = open(argv[2], O_RDONLY), out;
-        char *p;
-        if (fd < 0)
-            return die("opening", argv[2]);
-        if (!fits(off, len, maplen))
-            return 1;
-        p = map(fd, maplen, PROT_READ, 0);
-        if (p == MAP_FAILED)
-            return die("mmap", argv[2]);
-        out = open(argv[6], O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (out < 0 || write(out, p + off, len) != (ssize_t)len)
-            return die("writing", argv[6]);
-        close(out);
-        return 0;
-    }
-    fprintf(stderr, "usage: daxio statx PATH | put PATH MAPLEN OFFSET SRC [sync] | "
-                    "get PATH MAPLEN OFFSET LEN DEST\n");
-    return 2;
-}
-"#;
+/// The source of the guest helpers `daxio` and `dax-touch` (one multi-call program; the pfn
+/// checker tests install the same binary as `dax-touch`).
+pub const DAXIO_C: &str = include_str!("../../resources/guest-agent/daxio.c");
 
 /// Bytes of the patterns the guest writes at the start (devdax) and in the last 4 KiB (every
 /// mode) of each namespace's data; the host finds them at `data_offset` and

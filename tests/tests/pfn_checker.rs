@@ -23,7 +23,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -130,35 +129,10 @@ fn matrix(size: u64) -> Vec<Dev> {
     ]
 }
 
-/// A static build of `resources/guest-agent/dax-touch.c`, once per test process.
+/// The static build of `resources/guest-agent/daxio.c`, which acts as `dax-touch` when
+/// installed under that name.
 fn dax_touch() -> Result<PathBuf> {
-    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let src = testbed::config::workspace_root().join("resources/guest-agent/dax-touch.c");
-        // cargo's scratch directory for integration tests, inside the target directory
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let out = dir.join("dax-touch");
-        let tmp = dir.join(format!("dax-touch.{}", std::process::id()));
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let o = Command::new(&cc)
-            .args(["-static", "-O2", "-Wall", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .output()
-            .map_err(|e| format!("running {cc}: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "{cc} -static {} failed (needs libc6-dev's libc.a): {}",
-                src.display(),
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        // rename: another test process may be using the previous build
-        std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
-        Ok(out)
-    })
-    .clone()
-    .map_err(testbed::Error::setup)
+    testbed::policy_checks::daxio_binary()
 }
 
 /// A guest with `devs`, the agent, `dax-touch`, mke2fs, and `script` as its command.

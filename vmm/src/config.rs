@@ -14,7 +14,7 @@ use crate::pmem_option::{parse_pmem, PmemConfig};
 /// The guest needs this much to boot a kernel and a small initramfs.
 pub const MIN_MEMORY: u64 = 64 * MIB;
 /// MADT local APIC entries carry 8-bit APIC ids and 0xff is the broadcast id.
-pub const MAX_CPUS: u32 = 254;
+pub use geometry::MAX_CPUS;
 
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -87,7 +87,7 @@ pub struct VmConfig {
 }
 
 /// How many `--pmem` devices one guest may have (NFIT handles and ACPI names are sized for it).
-pub const MAX_PMEM_DEVICES: usize = 64;
+pub use geometry::MAX_PMEM_DEVICES;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {

@@ -21,8 +21,6 @@ pub enum CpuError {
     },
     #[error("vCPU {id}: KVM accepted {set} of {wanted} boot MSRs")]
     Msrs { id: u32, set: usize, wanted: usize },
-    #[error(transparent)]
-    Boot(#[from] boot::BootError),
 }
 
 // GDT layout shared by both entry protocols.

@@ -4,14 +4,11 @@
 //! leaves them; RAM fills the rest up to the 32-bit MMIO hole at 3 GiB and continues at 4 GiB.
 //! Everything here is a pure function of the configuration, so it is unit-tested without KVM.
 
-pub const PAGE_SIZE: u64 = 4096;
-pub const KIB: u64 = 1 << 10;
-pub const MIB: u64 = 1 << 20;
-pub const GIB: u64 = 1 << 30;
+pub use geometry::{GIB, KIB, MIB, PAGE_SIZE};
 
-/// Guest RAM stops here below 4 GiB; the hole holds the IOAPIC and local APIC windows.
-pub const MMIO_HOLE_START: u64 = 3 * GIB;
-pub const MMIO_HOLE_END: u64 = 4 * GIB;
+/// Guest RAM stops at 3 GiB below 4 GiB and continues at 4 GiB; the hole holds the IOAPIC and
+/// local APIC windows and the flush hints.
+pub use geometry::{MMIO_HOLE_END, MMIO_HOLE_START};
 
 /// Largest guest RAM we accept; far below the 46-bit physical address width KVM guarantees.
 pub const MAX_RAM: u64 = 1 << 40;
@@ -169,15 +166,16 @@ mod tests {
     }
 }
 
-/// Linux hotplugs memory (and maps pmem with struct pages) in 128 MiB sections on x86-64; a
-/// window that shares a section with another fails to come up (ndctl issue 76).
-pub const PMEM_WINDOW_ALIGN: u64 = 128 * MIB;
-/// Namespace sizes must be a multiple of this so the guest can map them with 2 MiB pages.
-pub const PMEM_SIZE_ALIGN: u64 = 2 * MIB;
 /// A KASLR guest sizes its direct map as the RAM it booted with plus this padding for hotplug
 /// (CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING, 10 TiB by default); pmem above it is unreachable
 /// (cloud-hypervisor issue 8191).
-pub const KASLR_PADDING: u64 = 10 << 40;
+pub use geometry::KASLR_PADDING;
+/// Linux hotplugs memory (and maps pmem with struct pages) in 128 MiB sections on x86-64; a
+/// window that shares a section with another fails to come up (ndctl issue 76).
+pub use geometry::MEMORY_SECTION_SIZE as PMEM_WINDOW_ALIGN;
+/// Namespace sizes are a multiple of this (the backings are checked to be) so the guest can map
+/// them with 2 MiB pages.
+pub use geometry::PMEM_SIZE_GRANULE as PMEM_SIZE_ALIGN;
 
 /// One device's guest-physical window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,14 +186,6 @@ pub struct PmemWindow {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PmemLayoutError {
-    #[error(
-        "size {size} is not a multiple of 2 MiB; use a multiple of 2 MiB such as {suggestion}"
-    )]
-    Unaligned {
-        index: usize,
-        size: u64,
-        suggestion: u64,
-    },
     #[error("the device does not fit: its window would end at {end:#x}, above {limit:#x}, the highest guest address this guest can map ({reason})")]
     TooHigh {
         index: usize,
@@ -209,9 +199,7 @@ impl PmemLayoutError {
     /// Which device (in command-line order) the error is about.
     pub fn index(&self) -> usize {
         match self {
-            PmemLayoutError::Unaligned { index, .. } | PmemLayoutError::TooHigh { index, .. } => {
-                *index
-            }
+            PmemLayoutError::TooHigh { index, .. } => *index,
         }
     }
 }
@@ -245,13 +233,11 @@ pub fn place_pmem(
     let mut next = ram_top.max(MMIO_HOLE_END);
     let mut windows = Vec::with_capacity(sizes.len());
     for (index, &size) in sizes.iter().enumerate() {
-        if size == 0 || size % PMEM_SIZE_ALIGN != 0 {
-            return Err(PmemLayoutError::Unaligned {
-                index,
-                size,
-                suggestion: size.div_ceil(PMEM_SIZE_ALIGN).max(1) * PMEM_SIZE_ALIGN,
-            });
-        }
+        // Backings are opened only when their size is a non-zero multiple of the granule.
+        debug_assert!(
+            size > 0 && size.is_multiple_of(PMEM_SIZE_ALIGN),
+            "size {size}"
+        );
         let base = next.div_ceil(PMEM_WINDOW_ALIGN) * PMEM_WINDOW_ALIGN;
         let end = base.saturating_add(size);
         if end > limit {
@@ -301,20 +287,6 @@ mod pmem_tests {
         assert_eq!(w[0].base, 4 * GIB + 512 * MIB);
         let w = place_pmem(4 * GIB + 4 * KIB, &[2 * MIB], LIMIT).unwrap();
         assert_eq!(w[0].base, 5 * GIB + 128 * MIB);
-    }
-
-    #[test]
-    fn sizes_must_be_2m_multiples() {
-        let e = place_pmem(GIB, &[GIB, 3 * MIB], LIMIT).unwrap_err();
-        assert_eq!(
-            e,
-            PmemLayoutError::Unaligned {
-                index: 1,
-                size: 3 * MIB,
-                suggestion: 4 * MIB
-            }
-        );
-        assert!(e.to_string().contains("such as 4194304"));
     }
 
     #[test]

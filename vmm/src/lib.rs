@@ -245,7 +245,7 @@ fn run_with_pmem(
     .map_err(bus_err)?;
     let bus = Arc::new(vcpu::Devices {
         pio: bus,
-        flush_hints: pmem.flush_hints(),
+        mmio: pmem.mmio_bus().map_err(bus_err)?,
     });
 
     // Signals: stop signals only through the signalfd, in every thread spawned from here on.

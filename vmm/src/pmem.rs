@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use devices::bus::{BusError, MmioBus};
 use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
 use devices::pmem::flush_hint::FlushHints;
 use devices::pmem::format::{self, BackingAccess, FormatError, FormatRequest, NamespaceReport};
@@ -241,8 +242,8 @@ impl PmemDevices {
                     "size": d.window.size,
                     "readonly": d.config.readonly,
                     "numa": d.config.numa,
-                    "mode": r.mode,
-                    "memmap": r.memmap,
+                    "mode": r.mode.to_string(),
+                    "memmap": r.memmap.to_string(),
                     "memmap_bytes": r.memmap_bytes,
                     "ram_cost_bytes": r.ram_cost_bytes,
                     "device_reserve_bytes": r.device_reserve_bytes,
@@ -257,14 +258,19 @@ impl PmemDevices {
         serde_json::json!({ "pmem": devices })
     }
 
-    /// The MMIO device behind the NFIT flush hints of these devices.
-    pub fn flush_hints(&self) -> FlushHints {
+    /// The MMIO bus with the NFIT flush hints of these devices at `layout::FLUSH_HINT_BASE`.
+    pub fn mmio_bus(&self) -> Result<MmioBus, BusError> {
         let targets = self
             .devices
             .iter()
             .map(|d| (!d.config.readonly).then(|| d.mapping.clone()))
             .collect();
-        FlushHints::new(layout::FLUSH_HINT_BASE, targets)
+        let hints = FlushHints::new(targets);
+        let mut bus = MmioBus::new();
+        if !hints.is_empty() {
+            bus.insert(layout::FLUSH_HINT_BASE, hints.len(), Arc::new(hints))?;
+        }
+        Ok(bus)
     }
 
     /// Writes every dirty page of file and block-device backings to the host's storage.

@@ -1,13 +1,13 @@
-//! A vCPU thread: runs KVM_RUN and hands port I/O to the bus until the VM is told to stop.
+//! A vCPU thread: runs KVM_RUN and hands port I/O and MMIO to the buses until the VM is told to
+//! stop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devices::bus::PioBus;
+use devices::bus::{MmioBus, PioBus};
 use devices::lifecycle::{StopReason, StopSignal};
-use devices::pmem::flush_hint::FlushHints;
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, warn};
@@ -37,7 +37,7 @@ pub struct VcpuThread {
 /// What a vCPU thread dispatches exits to.
 pub struct Devices {
     pub pio: PioBus,
-    pub flush_hints: FlushHints,
+    pub mmio: MmioBus,
 }
 
 pub fn spawn(
@@ -81,16 +81,14 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                     VcpuExit::IoOut(port, data) => {
                         bus.pio.write(port, data);
                     }
-                    VcpuExit::MmioWrite(addr, _) if bus.flush_hints.write(addr) => {}
                     VcpuExit::MmioRead(addr, data) => {
-                        if !unknown_mmio_logged {
+                        if !bus.mmio.read(addr, data) && !unknown_mmio_logged {
                             debug!("vCPU {id}: read of unmapped MMIO {addr:#x}");
                             unknown_mmio_logged = true;
                         }
-                        data.fill(0xff);
                     }
-                    VcpuExit::MmioWrite(addr, _) => {
-                        if !unknown_mmio_logged {
+                    VcpuExit::MmioWrite(addr, data) => {
+                        if !bus.mmio.write(addr, data) && !unknown_mmio_logged {
                             debug!("vCPU {id}: write to unmapped MMIO {addr:#x}");
                             unknown_mmio_logged = true;
                         }

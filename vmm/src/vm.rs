@@ -2,6 +2,9 @@
 //! together from guest memory that already holds the kernel, the boot structures and the ACPI
 //! tables.
 
+use std::sync::Arc;
+
+use devices::pmem::mapping::PmemMapping;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
     KVM_PIT_SPEAKER_DUMMY,
@@ -41,6 +44,10 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub struct Vm {
     pub fd: VmFd,
     pub vcpus: Vec<VcpuFd>,
+    /// The mappings the pmem memory slots point into. Declared after `fd`, so a `Vm` dropped
+    /// whole closes the VM (and with it every slot) before it lets go of them; code that moves
+    /// `fd` out drops it first anyway. Either way no slot outlives its mapping.
+    pub pmem_mappings: Vec<Arc<PmemMapping>>,
 }
 
 impl Vm {
@@ -56,6 +63,9 @@ impl Vm {
         if cpus as usize > max {
             return Err(VmError::TooManyCpus { wanted: cpus, max });
         }
+        // Declared before `fd`: locals drop in reverse order, so on an error return the VM (and
+        // its slots) goes before the mappings it points into.
+        let mut pmem_mappings: Vec<Arc<PmemMapping>> = Vec::with_capacity(pmem.devices.len());
         let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
         fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("set TSS address"))?;
@@ -81,8 +91,8 @@ impl Vm {
                 userspace_addr: host as u64,
             };
             // SAFETY: the host range [host, host + len) is a mapping owned by `mem`, which the
-            // caller keeps alive for as long as the VM exists (both live in `Vmm` and the VM is
-            // dropped first); slots do not overlap because guest memory regions do not.
+            // caller keeps alive for as long as the VM exists (`run_with_pmem` owns both and drops
+            // the VM fd before `mem`); slots do not overlap because guest memory regions do not.
             unsafe { fd.set_user_memory_region(desc) }.map_err(kvm_err("add RAM slot"))?;
         }
 
@@ -104,10 +114,12 @@ impl Vm {
                 userspace_addr: dev.mapping.as_ptr() as u64,
             };
             // SAFETY: the mapping covers [as_ptr, as_ptr + window.size) (the window is the
-            // backing's whole size) and lives in `PmemDevices`, which outlives the VM (run()
-            // drops the VM before it flushes and drops the devices). Windows are placed above
+            // backing's whole size) and stays mapped while the VM exists: the returned `Vm`
+            // holds a reference to it in `pmem_mappings` (and on an error return `fd` is dropped
+            // before `pmem_mappings`, see its declaration). Windows are placed above
             // RAM and do not overlap each other or RAM, so neither do the slots.
             unsafe { fd.set_user_memory_region(desc) }.map_err(kvm_err("add pmem slot"))?;
+            pmem_mappings.push(Arc::clone(&dev.mapping));
         }
 
         let supported = kvm
@@ -124,6 +136,10 @@ impl Vm {
             vcpus.push(vcpu);
         }
         cpu::set_boot_registers(&vcpus[0], entry)?;
-        Ok(Vm { fd, vcpus })
+        Ok(Vm {
+            fd,
+            vcpus,
+            pmem_mappings,
+        })
     }
 }

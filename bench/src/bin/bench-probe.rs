@@ -408,10 +408,11 @@ fn bandwidth(args: &[String]) -> Result<(), Failure> {
     };
     let mut buf = vec![0x5au8; chunk];
     let chunks = bytes / chunk;
-    // SAFETY (both closures): every copy stays inside the mapping (chunks * chunk <= bytes) and
-    // the buffer (chunk bytes); the two never overlap (one is the file mapping, one the heap).
     let read_pass = |buf: &mut Vec<u8>| {
         for c in 0..chunks {
+            // SAFETY: the copy stays inside the mapping (c < chunks, chunks * chunk <= bytes) and
+            // the buffer (chunk bytes); the two never overlap (one is the file mapping, one the
+            // heap).
             unsafe {
                 std::ptr::copy_nonoverlapping(map.ptr.add(c * chunk), buf.as_mut_ptr(), chunk);
             }
@@ -420,6 +421,7 @@ fn bandwidth(args: &[String]) -> Result<(), Failure> {
     };
     let write_pass = |buf: &Vec<u8>| {
         for c in 0..chunks {
+            // SAFETY: as in `read_pass`: inside the writable mapping and the buffer, no overlap.
             unsafe {
                 std::ptr::copy_nonoverlapping(buf.as_ptr(), map.ptr.add(c * chunk), chunk);
             }

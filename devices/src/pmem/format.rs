@@ -4,7 +4,8 @@
 //! bytes [4096, 8192) hold a valid pfn/dax info block ([`super::infoblock`]); the guest's
 //! `nd_pmem_probe()` autodetects one and then gives the guest `/dev/pmemN` with DAX (fsdax) or
 //! `/dev/daxN.M` (devdax), with the memmap in guest RAM or in a reserve at the start of the
-//! device (pmem-reference.md §3, §4). This module decides, per device, what the guest should
+//! device (`nd_pfn_validate()` and `nd_pfn_init()` in `drivers/nvdimm/pfn_devs.c`,
+//! `pmem_attach_disk()` in `drivers/nvdimm/pmem.c`). This module decides, per device, what the guest should
 //! get and whether that needs a write, and performs that one 4 KiB write safely.
 //!
 //! * [`plan`] reads the 4 KiB at [`INFO_BLOCK_OFFSET`] (and, when it might write there, checks
@@ -13,9 +14,12 @@
 //!   and what was asked.
 //! * [`apply`] performs the plan's write, if any: it writes, flushes, reads back and verifies the
 //!   block, and restores the old bytes if any of that fails.
-//! * [`BackingAccess`] is the [`NamespaceAccess`] over an opened [`Backing`] and its
-//!   [`PmemMapping`]: `pread`/`pwrite` + `fdatasync` for files and block devices (a sparse file
-//!   skips holes with `SEEK_DATA`), the mapping with cache-line flushes for device-dax.
+//! * [`BackingAccess`] (in [`super::namespace_io`]) is the [`NamespaceAccess`] over an opened
+//!   [`Backing`](super::backing::Backing) and its [`PmemMapping`](super::mapping::PmemMapping):
+//!   `pread`/`pwrite` + `fdatasync` for files and block devices (a sparse file skips holes with
+//!   `SEEK_DATA`), the mapping with cache-line flushes for device-dax.
+//! * The values of `memmap=`, `mode=`, `align=` and `format=` are parsed in [`super::options`];
+//!   the outcome is a typed [`NamespaceReport`] ([`super::report`]).
 //!
 //! # Rules
 //!
@@ -53,22 +57,22 @@
 //!
 //! Every number the guest sees is in [`NamespaceReport`].
 
-use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::ops::Range;
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
-use std::str::FromStr;
 
 use thiserror::Error;
 
-use super::backing::{Backing, BackingKind, Bytes, PmemMapping};
+use super::backing::Bytes;
 use super::infoblock::{
-    GuestOutcome, InfoBlock, InfoBlockError, InfoBlockRequest, InfoMode, Layout, MemmapLocation,
-    Namespace, DEFAULT_ALIGN, INFO_BLOCK_OFFSET, INFO_BLOCK_RESERVE, INFO_BLOCK_SIZE,
-    SUPPORTED_ALIGNMENTS,
+    GuestOutcome, InfoBlock, InfoBlockError, InfoBlockRequest, InfoMode, MemmapLocation, Namespace,
+    DEFAULT_ALIGN, INFO_BLOCK_OFFSET, INFO_BLOCK_RESERVE, INFO_BLOCK_SIZE, SUPPORTED_ALIGNMENTS,
 };
+use super::options::bad_value;
+
+// Re-exported where callers have always found them.
+pub use super::namespace_io::{BackingAccess, NamespaceAccess};
+pub use super::options::{parse_align, AlignName, FormatPolicy, Memmap, NsMode, OptionValueError};
+pub use super::report::{MemmapPlacement, NamespaceReport};
 
 /// `memmap=auto` puts the memmap in guest RAM while that costs at most `1 /
 /// AUTO_RAM_FRACTION_DENOMINATOR` of the guest's RAM (RAM cost as
@@ -84,158 +88,6 @@ pub const AUTO_RAM_FRACTION_DENOMINATOR: u64 = 16;
 /// `BTT_SIG` (`drivers/nvdimm/btt.h`, compared over `BTT_SIG_LEN` = 16 bytes): a BTT arena at
 /// offset 4096, which the guest probes before pfn/dax. Only used to name what a device holds.
 const BTT_SIG: [u8; 16] = *b"BTT_ARENA_INFO\0\0";
-
-/// Bytes read (or scanned) at a time when checking that an area is blank.
-const SCAN_CHUNK: usize = 1 << 20;
-
-// ---------------------------------------------------------------------------------------------
-// Options
-// ---------------------------------------------------------------------------------------------
-
-/// `memmap=`: where the guest keeps the struct pages of the namespace, or no info block at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Memmap {
-    /// No info block: a raw namespace.
-    None,
-    /// An info block with the memmap in guest RAM (`PFN_MODE_RAM`, ndctl `--map=mem`).
-    Ram,
-    /// An info block with the memmap in the device's reserve (`PFN_MODE_PMEM`, ndctl `--map=dev`).
-    Pmem,
-    /// Keep a valid block, else choose by [`AUTO_RAM_FRACTION_DENOMINATOR`] (see the module docs).
-    #[default]
-    Auto,
-}
-
-/// `mode=`: the personality the guest gives the namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NsMode {
-    /// `/dev/pmemN` with DAX (`NVDIMM_PFN_INFO`).
-    Fsdax,
-    /// `/dev/daxN.M` (`NVDIMM_DAX_INFO`).
-    Devdax,
-    /// No info block; the same as `memmap=none`.
-    Raw,
-}
-
-/// `format=`: what the monitor may write into the backing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum FormatPolicy {
-    /// Never write.
-    Keep,
-    /// Write only onto a blank area (or a file created in this run).
-    #[default]
-    Init,
-    /// Write whatever is there, after stating what is replaced.
-    Force,
-}
-
-fn bad_value(option: &'static str, value: &str, expected: &'static str) -> FormatError {
-    FormatError::BadValue {
-        option,
-        value: value.to_string(),
-        expected,
-    }
-}
-
-impl FromStr for Memmap {
-    type Err = FormatError;
-    fn from_str(s: &str) -> Result<Memmap, FormatError> {
-        match s {
-            "none" => Ok(Memmap::None),
-            "ram" => Ok(Memmap::Ram),
-            "pmem" => Ok(Memmap::Pmem),
-            "auto" => Ok(Memmap::Auto),
-            _ => Err(bad_value("memmap", s, "ram, pmem, none or auto")),
-        }
-    }
-}
-
-impl FromStr for NsMode {
-    type Err = FormatError;
-    fn from_str(s: &str) -> Result<NsMode, FormatError> {
-        match s {
-            "fsdax" => Ok(NsMode::Fsdax),
-            "devdax" => Ok(NsMode::Devdax),
-            "raw" => Ok(NsMode::Raw),
-            _ => Err(bad_value("mode", s, "fsdax, devdax or raw")),
-        }
-    }
-}
-
-impl FromStr for FormatPolicy {
-    type Err = FormatError;
-    fn from_str(s: &str) -> Result<FormatPolicy, FormatError> {
-        match s {
-            "keep" => Ok(FormatPolicy::Keep),
-            "init" => Ok(FormatPolicy::Init),
-            "force" => Ok(FormatPolicy::Force),
-            _ => Err(bad_value("format", s, "keep, init or force")),
-        }
-    }
-}
-
-/// Parses `align=`: `4K`, `2M` or `1G` (case-insensitive, optionally with `iB`), or the same
-/// number of bytes in decimal: the alignments the guest kernel supports
-/// ([`SUPPORTED_ALIGNMENTS`]).
-pub fn parse_align(s: &str) -> Result<u64, FormatError> {
-    let lower = s.to_ascii_lowercase();
-    let unit = lower.strip_suffix("ib").unwrap_or(&lower);
-    let value = match unit {
-        "4k" => Some(4 << 10),
-        "2m" => Some(2 << 20),
-        "1g" => Some(1 << 30),
-        _ => unit.parse::<u64>().ok(),
-    };
-    value
-        .filter(|v| SUPPORTED_ALIGNMENTS.contains(v))
-        .ok_or_else(|| bad_value("align", s, "4K, 2M or 1G"))
-}
-
-impl fmt::Display for Memmap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Memmap::None => "none",
-            Memmap::Ram => "ram",
-            Memmap::Pmem => "pmem",
-            Memmap::Auto => "auto",
-        })
-    }
-}
-
-impl fmt::Display for NsMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NsMode::Fsdax => "fsdax",
-            NsMode::Devdax => "devdax",
-            NsMode::Raw => "raw",
-        })
-    }
-}
-
-impl fmt::Display for FormatPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FormatPolicy::Keep => "keep",
-            FormatPolicy::Init => "init",
-            FormatPolicy::Force => "force",
-        })
-    }
-}
-
-/// An alignment as the option spells it (`4K`, `2M`, `1G`), else in hex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AlignName(pub u64);
-
-impl fmt::Display for AlignName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            0x1000 => f.write_str("4K"),
-            0x20_0000 => f.write_str("2M"),
-            0x4000_0000 => f.write_str("1G"),
-            a => write!(f, "{a:#x}"),
-        }
-    }
-}
 
 /// Everything the format step needs to know about one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,90 +164,6 @@ impl WriteAction {
     }
 }
 
-/// What the guest sees of one namespace, and what its memmap costs.
-///
-/// `capacity` is what the guest kernel derives from the block: for fsdax `pmem_attach_disk()`
-/// (`drivers/nvdimm/pmem.c`) sets the `/dev/pmemN` capacity to `size - pfn_pad - data_offset` with
-/// `pfn_pad = start_pad + end_trunc`; for devdax `__dax_pmem_probe()` (`drivers/dax/pmem.c`) makes
-/// the dax region, and the one `/dev/daxN.M` covering it, `[base + start_pad + dataoff, end -
-/// end_trunc)`. Both are [`Layout::data_size`] (also `pfnX.Y/size`). A raw namespace's
-/// `/dev/pmemN` is the whole namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NamespaceReport {
-    /// `"raw"`, `"fsdax"` or `"devdax"`.
-    pub mode: &'static str,
-    /// `"none"`, `"ram"` or `"pmem"`.
-    pub memmap: &'static str,
-    /// Bytes of struct pages the guest builds for the namespace (in RAM and in the device).
-    pub memmap_bytes: u64,
-    /// Guest RAM the memmap takes (struct pages and vmemmap page tables).
-    pub ram_cost_bytes: u64,
-    /// Device bytes reserved for the memmap (`dataoff - 8 KiB` with the memmap in pmem, else 0).
-    pub device_reserve_bytes: u64,
-    /// Namespace offset of the first guest-visible data byte (0 for raw).
-    pub data_offset: u64,
-    /// Guest-visible bytes: the `/dev/pmemN` or `/dev/daxN.M` size.
-    pub capacity: u64,
-    /// Mapping alignment of the block (0 for raw).
-    pub align: u64,
-}
-
-impl NamespaceReport {
-    /// A raw namespace of `size` bytes: no info block, no memmap.
-    pub fn raw(size: u64) -> NamespaceReport {
-        NamespaceReport {
-            mode: "raw",
-            memmap: "none",
-            memmap_bytes: 0,
-            ram_cost_bytes: 0,
-            device_reserve_bytes: 0,
-            data_offset: 0,
-            capacity: size,
-            align: 0,
-        }
-    }
-
-    fn block(b: &InfoBlock, l: &Layout) -> NamespaceReport {
-        NamespaceReport {
-            mode: match b.mode {
-                InfoMode::Fsdax => "fsdax",
-                InfoMode::Devdax => "devdax",
-            },
-            memmap: match b.memmap {
-                MemmapLocation::Ram => "ram",
-                MemmapLocation::Pmem => "pmem",
-            },
-            memmap_bytes: l.memmap.ram_bytes + l.memmap.device_bytes,
-            ram_cost_bytes: l.memmap.ram_total(),
-            device_reserve_bytes: l.memmap.device_reserve_bytes,
-            data_offset: l.data_offset,
-            capacity: l.data_size,
-            align: b.align(),
-        }
-    }
-}
-
-impl fmt::Display for NamespaceReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.mode == "raw" {
-            return write!(f, "raw, no memmap, capacity {}", Bytes(self.capacity));
-        }
-        write!(
-            f,
-            "{}, memmap in {} ({} of struct pages: {} of guest RAM, {} device reserve), \
-             align {}, data at offset {:#x}, capacity {}",
-            self.mode,
-            self.memmap,
-            Bytes(self.memmap_bytes),
-            Bytes(self.ram_cost_bytes),
-            Bytes(self.device_reserve_bytes),
-            AlignName(self.align),
-            self.data_offset,
-            Bytes(self.capacity)
-        )
-    }
-}
-
 /// The outcome of [`plan`]: what the guest gets, the write that needs (if any), and log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -417,12 +185,8 @@ pub struct Plan {
 /// see [`FormatError::is_usage`].
 #[derive(Debug, Error)]
 pub enum FormatError {
-    #[error("{option}={value}: unknown value; expected {expected}")]
-    BadValue {
-        option: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    #[error(transparent)]
+    BadValue(#[from] OptionValueError),
 
     #[error("memmap={memmap} and mode={mode} conflict: {why}")]
     Conflict {
@@ -547,242 +311,6 @@ impl FormatError {
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> FormatError {
     move |source| FormatError::Io { op, source }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Access to the namespace bytes
-// ---------------------------------------------------------------------------------------------
-
-/// The few operations the format step needs on a namespace's bytes (offsets are namespace
-/// offsets, i.e. backing offsets).
-pub trait NamespaceAccess {
-    /// Reads `buf.len()` bytes at `offset`.
-    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// The offset of the first non-zero byte in `range`, `None` if it is all zeros. Holes of a
-    /// sparse file are not read.
-    fn first_nonzero(&self, range: Range<u64>) -> io::Result<Option<u64>>;
-    /// Writes `data` at `offset` and makes it durable before returning.
-    fn write_durably(&self, offset: u64, data: &[u8]) -> io::Result<()>;
-}
-
-/// [`NamespaceAccess`] over an opened backing and its mapping.
-///
-/// * Regular files and block devices: `pread`, `pwrite` and `fdatasync` on the backing's open file
-///   (the descriptor the mapping was made from, so the page cache is shared and the guest sees
-///   the write). Not a `memcpy` into the mapping: writing a hole of a sparse file through a shared
-///   mapping raises SIGBUS when the file system is full, where `pwrite` returns `ENOSPC`. On a
-///   file system, `fdatasync` also persists the block allocation. The blank check skips holes
-///   with `lseek(SEEK_DATA/SEEK_HOLE)` (which moves the descriptor's file offset; nothing else
-///   uses it), so a sparse terabyte costs nothing.
-/// * Device-dax: it has no `read`/`write`/`fsync` (`dax_fops`), and `msync` fails with `EINVAL`,
-///   so reads and writes go through the mapping and a write is made durable with `clflush` on
-///   every cache line it touched and an `sfence`.
-pub struct BackingAccess<'a> {
-    file: &'a File,
-    mapping: &'a PmemMapping,
-    size: u64,
-    readonly: bool,
-    via_mapping: bool,
-}
-
-impl<'a> BackingAccess<'a> {
-    /// `mapping` must be the whole-backing mapping made by `backing.map()`.
-    ///
-    /// # Panics
-    /// If the mapping's length is not the backing's size.
-    pub fn new(backing: &'a Backing, mapping: &'a PmemMapping) -> BackingAccess<'a> {
-        assert_eq!(
-            mapping.len(),
-            backing.size(),
-            "the mapping is not the backing's"
-        );
-        BackingAccess {
-            file: backing.file(),
-            mapping,
-            size: backing.size(),
-            readonly: backing.readonly(),
-            via_mapping: matches!(backing.kind(), BackingKind::DevDax { .. }),
-        }
-    }
-
-    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "range {offset:#x}+{len:#x} is outside the backing of {:#x} bytes",
-                    self.size
-                ),
-            )),
-        }
-    }
-
-    /// The host address of namespace offset `offset`, which [`check`](Self::check) has
-    /// accepted (with the length the caller then uses).
-    fn mapped(&self, offset: u64) -> *mut u8 {
-        // SAFETY: callers checked offset + len <= size, the mapping's length, so the result stays
-        // inside the mapping (or one past its end for len 0).
-        unsafe { self.mapping.as_ptr().add(offset as usize) }
-    }
-
-    fn scan_file(&self, range: Range<u64>) -> io::Result<Option<u64>> {
-        let mut buf = vec![0u8; SCAN_CHUNK];
-        let mut pos = range.start;
-        while pos < range.end {
-            let n = (range.end - pos).min(SCAN_CHUNK as u64) as usize;
-            self.file.read_exact_at(&mut buf[..n], pos)?;
-            if let Some(i) = first_nonzero_in(&buf[..n]) {
-                return Ok(Some(pos + i as u64));
-            }
-            pos += n as u64;
-        }
-        Ok(None)
-    }
-
-    fn scan_sparse_file(&self, range: Range<u64>) -> io::Result<Option<u64>> {
-        let mut pos = range.start;
-        while pos < range.end {
-            let data = match seek(self.file, pos, libc::SEEK_DATA) {
-                Ok(data) => data,
-                // No data at or after pos.
-                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
-                // A file system without SEEK_DATA: read it all.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
-                    return self.scan_file(pos..range.end)
-                }
-                Err(e) => return Err(e),
-            };
-            if data >= range.end {
-                return Ok(None);
-            }
-            let hole = seek(self.file, data, libc::SEEK_HOLE)?;
-            // A hole at or before `data` (the file changed under us) must not stall the loop.
-            let stop = if hole > data {
-                hole.min(range.end)
-            } else {
-                range.end
-            };
-            if let Some(off) = self.scan_file(data.max(pos)..stop)? {
-                return Ok(Some(off));
-            }
-            pos = stop;
-        }
-        Ok(None)
-    }
-}
-
-/// `lseek(fd, offset, whence)`.
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
-    let offset = libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-    // SAFETY: lseek on a descriptor `file` owns; it touches no memory of ours.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
-}
-
-impl NamespaceAccess for BackingAccess<'_> {
-    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.check(offset, buf.len())?;
-        if !self.via_mapping {
-            return self.file.read_exact_at(buf, offset);
-        }
-        let src = self.mapped(offset);
-        // SAFETY: [src, src + len) lies inside the live mapping (checked), which is readable, and
-        // cannot overlap `buf` (a Rust allocation, not part of the mapping). The guest is not
-        // running yet, so nothing writes the bytes concurrently.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-
-    fn first_nonzero(&self, range: Range<u64>) -> io::Result<Option<u64>> {
-        if range.start >= range.end {
-            return Ok(None);
-        }
-        self.check(range.start, (range.end - range.start) as usize)?;
-        if !self.via_mapping {
-            return self.scan_sparse_file(range);
-        }
-        let mut pos = range.start;
-        while pos < range.end {
-            let n = (range.end - pos).min(SCAN_CHUNK as u64) as usize;
-            // SAFETY: [pos, pos + n) lies inside the live, readable mapping (checked above); the
-            // guest is not running, so nothing mutates those bytes while the slice lives.
-            let bytes = unsafe { std::slice::from_raw_parts(self.mapped(pos), n) };
-            if let Some(i) = first_nonzero_in(bytes) {
-                return Ok(Some(pos + i as u64));
-            }
-            pos += n as u64;
-        }
-        Ok(None)
-    }
-
-    fn write_durably(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check(offset, data.len())?;
-        if self.readonly {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the backing is open read-only (readonly=on)",
-            ));
-        }
-        if !self.via_mapping {
-            self.file.write_all_at(data, offset)?;
-            return self.file.sync_data();
-        }
-        let dst = self.mapped(offset);
-        // SAFETY: [dst, dst + len) lies inside the live mapping (checked), which is writable (the
-        // backing is not read-only, so it was mapped PROT_WRITE), and cannot overlap `data`. The
-        // guest is not running yet.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-        flush_cache_lines(dst, data.len())
-    }
-}
-
-/// Writes back and invalidates every cache line of `[addr, addr + len)` and fences, so that the
-/// stores before it are in the persistence domain (device-dax has no `msync`). `clflush` is in
-/// every x86-64 CPU; `clflushopt`/`clwb` would be faster but need a feature check, and this is
-/// one 4 KiB block.
-#[cfg(target_arch = "x86_64")]
-fn flush_cache_lines(addr: *const u8, len: usize) -> io::Result<()> {
-    use std::arch::x86_64::{_mm_clflush, _mm_sfence};
-    const LINE: usize = 64;
-    let mut line = addr as usize & !(LINE - 1);
-    let end = addr as usize + len;
-    while line < end {
-        // SAFETY: `line` is the start of a cache line overlapping [addr, addr + len), a range of
-        // mapped memory; the mapping starts on a page boundary, so the whole line is mapped.
-        // clflush only writes the line back and invalidates it; memory contents do not change.
-        unsafe { _mm_clflush(line as *const u8) };
-        line += LINE;
-    }
-    // SAFETY: sfence only orders stores; SSE is part of the x86-64 baseline.
-    unsafe { _mm_sfence() };
-    Ok(())
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn flush_cache_lines(_addr: *const u8, _len: usize) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "flushing a device-dax write is implemented for x86-64 only",
-    ))
-}
-
-/// Index of the first non-zero byte. OR-folds page-sized chunks first (vectorises well) and
-/// looks for the byte only in a chunk that has one.
-fn first_nonzero_in(buf: &[u8]) -> Option<usize> {
-    let mut base = 0;
-    for chunk in buf.chunks(4096) {
-        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return chunk.iter().position(|&b| b != 0).map(|i| base + i);
-        }
-        base += chunk.len();
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -931,7 +459,7 @@ fn target(req: &FormatRequest) -> Result<Target, FormatError> {
             return Err(FormatError::AlignOnRaw { align });
         }
         if !SUPPORTED_ALIGNMENTS.contains(&align) {
-            return Err(bad_value("align", &format!("{align:#x}"), "4K, 2M or 1G"));
+            return Err(bad_value("align", &format!("{align:#x}"), "4K, 2M or 1G").into());
         }
     }
     Ok(t)
@@ -1435,5 +963,4 @@ fn write_verified(
 }
 
 #[cfg(test)]
-#[path = "format_tests.rs"]
 mod tests;

@@ -38,7 +38,7 @@ pub const INFO_BLOCK_SIZE: usize = 4096;
 /// memmap never overlap: 4 KiB unused + the 4 KiB block. The altmap reserves these pages.
 pub const INFO_BLOCK_RESERVE: u64 = 8192;
 /// The guest's `PAGE_SIZE`.
-pub const PAGE_SIZE: u64 = 4096;
+pub use geometry::PAGE_SIZE;
 /// `MAX_STRUCT_PAGE_SIZE` (`drivers/nvdimm/nd.h`): bytes per page reserved for the memmap in
 /// `PFN_MODE_PMEM`, whatever the real `sizeof(struct page)`.
 pub const MAX_STRUCT_PAGE_SIZE: u64 = 64;
@@ -46,12 +46,14 @@ pub const MAX_STRUCT_PAGE_SIZE: u64 = 64;
 /// `PFN_MODE_PMEM` when it is larger ("Memory debug options prevent using pmem for the page
 /// map"), and `nd_pfn_validate()` compares a block's `page_struct_size` with it.
 pub const STRUCT_PAGE_SIZE: u64 = 64;
-/// `memremap_compat_align()` (`mm/memremap.c`) = `SUBSECTION_SIZE` on x86-64: the granularity of
-/// ZONE_DEVICE hot-add. Namespace start and (truncated) end must be aligned to it.
-pub const SUBSECTION_SIZE: u64 = 2 << 20;
 /// `1 << SECTION_SIZE_BITS` (`arch/x86/include/asm/sparsemem.h`): memory is hot-added (and its
-/// vmemmap populated) one section at a time.
-pub const SECTION_SIZE: u64 = 128 << 20;
+/// vmemmap populated) one section at a time. The guest geometry's memory section, under the
+/// kernel's name.
+pub use geometry::MEMORY_SECTION_SIZE as SECTION_SIZE;
+/// `memremap_compat_align()` (`mm/memremap.c`) = `SUBSECTION_SIZE` on x86-64: the granularity of
+/// ZONE_DEVICE hot-add. Namespace start and (truncated) end must be aligned to it. The guest
+/// geometry's pmem size granule, under the kernel's name.
+pub use geometry::PMEM_SIZE_GRANULE as SUBSECTION_SIZE;
 /// `nd_pfn_supported_alignments()` on x86-64 with THP: `PAGE_SIZE`, `HPAGE_PMD_SIZE`,
 /// `HPAGE_PUD_SIZE`. The kernel's `align` sysfs store accepts only these for both fsdax and devdax;
 /// `nd_pfn_validate()` enforces them on devdax blocks only.
@@ -991,5 +993,4 @@ fn footprint(block: &InfoBlock, base: u64, end: u64) -> (MemmapFootprint, u64) {
 }
 
 #[cfg(test)]
-#[path = "infoblock_tests.rs"]
 mod tests;

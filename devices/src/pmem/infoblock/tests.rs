@@ -1,7 +1,8 @@
-//! Tests for the info block: recorded `ndctl write-infoblock` vectors, the worked examples of
-//! pmem-reference.md §3.7, every kernel rejection, the memmap footprint, and live runs of ndctl.
+//! Tests for the info block: recorded `ndctl write-infoblock` vectors, worked examples (device A:
+//! 1 GiB at 5 GiB; device B: 16 GiB at 8 GiB), every kernel rejection, the memmap footprint, and live runs of ndctl.
 
 use super::*;
+use crate::pmem::test_support::require_ndctl;
 
 use std::path::Path;
 use std::process::Command;
@@ -145,7 +146,7 @@ fn put16(b: &mut [u8; INFO_BLOCK_SIZE], at: usize, v: u16) {
     resum(b);
 }
 
-/// Device A of pmem-reference.md §3.7: 1 GiB at 5 GiB, io namespace.
+/// Device A of the worked examples: 1 GiB at 5 GiB, io namespace.
 fn device_a() -> Namespace {
     Namespace::io(0x1_4000_0000, GIB)
 }
@@ -205,7 +206,7 @@ fn checksum_ignores_the_stored_checksum() {
 
 #[test]
 fn bytes_match_the_reference_hexdump_of_device_a() {
-    // pmem-reference.md §3.7, fsdax map=dev on device A (also what ndctl 76.1 writes for
+    // Worked example: fsdax map=dev on device A (also what ndctl 76.1 writes for
     // `-s 1G -O 0x140000000 -M dev -a 2M -u 6a0f1c3e-...`).
     let b = block_bytes(
         InfoMode::Fsdax,
@@ -228,7 +229,7 @@ fn bytes_match_the_reference_hexdump_of_device_a() {
 
 #[test]
 fn worked_examples_of_the_reference() {
-    // (mode, map, align, namespace, dataoff, npfns, checksum) from pmem-reference.md §3.7.
+    // (mode, map, align, namespace, dataoff, npfns, checksum) of the worked examples.
     use InfoMode::*;
     use MemmapLocation::*;
     let a = device_a();
@@ -1071,18 +1072,6 @@ fn footprint_accounts_for_every_struct_page() {
 // ---------------------------------------------------------------------------------------------
 // Live: the installed ndctl (CI installs it)
 // ---------------------------------------------------------------------------------------------
-
-fn require_ndctl() {
-    let found = Command::new("ndctl").arg("--version").output();
-    match found {
-        Ok(out) if out.status.success() => {}
-        _ => panic!(
-            "ndctl is not installed (or not on PATH): this test cross-checks the info block \
-             against `ndctl write-infoblock` / `ndctl read-infoblock`. Install it \
-             (Debian/Ubuntu: `apt-get install ndctl`) and run the tests again."
-        ),
-    }
-}
 
 fn ndctl_write(dir: &Path, v: &Vector) -> Option<[u8; INFO_BLOCK_SIZE]> {
     let out = dir.join(format!("v{}.img", v.line));

@@ -2,6 +2,7 @@
 //! through [`crate::pmem::backing`], cross-checked against `ndctl write-infoblock`.
 
 use super::*;
+use crate::pmem::test_support::require_ndctl;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -10,13 +11,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::pmem::backing::BackingRequest;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use crate::pmem::backing::{Backing, BackingKind, BackingRequest};
 use crate::pmem::infoblock::{InfoBlockRequest, PAGE_SIZE};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-/// Device A of pmem-reference.md §3.7 lives at 5 GiB (1 GiB aligned).
+/// Device A of the info block's worked examples lives at 5 GiB (1 GiB aligned).
 const BASE: u64 = 0x1_4000_0000;
 const UUID: [u8; 16] = [
     0x6a, 0x0f, 0x1c, 0x3e, 0x7b, 0x4d, 0x4e, 0x2a, 0x9c, 0x5b, 0x1d, 0x2e, 0x3f, 0x40, 0x51, 0x62,
@@ -233,65 +237,8 @@ fn apply_and_check(p: &Plan, ns: &MemNs) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Options
+// Options the planner refuses together
 // ---------------------------------------------------------------------------------------------
-
-#[test]
-fn parses_option_values_and_lists_the_valid_ones() {
-    assert_eq!("none".parse::<Memmap>().unwrap(), Memmap::None);
-    assert_eq!("ram".parse::<Memmap>().unwrap(), Memmap::Ram);
-    assert_eq!("pmem".parse::<Memmap>().unwrap(), Memmap::Pmem);
-    assert_eq!("auto".parse::<Memmap>().unwrap(), Memmap::Auto);
-    assert_eq!("fsdax".parse::<NsMode>().unwrap(), NsMode::Fsdax);
-    assert_eq!("devdax".parse::<NsMode>().unwrap(), NsMode::Devdax);
-    assert_eq!("raw".parse::<NsMode>().unwrap(), NsMode::Raw);
-    assert_eq!("keep".parse::<FormatPolicy>().unwrap(), FormatPolicy::Keep);
-    assert_eq!("init".parse::<FormatPolicy>().unwrap(), FormatPolicy::Init);
-    assert_eq!(
-        "force".parse::<FormatPolicy>().unwrap(),
-        FormatPolicy::Force
-    );
-    assert_eq!(Memmap::default(), Memmap::Auto);
-    assert_eq!(FormatPolicy::default(), FormatPolicy::Init);
-    for m in [Memmap::None, Memmap::Ram, Memmap::Pmem, Memmap::Auto] {
-        assert_eq!(m.to_string().parse::<Memmap>().unwrap(), m);
-    }
-
-    let e = "dev".parse::<Memmap>().unwrap_err();
-    assert!(e.is_usage());
-    assert_eq!(
-        e.to_string(),
-        "memmap=dev: unknown value; expected ram, pmem, none or auto"
-    );
-    assert_eq!(
-        "sector".parse::<NsMode>().unwrap_err().to_string(),
-        "mode=sector: unknown value; expected fsdax, devdax or raw"
-    );
-    assert_eq!(
-        "always".parse::<FormatPolicy>().unwrap_err().to_string(),
-        "format=always: unknown value; expected keep, init or force"
-    );
-
-    for (s, v) in [
-        ("4K", 4 * KIB),
-        ("4k", 4 * KIB),
-        ("4KiB", 4 * KIB),
-        ("2M", 2 * MIB),
-        ("2m", 2 * MIB),
-        ("2MiB", 2 * MIB),
-        ("1G", GIB),
-        ("1GiB", GIB),
-        ("2097152", 2 * MIB),
-    ] {
-        assert_eq!(parse_align(s).unwrap(), v, "{s}");
-    }
-    for s in ["8K", "64K", "4M", "", "2097153", "0"] {
-        assert_eq!(
-            parse_align(s).unwrap_err().to_string(),
-            format!("align={s}: unknown value; expected 4K, 2M or 1G")
-        );
-    }
-}
 
 #[test]
 fn conflicting_options_are_refused() {
@@ -1015,7 +962,7 @@ fn align_and_size_the_device_cannot_honour() {
 
 #[test]
 fn report_gives_what_the_guest_sees() {
-    // pmem-reference.md §3.7, device A (1 GiB at 5 GiB) and B (16 GiB at 8 GiB).
+    // The info block's worked examples: device A (1 GiB at 5 GiB) and B (16 GiB at 8 GiB).
     let cases = [
         (
             BASE,
@@ -1058,8 +1005,8 @@ fn report_gives_what_the_guest_sees() {
         r.phys_addr = base;
         let p = ok(&r, &ns);
         let rep = p.report;
-        assert_eq!(rep.mode, mode.to_string());
-        assert_eq!(rep.memmap, memmap.to_string());
+        assert_eq!(rep.mode, mode);
+        assert_eq!(rep.memmap.to_string(), memmap.to_string());
         assert_eq!(rep.data_offset, dataoff);
         assert_eq!(rep.capacity, capacity);
         assert_eq!(rep.capacity, size - dataoff);
@@ -1194,17 +1141,6 @@ fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0; len];
     f.read_exact_at(&mut v, offset).unwrap();
     v
-}
-
-fn require_ndctl() {
-    let found = Command::new("ndctl").arg("--version").output();
-    match found {
-        Ok(out) if out.status.success() => {}
-        _ => panic!(
-            "ndctl is not installed (or not on PATH): this test cross-checks the written block \
-             against `ndctl write-infoblock`. Install it (Debian/Ubuntu: `apt-get install ndctl`)."
-        ),
-    }
 }
 
 /// A 64 MiB sparse file with data past the area to format.
@@ -1382,7 +1318,7 @@ fn sparse_64g_file_plans_without_reading_it() {
     .unwrap();
     println!("planning it again (auto keeps it): {:?}", start.elapsed());
     assert_eq!(p.action, WriteAction::None);
-    assert_eq!(p.report.memmap, "pmem");
+    assert_eq!(p.report.memmap, MemmapPlacement::Pmem);
 }
 
 #[test]
@@ -1416,19 +1352,6 @@ fn mapping_path_writes_flushes_and_reads_through_the_mapping() {
         file_bytes(&path, INFO_BLOCK_OFFSET, 4096),
         written_block(&p).to_bytes().to_vec()
     );
-}
-
-#[test]
-fn first_nonzero_in_finds_the_first_byte() {
-    let mut v = vec![0u8; 3 * 4096 + 17];
-    assert_eq!(first_nonzero_in(&v), None);
-    v[3 * 4096 + 16] = 1;
-    assert_eq!(first_nonzero_in(&v), Some(3 * 4096 + 16));
-    v[4095] = 9;
-    assert_eq!(first_nonzero_in(&v), Some(4095));
-    v[0] = 1;
-    assert_eq!(first_nonzero_in(&v), Some(0));
-    assert_eq!(first_nonzero_in(&[]), None);
 }
 
 #[test]

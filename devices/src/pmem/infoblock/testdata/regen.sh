@@ -1,9 +1,9 @@
 #!/bin/sh
 # Regenerate vectors.txt: the info blocks `ndctl write-infoblock` writes for the
-# test matrix used by devices/src/pmem/infoblock.rs.
+# test matrix used by devices/src/pmem/infoblock/tests.rs.
 #
 # Recorded with ndctl 76.1 (Debian bookworm/trixie package `ndctl`) on x86-64
-# (PAGE_SIZE 4096). Run from anywhere:   sh devices/src/pmem/testdata/regen.sh
+# (PAGE_SIZE 4096). Run from anywhere:   sh devices/src/pmem/infoblock/testdata/regen.sh
 #
 # ndctl writes 8 KiB to the output file: 4 KiB of zeros, then the 4 KiB
 # `struct nd_pfn_sb`. Only that second half is recorded, and only its

@@ -1,0 +1,120 @@
+//! What the guest gets of one namespace, as the log line and the `--report` JSON state it.
+
+use std::fmt;
+
+use super::bytes::Bytes;
+use super::infoblock::{InfoBlock, InfoMode, Layout, MemmapLocation};
+use super::options::{AlignName, NsMode};
+
+/// Where a namespace's memmap (its struct pages) lives: the decided `memmap=`, never `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemmapPlacement {
+    /// A raw namespace: no struct pages.
+    None,
+    /// In guest RAM.
+    Ram,
+    /// In the device's reserve.
+    Pmem,
+}
+
+impl From<MemmapLocation> for MemmapPlacement {
+    fn from(m: MemmapLocation) -> MemmapPlacement {
+        match m {
+            MemmapLocation::Ram => MemmapPlacement::Ram,
+            MemmapLocation::Pmem => MemmapPlacement::Pmem,
+        }
+    }
+}
+
+impl fmt::Display for MemmapPlacement {
+    /// As `memmap=` spells it: `none`, `ram` or `pmem`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemmapPlacement::None => "none",
+            MemmapPlacement::Ram => "ram",
+            MemmapPlacement::Pmem => "pmem",
+        })
+    }
+}
+
+/// What the guest sees of one namespace, and what its memmap costs.
+///
+/// `capacity` is what the guest kernel derives from the block: for fsdax `pmem_attach_disk()`
+/// (`drivers/nvdimm/pmem.c`) sets the `/dev/pmemN` capacity to `size - pfn_pad - data_offset` with
+/// `pfn_pad = start_pad + end_trunc`; for devdax `__dax_pmem_probe()` (`drivers/dax/pmem.c`) makes
+/// the dax region, and the one `/dev/daxN.M` covering it, `[base + start_pad + dataoff, end -
+/// end_trunc)`. Both are [`Layout::data_size`] (also `pfnX.Y/size`). A raw namespace's
+/// `/dev/pmemN` is the whole namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceReport {
+    /// The personality the guest gives the namespace.
+    pub mode: NsMode,
+    /// Where its memmap lives.
+    pub memmap: MemmapPlacement,
+    /// Bytes of struct pages the guest builds for the namespace (in RAM and in the device).
+    pub memmap_bytes: u64,
+    /// Guest RAM the memmap takes (struct pages and vmemmap page tables).
+    pub ram_cost_bytes: u64,
+    /// Device bytes reserved for the memmap (`dataoff - 8 KiB` with the memmap in pmem, else 0).
+    pub device_reserve_bytes: u64,
+    /// Namespace offset of the first guest-visible data byte (0 for raw).
+    pub data_offset: u64,
+    /// Guest-visible bytes: the `/dev/pmemN` or `/dev/daxN.M` size.
+    pub capacity: u64,
+    /// Mapping alignment of the block (0 for raw).
+    pub align: u64,
+}
+
+impl NamespaceReport {
+    /// A raw namespace of `size` bytes: no info block, no memmap.
+    pub fn raw(size: u64) -> NamespaceReport {
+        NamespaceReport {
+            mode: NsMode::Raw,
+            memmap: MemmapPlacement::None,
+            memmap_bytes: 0,
+            ram_cost_bytes: 0,
+            device_reserve_bytes: 0,
+            data_offset: 0,
+            capacity: size,
+            align: 0,
+        }
+    }
+
+    /// What the guest makes of namespace layout `l` of block `b`.
+    pub fn block(b: &InfoBlock, l: &Layout) -> NamespaceReport {
+        NamespaceReport {
+            mode: match b.mode {
+                InfoMode::Fsdax => NsMode::Fsdax,
+                InfoMode::Devdax => NsMode::Devdax,
+            },
+            memmap: b.memmap.into(),
+            memmap_bytes: l.memmap.ram_bytes + l.memmap.device_bytes,
+            ram_cost_bytes: l.memmap.ram_total(),
+            device_reserve_bytes: l.memmap.device_reserve_bytes,
+            data_offset: l.data_offset,
+            capacity: l.data_size,
+            align: b.align(),
+        }
+    }
+}
+
+impl fmt::Display for NamespaceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mode == NsMode::Raw {
+            return write!(f, "raw, no memmap, capacity {}", Bytes(self.capacity));
+        }
+        write!(
+            f,
+            "{}, memmap in {} ({} of struct pages: {} of guest RAM, {} device reserve), \
+             align {}, data at offset {:#x}, capacity {}",
+            self.mode,
+            self.memmap,
+            Bytes(self.memmap_bytes),
+            Bytes(self.ram_cost_bytes),
+            Bytes(self.device_reserve_bytes),
+            AlignName(self.align),
+            self.data_offset,
+            Bytes(self.capacity)
+        )
+    }
+}

@@ -1,0 +1,64 @@
+//! Guest geometry and limits: the numbers that more than one crate of the monitor must agree on.
+//!
+//! Every crate takes these from here (`acpi` for table limits, `devices` for backing sizes and
+//! the info block, `vmm` for the command line and the guest physical layout) so that a rule has
+//! one definition. Plain constants, no dependencies.
+
+#![deny(missing_docs)]
+
+/// 1 KiB.
+pub const KIB: u64 = 1 << 10;
+/// 1 MiB.
+pub const MIB: u64 = 1 << 20;
+/// 1 GiB.
+pub const GIB: u64 = 1 << 30;
+/// 1 TiB.
+pub const TIB: u64 = 1 << 40;
+
+/// The guest's base page size (x86-64 `PAGE_SIZE`).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The pmem size granule: every backing size and namespace size is a multiple of it.
+///
+/// It is `SUBSECTION_SIZE` on x86-64, which is `memremap_compat_align()` (`mm/memremap.c`): the
+/// granularity of ZONE_DEVICE hot-add, so a namespace's start and (truncated) end must be aligned
+/// to it; it also lets KVM back the range with 2 MiB pages.
+pub const PMEM_SIZE_GRANULE: u64 = 2 * MIB;
+
+/// A Linux memory section on x86-64 (`1 << SECTION_SIZE_BITS`,
+/// `arch/x86/include/asm/sparsemem.h`): memory is hot-added, and its vmemmap populated, one
+/// section at a time. Two pmem windows must not share one (the second fails to come up), so the
+/// layout starts each window on a section boundary.
+pub const MEMORY_SECTION_SIZE: u64 = 128 * MIB;
+
+/// Highest vCPU count. APIC ids are `0..cpus` in 8-bit Local APIC entries, where 0xff is the
+/// broadcast id that Linux's `acpi_parse_lapic()` skips; 254 keeps every id well below it.
+pub const MAX_CPUS: u32 = 254;
+
+/// Highest pmem device (NVDIMM) count per guest.
+///
+/// 64: what the command line has always accepted (`--pmem` may be given up to 64 times). The
+/// ACPI naming of NVDIMM child devices (`NV00`..`NVFF`) would allow 256, and the flush-hint pages
+/// below the IOAPIC would allow more; 64 is the one limit every crate enforces, so the tables are
+/// never asked for more than the command line accepts.
+pub const MAX_PMEM_DEVICES: usize = 64;
+
+/// Start of the 32-bit MMIO hole: guest RAM stops here below 4 GiB; the hole holds the IOAPIC,
+/// the local APIC and the NFIT flush hints.
+pub const MMIO_HOLE_START: u64 = 3 * GIB;
+/// End of the 32-bit MMIO hole: RAM that did not fit below the hole continues here.
+pub const MMIO_HOLE_END: u64 = 4 * GIB;
+
+/// A KASLR guest sizes its direct map as the RAM it booted with plus this padding for hotplug
+/// (`CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING`, 10 TiB by default); pmem above it is unreachable
+/// (cloud-hypervisor issue 8191).
+pub const KASLR_PADDING: u64 = 10 * TIB;
+
+// The granules nest: a section is whole granules, a granule whole pages, and the hole ends on a
+// section boundary (so the first pmem window can start right at 4 GiB).
+const _: () = {
+    assert!(MEMORY_SECTION_SIZE.is_multiple_of(PMEM_SIZE_GRANULE));
+    assert!(PMEM_SIZE_GRANULE.is_multiple_of(PAGE_SIZE));
+    assert!(MMIO_HOLE_START < MMIO_HOLE_END);
+    assert!(MMIO_HOLE_END.is_multiple_of(MEMORY_SECTION_SIZE));
+};
