@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p testbed --example soak -- [--boots N] [--peers DIR] [--no-peers]
 //!     [--guest-cmd CMD] [--guest-param WORD]... [--l1-param WORD]... [--qemu-arg ARG]...
-//!     [--timeout SECS] [--echo]
+//!     [--timeout SECS] [--echo] [--print-script]
 //! ```
 //! Each round boots every monitor once; a boot slower than 3x its monitor's median, one that
 //! timed out, or a guest console with an RCU stall is listed at the end. Exits 1 when any was
@@ -28,6 +28,7 @@ struct Args {
     l1_params: Vec<String>,
     qemu_args: Vec<String>,
     timeout: u64,
+    print: bool,
 }
 
 fn parse_args() -> Args {
@@ -45,6 +46,7 @@ fn parse_args() -> Args {
         l1_params: Vec::new(),
         qemu_args: Vec::new(),
         timeout: 3600,
+        print: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -64,6 +66,7 @@ fn parse_args() -> Args {
             "--qemu-arg" => a.qemu_args.push(value()),
             "--timeout" => a.timeout = value().parse().expect("--timeout takes seconds"),
             "--echo" => std::env::set_var("PMEMVMM_TESTBED_ECHO", "1"),
+            "--print-script" => a.print = true,
             other => {
                 eprintln!("soak: unknown argument {other:?}");
                 std::process::exit(2);
@@ -71,6 +74,48 @@ fn parse_args() -> Args {
         }
     }
     a
+}
+
+/// Seconds into a boot after which L1's view of it is dumped once (`@@SOAK-DIAG@@`): the
+/// guest vCPU threads' states, L1's pending hrtimers (is the guest's LAPIC timer armed?), and
+/// KVM's per-VM and per-vCPU debugfs values.
+const DIAG_AFTER_SECS: u32 = 30;
+
+/// Shell functions of the L1 script: `diag PID` and `run_one NAME` (runs function `m`).
+fn run_one() -> String {
+    format!(
+        r#"mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+diag() {{
+  echo "@@SOAK-DIAG begin $1@@"
+  for t in /proc/$1/task/*; do
+    echo "task $(cat $t/comm) state $(cut -d' ' -f3 $t/stat) wchan $(cat $t/wchan 2>/dev/null)"
+  done
+  grep -E 'cpu:|apic_timer_fn|kvm|expires at' /proc/timer_list 2>/dev/null | grep -B1 -A1 -E 'apic_timer|kvm' | head -n 40
+  grep -E '^ *(cpu:|now at)' /proc/timer_list 2>/dev/null | head -n 4
+  for d in /sys/kernel/debug/kvm/*-*; do
+    for f in "$d"/* "$d"/vcpu0/*; do [ -f "$f" ] && echo "$f $(head -c 200 "$f" 2>/dev/null | head -n 1)"; done
+  done
+  tail -n 15 "$WORK/console"
+  echo "@@SOAK-DIAG end@@"
+}}
+run_one() {{
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  m >"$WORK/console" 2>&1 </dev/null &
+  pid=$!; n=0; rc=
+  while kill -0 $pid 2>/dev/null; do
+    sleep 1; n=$((n+1))
+    [ $n = {DIAG_AFTER_SECS} ] && diag $pid
+    if [ $n -ge {BOOT_LIMIT_SECS} ]; then kill -9 $pid; rc=124; break; fi
+  done
+  wait $pid; r=$?; [ -z "$rc" ] && rc=$r
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
+  st=0; grep -q 'rcu.*stall\|timer wakeup didn' "$WORK/console" && st=1
+  echo "@@SOAK $1 $i $t0 $t1 $rc $st $cs@@"
+  if [ $st = 1 ] || [ $rc != 0 ]; then tail -n 30 "$WORK/console"; fi
+}}
+"#
+    )
 }
 
 /// The L1 script: `boots` rounds, each monitor once per round, one `@@SOAK ...@@` line each.
@@ -111,28 +156,23 @@ fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
     }
     let mut s = format!(
         "CMDLINE='{}'\n\
-         JCMDLINE=$(printf '%s' \"$CMDLINE\" | sed 's/\"/\\\\\"/g')\n\
+         JCMDLINE=$(printf '%s' \"$CMDLINE\" | sed 's/ -- / pmemvmm.action=reboot -- /; s/\"/\\\\\"/g')\n\
          cat >\"$WORK/fc.json\" <<EOF\n\
          {{ \"boot-source\": {{ \"kernel_image_path\": \"$VMLINUX\", \"initrd_path\": \
          \"$INITRAMFS\", \"boot_args\": \"$JCMDLINE\" }},\n\
          \"machine-config\": {{ \"vcpu_count\": 1, \"mem_size_mib\": 256 }}, \"drives\": [] }}\n\
          EOF\n\
          echo \"@@SOAK-L1 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)@@\"\n\
+         {RUN_ONE}\
          i=0\n\
          while [ $i -lt {} ]; do\n",
         cmdline.replace('\'', "'\\''"),
-        a.boots
+        a.boots,
+        RUN_ONE = run_one()
     );
     for (name, cmd) in &monitors {
         s.push_str(&format!(
-            "  t0=$(cut -d' ' -f1 /proc/uptime)\n  \
-             timeout {BOOT_LIMIT_SECS} {cmd} >\"$WORK/console\" 2>&1 </dev/null\n  \
-             rc=$?\n  \
-             t1=$(cut -d' ' -f1 /proc/uptime)\n  \
-             cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)\n  \
-             st=0; grep -q 'rcu.*stall\\|timer wakeup didn' \"$WORK/console\" && st=1\n  \
-             echo \"@@SOAK {name} $i $t0 $t1 $rc $st $cs@@\"\n  \
-             if [ $st = 1 ] || [ $rc != 0 ]; then tail -n 30 \"$WORK/console\"; fi\n"
+            "  m() {{ exec {cmd}; }}\n  run_one {name}\n"
         ));
     }
     s.push_str("  i=$((i+1))\ndone\ndmesg | tail -n 40\n");
@@ -194,6 +234,10 @@ fn main() {
         }
         None => (None, None),
     };
+    if a.print {
+        print!("{}", script(&a, ch.as_deref(), fc.as_deref()));
+        return;
+    }
     let mut opts = HostOpts::default().with_timeout(Duration::from_secs(a.timeout));
     for bin in [&ch, &fc].into_iter().flatten() {
         opts = opts.with_host_bin(bin.clone());
