@@ -1,22 +1,27 @@
 //! The `vmm` monitor as a library: the binary in `main.rs` parses the command line and calls
 //! [`run`]; benchmarks and tests can reuse the pieces.
 //!
-//! A run goes one way (see docs/architecture.md): configuration → guest memory with the kernel,
-//! boot structures and ACPI tables → KVM VM → vCPU threads and the event loop → a stop reason.
+//! A run goes one way (see docs/architecture.md) in two phases. First every check, writing
+//! nothing: configuration → inputs, outputs and backings (by identity) → pmem layout and format
+//! plans → guest memory with the kernel, boot structures and ACPI tables → host check → what only
+//! KVM can answer. Then the writes: new `size=` files and info blocks → KVM VM → outputs → vCPU
+//! threads and the event loop → a stop reason. [`VmmError::exit_status`] is the one rule from an
+//! error to an exit status.
 
 pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod events;
 pub mod host;
+pub mod identity;
 pub mod layout;
+pub mod output;
 pub mod pmem;
 pub mod pmem_option;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
 
-use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +29,7 @@ use devices::bus::PioBus;
 use devices::i8042::I8042;
 use devices::lifecycle::{StopReason, StopSignal};
 use devices::power::{ResetControl, SleepControl};
-use devices::serial::{Output, SerialPort};
+use devices::serial::SerialPort;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::info;
 use thiserror::Error;
@@ -32,6 +37,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialMode, VmConfig};
+use crate::identity::{Claim, Extents, Role};
+use crate::output::{Output, OutputOption};
 
 /// I/O ports of the platform devices; the ACPI tables describe the same values.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -42,13 +49,32 @@ pub const RESET_PORT: u16 = 0xcf9;
 pub const RESET_VALUE: u8 = 0x06;
 pub const I8042_PORT: u16 = 0x60;
 
+/// The monitor's exit statuses (`vmm --help` and the README list them).
+pub mod exit {
+    /// The guest powered off.
+    pub const POWEROFF: u8 = 0;
+    /// The monitor failed: a host or KVM error, a failed host flush, an I/O error.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line or configuration: nothing was written, nothing was started.
+    pub const USAGE: u8 = 2;
+    /// The guest rebooted.
+    pub const REBOOT: u8 = 3;
+    /// The guest triple-faulted.
+    pub const TRIPLE_FAULT: u8 = 4;
+    /// Stopped by signal N: 128 + N.
+    pub const SIGNAL_BASE: u8 = 128;
+}
+
 #[derive(Debug, Error)]
 pub enum VmmError {
-    /// The user's input cannot work; reported with exit status 2.
     #[error(transparent)]
-    Usage(#[from] boot::BootError),
+    Boot(#[from] boot::BootError),
     #[error(transparent)]
     Pmem(#[from] pmem::PmemError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error(transparent)]
+    Alias(#[from] identity::AliasError),
     #[error("--memory: cannot map {size} bytes of guest RAM: {detail}")]
     GuestMemory { size: u64, detail: String },
     #[error("building ACPI tables: {0}")]
@@ -64,22 +90,38 @@ pub enum VmmError {
     },
     #[error("{0}")]
     Guest(String),
-    #[error("--report {path:?}: {source}")]
-    Report {
-        path: std::path::PathBuf,
-        source: io::Error,
-    },
+    /// A stop signal arrived before the guest started; what this run created was removed.
+    #[error("stopped by signal {0} before the guest started; nothing this run created was kept")]
+    Signal(i32),
 }
 
 impl VmmError {
-    pub fn is_usage(&self) -> bool {
-        match self {
-            VmmError::Pmem(e) => e.is_usage(),
-            VmmError::Usage(_)
-            | VmmError::GuestMemory { .. }
-            | VmmError::Report { .. }
-            | VmmError::Vm(vm::VmError::TooManyCpus { .. }) => true,
-            _ => false,
+    /// The one rule from an error to the monitor's exit status. Usage errors (2) are mistakes in
+    /// what the user asked for, found before anything was written; everything else that fails is
+    /// the host's or the monitor's (1).
+    pub fn exit_status(&self) -> u8 {
+        let usage = match self {
+            VmmError::Boot(e) => !matches!(e, boot::BootError::GuestMemory(_)),
+            VmmError::Pmem(e) => match e {
+                pmem::PmemError::Backing(e) => e.is_usage(),
+                pmem::PmemError::Format { source, .. } => source.is_usage(),
+                pmem::PmemError::Layout { .. } | pmem::PmemError::Aliases { .. } => true,
+                pmem::PmemError::Uuid { .. } | pmem::PmemError::Appeared { .. } => false,
+            },
+            VmmError::Output(e) => !matches!(e, output::OutputError::Write { .. }),
+            VmmError::Alias(_) | VmmError::GuestMemory { .. } => true,
+            VmmError::Vm(vm::VmError::TooManyCpus { .. } | vm::VmError::NoReadonlySlots) => true,
+            VmmError::Signal(n) => return exit::SIGNAL_BASE.saturating_add(*n as u8),
+            VmmError::Acpi(_)
+            | VmmError::HostUnsuitable(_)
+            | VmmError::Vm(_)
+            | VmmError::Io { .. }
+            | VmmError::Guest(_) => false,
+        };
+        if usage {
+            exit::USAGE
+        } else {
+            exit::FAILURE
         }
     }
 }
@@ -89,7 +131,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmmError {
 }
 
 /// The platform description the ACPI tables are built from.
-fn platform(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> acpi::PlatformDesc {
+fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDesc {
     acpi::PlatformDesc {
         num_cpus: cfg.cpus,
         ioapic: acpi::IoApicDesc {
@@ -108,15 +150,14 @@ fn platform(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> acpi::PlatformDesc {
             reset_value: RESET_VALUE,
         },
         ram: layout::ram_regions(cfg.memory),
-        nvdimms: pmem.nvdimm_descs(),
+        nvdimms,
     }
 }
 
-/// Guest memory with everything the boot vCPU needs already in place. No KVM object exists yet,
-/// so every error here is the user's input.
+/// Guest memory with everything the boot vCPU needs already in place. No KVM object exists yet.
 pub fn prepare_guest_memory(
     cfg: &VmConfig,
-    pmem: &pmem::PmemDevices,
+    nvdimms: Vec<acpi::NvdimmDesc>,
 ) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
         .into_iter()
@@ -127,7 +168,7 @@ pub fn prepare_guest_memory(
         detail: e.to_string(),
     })?;
     let tables = acpi::build_tables(
-        &platform(cfg, pmem),
+        &platform(cfg, nvdimms),
         layout::ACPI_ADDR,
         layout::ACPI_MAX_SIZE,
     )
@@ -145,63 +186,166 @@ pub fn prepare_guest_memory(
     Ok((mem, entry))
 }
 
-fn serial_output(mode: &SerialMode) -> Result<Output, VmmError> {
-    Ok(match mode {
-        SerialMode::Stdio => Box::new(io::stdout()),
-        SerialMode::Off => Box::new(io::sink()),
-        SerialMode::File(path) => Box::new(File::create(path).map_err(io_err("--serial file"))?),
-    })
+/// Stops the run at a step boundary when a stop signal is pending.
+fn stop_if_signalled() -> Result<(), VmmError> {
+    match events::take_pending_stop_signal() {
+        Some(n) => Err(VmmError::Signal(n)),
+        None => Ok(()),
+    }
+}
+
+/// Everything checked and planned, nothing written: the result of [`check`].
+struct Checked {
+    pmem: pmem::PmemPlan,
+    report: Option<Output>,
+    serial: Option<Output>,
+    mem: GuestMemoryMmap,
+    entry: boot::Entry,
+    kvm: kvm_ioctls::Kvm,
+}
+
+/// Every check of the run, in an order that finds all usage errors before anything is written:
+/// inputs, outputs, backings (opened, locked and mapped, new files only checked), identities,
+/// format plans, guest memory with the kernel; then the host check and what only KVM can answer.
+/// Nothing is created, truncated or written to a backing here.
+fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
+    stop_if_signalled()?;
+    let sysfs = std::path::Path::new(identity::SYSFS_ROOT);
+    let input = |option, path: &std::path::Path| -> Result<Extents, VmmError> {
+        let file = boot::open_input(option, path)?;
+        let meta = file.metadata().map_err(|source| match option {
+            boot::InputOption::Kernel => boot::BootError::KernelUnreadable {
+                path: path.to_path_buf(),
+                source,
+            },
+            boot::InputOption::Initramfs => boot::BootError::InitramfsUnreadable {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        Ok(Extents::of(&meta, sysfs))
+    };
+    let kernel = input(boot::InputOption::Kernel, &cfg.kernel)?;
+    let initramfs = match &cfg.initramfs {
+        Some(p) => Some((p, input(boot::InputOption::Initramfs, p)?)),
+        None => None,
+    };
+    let report = match &cfg.report {
+        Some(p) => Some(Output::prepare(OutputOption::Report, p)?),
+        None => None,
+    };
+    let serial = match &cfg.serial {
+        SerialMode::File(p) => Some(Output::prepare(OutputOption::SerialFile, p)?),
+        _ => None,
+    };
+    stop_if_signalled()?;
+    let mut pmem = pmem::PmemPlan::open(&cfg.pmem, cfg.memory)?;
+    let rest = (|| {
+        let mut claims = vec![Claim {
+            role: Role::Kernel,
+            path: &cfg.kernel,
+            extents: &kernel,
+        }];
+        if let Some((path, extents)) = &initramfs {
+            claims.push(Claim {
+                role: Role::Initramfs,
+                path,
+                extents,
+            });
+        }
+        for (path, writable, extents) in pmem.claims() {
+            claims.push(Claim {
+                role: Role::Pmem { writable },
+                path,
+                extents,
+            });
+        }
+        for (out, role) in [(&report, Role::Report), (&serial, Role::SerialFile)] {
+            if let Some(out) = out {
+                claims.push(Claim {
+                    role,
+                    path: out.path(),
+                    extents: out.extents(),
+                });
+            }
+        }
+        identity::check_claims(&claims)?;
+        stop_if_signalled()?;
+        pmem.plan(cfg.memory)?;
+        stop_if_signalled()?;
+        let (mem, entry) = prepare_guest_memory(cfg, pmem.nvdimm_descs())?;
+        if let Some(reason) = host::check_host() {
+            return Err(VmmError::HostUnsuitable(reason));
+        }
+        let kvm = vm::Vm::probe(cfg.cpus, cfg.pmem.iter().any(|p| p.readonly))?;
+        stop_if_signalled()?;
+        Ok((mem, entry, kvm))
+    })();
+    match rest {
+        Ok((mem, entry, kvm)) => Ok(Checked {
+            pmem,
+            report,
+            serial,
+            mem,
+            entry,
+            kvm,
+        }),
+        Err(e) => {
+            pmem.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
-    let mut pmem = pmem::PmemDevices::open(&cfg.pmem, cfg.memory)?;
-    let setup = prepare(cfg, &mut pmem);
-    let (mem, entry) = match setup {
-        Ok(ready) => ready,
+    let Checked {
+        pmem,
+        report,
+        serial,
+        mem,
+        entry,
+        kvm,
+    } = check(cfg)?;
+    // From here on the run writes: new files, info blocks, outputs.
+    let pmem = pmem.commit()?;
+    let started = (|| {
+        stop_if_signalled()?;
+        let vm = vm::Vm::create(&kvm, &mem, cfg.cpus, entry, &pmem)?;
+        let serial: devices::serial::Output = match (&cfg.serial, serial) {
+            (SerialMode::File(_), Some(out)) => Box::new(out.commit()?),
+            (SerialMode::Off, _) => Box::new(io::sink()),
+            _ => Box::new(io::stdout()),
+        };
+        if let Some(out) = report {
+            let mut json = pmem.report_json();
+            json["memory"] = cfg.memory.into();
+            json["cpus"] = cfg.cpus.into();
+            out.commit_with(format!("{json:#}\n").as_bytes())?;
+        }
+        Ok::<_, VmmError>((vm, serial))
+    })();
+    let (vm, serial) = match started {
+        Ok(v) => v,
         Err(e) => {
             // The guest never ran: leave no file behind that this run created.
             pmem.abandon();
             return Err(e);
         }
     };
-    let result = run_with_pmem(cfg, &pmem, mem, entry);
+    let result = run_with_pmem(cfg, &pmem, vm, mem, serial);
     // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk.
     pmem.flush();
     result
 }
 
-/// Everything between reading the configuration and creating the VM. User errors (kernel,
-/// initramfs, layout) come first; the host check comes before anything is written to a backing.
-fn prepare(
-    cfg: &VmConfig,
-    pmem: &mut pmem::PmemDevices,
-) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
-    let (mem, entry) = prepare_guest_memory(cfg, pmem)?;
-    if let Some(reason) = host::check_host() {
-        return Err(VmmError::HostUnsuitable(reason));
-    }
-    pmem.format(cfg.memory)?;
-    if let Some(path) = &cfg.report {
-        let mut json = pmem.report_json();
-        json["memory"] = cfg.memory.into();
-        json["cpus"] = cfg.cpus.into();
-        std::fs::write(path, format!("{json:#}\n")).map_err(|source| VmmError::Report {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok((mem, entry))
-}
-
 fn run_with_pmem(
     cfg: &VmConfig,
     pmem: &pmem::PmemDevices,
+    vm: vm::Vm,
     mem: GuestMemoryMmap,
-    entry: boot::Entry,
+    serial_out: devices::serial::Output,
 ) -> Result<StopReason, VmmError> {
-    let vm = vm::Vm::create(&mem, cfg.cpus, entry, pmem)?;
-
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
     let input_ready = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
@@ -216,7 +360,7 @@ fn run_with_pmem(
         input_ready
             .try_clone()
             .map_err(io_err("cloning an eventfd"))?,
-        serial_output(&cfg.serial)?,
+        serial_out,
     )));
 
     let mut bus = PioBus::new();
@@ -319,12 +463,12 @@ fn run_with_pmem(
 }
 
 /// The monitor's exit status for a stop reason (see `vmm --help`).
-pub fn exit_status(reason: StopReason) -> i32 {
+pub fn exit_status(reason: StopReason) -> u8 {
     match reason {
-        StopReason::PowerOff => 0,
-        StopReason::Reboot => 3,
-        StopReason::TripleFault => 4,
-        StopReason::Signal(n) => 128 + n,
-        StopReason::Error => 1,
+        StopReason::PowerOff => exit::POWEROFF,
+        StopReason::Reboot => exit::REBOOT,
+        StopReason::TripleFault => exit::TRIPLE_FAULT,
+        StopReason::Signal(n) => exit::SIGNAL_BASE.saturating_add(n as u8),
+        StopReason::Error => exit::FAILURE,
     }
 }
