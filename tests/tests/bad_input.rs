@@ -746,6 +746,7 @@ fn help_documents_the_exit_statuses() {
         "2    bad command line or configuration",
         "3    the guest rebooted",
         "4    the guest triple-faulted",
+        "5    a host flush of guest data failed",
         "128+N",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");

@@ -23,6 +23,9 @@ Exit status:
   2    bad command line or configuration; nothing was written, nothing was started
   3    the guest rebooted (ACPI reset register, port 0xcf9 or the i8042 reset line)
   4    the guest triple-faulted
+  5    a host flush of guest data failed (msync of a --pmem backing, for a guest flush or at
+       exit): the guest was stopped before its flush completed; data written since its last
+       successful flush may not be durable
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) after an orderly shutdown;
        before the guest started, files this run created are removed
 

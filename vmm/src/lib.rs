@@ -61,6 +61,10 @@ pub mod exit {
     pub const REBOOT: u8 = 3;
     /// The guest triple-faulted.
     pub const TRIPLE_FAULT: u8 = 4;
+    /// A host flush of guest data failed (a guest flush through the NFIT flush hint, or the
+    /// flush at exit): the guest was stopped; what it wrote since its last successful flush may
+    /// not be durable.
+    pub const FLUSH_FAILED: u8 = 5;
     /// Stopped by signal N: 128 + N.
     pub const SIGNAL_BASE: u8 = 128;
 }
@@ -90,6 +94,17 @@ pub enum VmmError {
     },
     #[error("{0}")]
     Guest(String),
+    /// The guest asked for a flush the host could not make durable; the guest was stopped
+    /// before its flush completed.
+    #[error("{id} ({}): the host could not make a guest flush durable, so the guest was stopped before its flush completed; data written since its last successful flush may be lost: {}", .path.display(), .source.source)]
+    GuestFlushFailed {
+        id: String,
+        path: std::path::PathBuf,
+        source: Box<devices::pmem::flush_hint::FlushFailed>,
+    },
+    /// Flushing a backing on the way out failed.
+    #[error(transparent)]
+    ExitFlushFailed(#[from] pmem::FlushError),
     /// A stop signal arrived before the guest started; what this run created was removed.
     #[error("stopped by signal {0} before the guest started; nothing this run created was kept")]
     Signal(i32),
@@ -112,6 +127,9 @@ impl VmmError {
             VmmError::Alias(_) | VmmError::GuestMemory { .. } => true,
             VmmError::Vm(vm::VmError::TooManyCpus { .. } | vm::VmError::NoReadonlySlots) => true,
             VmmError::Signal(n) => return exit::SIGNAL_BASE.saturating_add(*n as u8),
+            VmmError::GuestFlushFailed { .. } | VmmError::ExitFlushFailed(_) => {
+                return exit::FLUSH_FAILED
+            }
             VmmError::Acpi(_)
             | VmmError::HostUnsuitable(_)
             | VmmError::Vm(_)
@@ -334,9 +352,14 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
         }
     };
     let result = run_with_pmem(cfg, &pmem, vm, mem, serial);
-    // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk.
-    pmem.flush();
-    result
+    // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk; a flush
+    // that fails here turns any other outcome into a failure (the first error is kept).
+    let flushed = pmem.flush();
+    match (result, flushed) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(reason), Ok(())) => Ok(reason),
+    }
 }
 
 fn run_with_pmem(
@@ -444,18 +467,25 @@ fn run_with_pmem(
         if let Err(e) = manager.run_with_timeout(1000) {
             stop.request(StopReason::Error);
             *error.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(format!("event loop failed: {e:?}"));
+                Some(vcpu::VcpuFailure::Vcpu(format!("event loop failed: {e:?}")));
         }
     };
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
     if reason == StopReason::Error {
-        let message = error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_else(|| "the guest stopped after an error".into());
-        return Err(VmmError::Guest(message));
+        let failure = error.lock().unwrap_or_else(|e| e.into_inner()).take();
+        return Err(match failure {
+            Some(vcpu::VcpuFailure::Flush(f)) => {
+                let d = &pmem.devices[f.index];
+                VmmError::GuestFlushFailed {
+                    id: d.config.id.clone(),
+                    path: d.config.path.clone(),
+                    source: Box::new(f),
+                }
+            }
+            Some(vcpu::VcpuFailure::Vcpu(message)) => VmmError::Guest(message),
+            None => VmmError::Guest("the guest stopped after an error".into()),
+        });
     }
     drop(vm.fd);
     drop(mem);
@@ -470,5 +500,73 @@ pub fn exit_status(reason: StopReason) -> u8 {
         StopReason::TripleFault => exit::TRIPLE_FAULT,
         StopReason::Signal(n) => exit::SIGNAL_BASE.saturating_add(n as u8),
         StopReason::Error => exit::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::pmem::backing::BackingError;
+    use devices::pmem::flush_hint::FlushFailed;
+
+    fn eio() -> io::Error {
+        io::Error::from_raw_os_error(libc::EIO)
+    }
+
+    #[test]
+    fn one_rule_from_errors_to_exit_statuses() {
+        let flush = VmmError::GuestFlushFailed {
+            id: "pmem0".into(),
+            path: "/dev/pmem0".into(),
+            source: Box::new(FlushFailed {
+                index: 0,
+                source: BackingError::Io {
+                    path: "/dev/pmem0".into(),
+                    op: "msync",
+                    source: eio(),
+                },
+            }),
+        };
+        assert_eq!(flush.exit_status(), exit::FLUSH_FAILED);
+        let text = flush.to_string();
+        assert!(
+            text.starts_with("pmem0 (/dev/pmem0): the host could not make a guest flush durable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("msync") && text.contains("Input/output error"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        let at_exit = VmmError::from(pmem::FlushError {
+            id: "pmem1".into(),
+            source: BackingError::Io {
+                path: "/x".into(),
+                op: "msync",
+                source: eio(),
+            },
+        });
+        assert_eq!(at_exit.exit_status(), exit::FLUSH_FAILED);
+        // Writing into guest memory is the monitor's failure, not the user's.
+        let internal = VmmError::Boot(boot::BootError::GuestMemory("at 0x7000: x".into()));
+        assert_eq!(internal.exit_status(), exit::FAILURE);
+        let kernel = VmmError::Boot(boot::BootError::NotRegular {
+            option: boot::InputOption::Kernel,
+            path: "/k".into(),
+            what: "a FIFO",
+        });
+        assert_eq!(kernel.exit_status(), exit::USAGE);
+        let cpus = VmmError::Vm(vm::VmError::TooManyCpus {
+            wanted: 254,
+            max: 16,
+        });
+        assert_eq!(cpus.exit_status(), exit::USAGE);
+        assert_eq!(VmmError::Signal(libc::SIGTERM).exit_status(), 143);
+        assert_eq!(
+            VmmError::HostUnsuitable("x".into()).exit_status(),
+            exit::FAILURE
+        );
+        assert_eq!(exit_status(StopReason::Signal(libc::SIGINT)), 130);
+        assert_eq!(exit_status(StopReason::Reboot), exit::REBOOT);
     }
 }

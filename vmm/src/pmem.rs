@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
-use devices::pmem::flush_hint::FlushHints;
+use devices::pmem::flush_hint::{FlushHints, FlushTarget};
 use devices::pmem::format::{
     self, BackingAccess, FormatError, FormatRequest, NamespaceAccess, NamespaceReport,
 };
@@ -553,31 +553,42 @@ impl PmemDevices {
         let targets = self
             .devices
             .iter()
-            .map(|d| (!d.config.readonly).then(|| d.mapping.clone()))
+            .map(|d| (!d.config.readonly).then(|| d.mapping.clone() as Arc<dyn FlushTarget>))
             .collect();
         FlushHints::new(layout::FLUSH_HINT_BASE, targets)
     }
 
     /// Writes every dirty page of file and block-device backings to the host's storage.
-    /// Device-dax needs nothing (see `PmemMapping::flush`). Errors are logged, not returned:
-    /// this runs on the way out and one failing device must not keep the others unflushed.
-    pub fn flush(&self) -> bool {
-        let mut ok = true;
+    /// Device-dax needs nothing (see `PmemMapping::flush`). Runs on the way out: every device is
+    /// flushed even when one fails; each failure is logged and the first is returned.
+    pub fn flush(&self) -> Result<(), FlushError> {
+        let mut first = None;
         for d in &self.devices {
             if d.config.readonly {
                 continue;
             }
-            if let Err(e) = d.mapping.flush() {
-                warn!(
-                    "{}: flushing {} failed: {e}",
-                    d.config.id,
-                    d.config.path.display()
-                );
-                ok = false;
+            if let Err(source) = d.mapping.flush() {
+                let e = FlushError {
+                    id: d.config.id.clone(),
+                    source,
+                };
+                if first.is_none() {
+                    first = Some(e);
+                } else {
+                    warn!("{e}");
+                }
             }
         }
-        ok
+        first.map_or(Ok(()), Err)
     }
+}
+
+/// Flushing a device's backing at exit failed.
+#[derive(Debug, Error)]
+#[error("{id}: flushing the backing at exit failed, so data the guest wrote may not be durable: {source}")]
+pub struct FlushError {
+    pub id: String,
+    pub source: BackingError,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use devices::bus::PioBus;
 use devices::lifecycle::{StopReason, StopSignal};
-use devices::pmem::flush_hint::FlushHints;
+use devices::pmem::flush_hint::{FlushFailed, FlushHints};
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, warn};
@@ -26,8 +26,20 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// Why a vCPU stopped the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuFailure {
+    /// A guest flush could not be made durable on the host; the guest's write to the flush
+    /// hint was never completed.
+    #[error(transparent)]
+    Flush(#[from] FlushFailed),
+    /// KVM could not run the vCPU, or the guest did something it cannot recover from.
+    #[error("{0}")]
+    Vcpu(String),
+}
+
 /// The first error a vCPU hit, for the monitor's exit message.
-pub type ErrorSlot = Arc<Mutex<Option<String>>>;
+pub type ErrorSlot = Arc<Mutex<Option<VcpuFailure>>>;
 
 pub struct VcpuThread {
     pub handle: JoinHandle<()>,
@@ -59,9 +71,15 @@ pub fn spawn(
 }
 
 fn fail(stop: &StopSignal, error: &ErrorSlot, message: String) {
+    fail_with(stop, error, VcpuFailure::Vcpu(message));
+}
+
+/// Records the first failure and stops the guest; the calling vCPU leaves its loop without
+/// entering the guest again.
+fn fail_with(stop: &StopSignal, error: &ErrorSlot, failure: VcpuFailure) {
     let mut slot = error.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
-        *slot = Some(message);
+        *slot = Some(failure);
     }
     drop(slot);
     stop.request(StopReason::Error);
@@ -81,7 +99,13 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                     VcpuExit::IoOut(port, data) => {
                         bus.pio.write(port, data);
                     }
-                    VcpuExit::MmioWrite(addr, _) if bus.flush_hints.write(addr) => {}
+                    VcpuExit::MmioWrite(addr, _) if bus.flush_hints.contains(addr) => {
+                        // On failure the vCPU never re-enters the guest, so the guest's flush
+                        // (and the fsync waiting on it) never completes.
+                        if let Err(e) = bus.flush_hints.write(addr) {
+                            fail_with(stop, error, e.into());
+                        }
+                    }
                     VcpuExit::MmioRead(addr, data) => {
                         if !unknown_mmio_logged {
                             debug!("vCPU {id}: read of unmapped MMIO {addr:#x}");

@@ -6,27 +6,54 @@
 //! returns, so a guest fsync completes only after the host side is durable too: `msync` for file
 //! and block-device backings, nothing for device-dax (see `PmemMapping::flush`). Without hints
 //! the guest assumes an ADR platform and the host would learn of nothing until it exits.
+//!
+//! A flush that fails is never reported as done: [`FlushHints::write`] returns the error and the
+//! caller must not complete the guest's write (the monitor stops the guest instead, see the
+//! README). The hint register has no way to carry an error back, and after a failed writeback
+//! the kernel has already dropped the dirty state of the pages it could not write, so no later
+//! flush can make the lost data durable: letting the guest continue would let its fsync succeed
+//! over data that is gone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::warn;
+use thiserror::Error;
 
-use super::backing::PmemMapping;
+use super::backing::{BackingError, PmemMapping};
 
 /// Bytes of MMIO per DIMM; Linux ioremaps a whole page for each hint.
 pub const FLUSH_HINT_STRIDE: u64 = 4096;
 
+/// What a DIMM's flush hint makes durable: its backing's mapping.
+pub trait FlushTarget: Send + Sync {
+    fn flush(&self) -> Result<(), BackingError>;
+}
+
+impl FlushTarget for PmemMapping {
+    fn flush(&self) -> Result<(), BackingError> {
+        PmemMapping::flush(self)
+    }
+}
+
+/// The host could not make DIMM `index`'s data durable for a guest flush.
+#[derive(Debug, Error)]
+#[error("DIMM {index}: {source}")]
+pub struct FlushFailed {
+    /// The DIMM, in command-line order.
+    pub index: usize,
+    pub source: BackingError,
+}
+
 pub struct FlushHints {
     base: u64,
-    targets: Vec<Option<Arc<PmemMapping>>>,
+    targets: Vec<Option<Arc<dyn FlushTarget>>>,
     flushes: AtomicU64,
 }
 
 impl FlushHints {
     /// `targets[i]` is DIMM `i`'s mapping, or None when there is nothing to flush (read-only).
     /// DIMM `i`'s hint sits at `base + i * FLUSH_HINT_STRIDE`.
-    pub fn new(base: u64, targets: Vec<Option<Arc<PmemMapping>>>) -> Self {
+    pub fn new(base: u64, targets: Vec<Option<Arc<dyn FlushTarget>>>) -> Self {
         FlushHints {
             base,
             targets,
@@ -53,22 +80,21 @@ impl FlushHints {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Serves a guest write at `addr`; returns false when the address is not a hint. The value
-    /// written does not matter (Linux writes 1).
-    pub fn write(&self, addr: u64) -> bool {
+    /// Serves a guest write at `addr`: `Ok(false)` when the address is not a hint, `Ok(true)`
+    /// once the DIMM's data is durable, and the error when the host could not make it so; then
+    /// the guest's write must not complete. The value written does not matter (Linux writes 1).
+    pub fn write(&self, addr: u64) -> Result<bool, FlushFailed> {
         if !self.contains(addr) {
-            return false;
+            return Ok(false);
         }
         let index = ((addr - self.base) / FLUSH_HINT_STRIDE) as usize;
-        if let Some(Some(mapping)) = self.targets.get(index) {
-            if let Err(e) = mapping.flush() {
-                // The guest has no way to learn of the failure through this register; the
-                // monitor keeps running and flushes again at exit.
-                warn!("flush hint of DIMM {index}: {e}");
-            }
+        if let Some(Some(target)) = self.targets.get(index) {
+            target
+                .flush()
+                .map_err(|source| FlushFailed { index, source })?;
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        true
+        Ok(true)
     }
 }
 
@@ -92,14 +118,49 @@ mod tests {
         unsafe { mapping.as_ptr().add(100).write_volatile(0x5a) };
         let hints = FlushHints::new(0xfe00_0000, vec![None, Some(mapping.clone())]);
         assert_eq!(hints.end(), 0xfe00_2000);
-        assert!(!hints.write(0xfdff_f000));
-        assert!(!hints.write(0xfe00_2000));
+        assert!(!hints.write(0xfdff_f000).unwrap());
+        assert!(!hints.write(0xfe00_2000).unwrap());
         assert!(
-            hints.write(0xfe00_0000),
+            hints.write(0xfe00_0000).unwrap(),
             "read-only DIMM: served, nothing to flush"
         );
-        assert!(hints.write(FlushHints::address(0xfe00_0000, 1) + 8));
+        assert!(hints
+            .write(FlushHints::address(0xfe00_0000, 1) + 8)
+            .unwrap());
         assert_eq!(hints.flush_count(), 2);
         assert_eq!(std::fs::read(&path).unwrap()[100], 0x5a);
+    }
+
+    /// A backing whose writeback fails (as msync does with EIO on a failing disk).
+    struct Failing;
+
+    impl FlushTarget for Failing {
+        fn flush(&self) -> Result<(), BackingError> {
+            Err(BackingError::Io {
+                path: "/dev/broken".into(),
+                op: "msync",
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            })
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_is_not_reported_as_done() {
+        let hints = FlushHints::new(0xfe00_0000, vec![None, Some(Arc::new(Failing))]);
+        let e = hints
+            .write(FlushHints::address(0xfe00_0000, 1))
+            .expect_err("a failed msync must not complete the guest's flush");
+        assert_eq!(e.index, 1);
+        let text = e.to_string();
+        assert!(
+            text.contains("/dev/broken") && text.contains("msync"),
+            "{text}"
+        );
+        assert!(text.contains("Input/output error"), "{text}");
+        assert_eq!(
+            hints.flush_count(),
+            0,
+            "a failed flush is not counted as served"
+        );
     }
 }
