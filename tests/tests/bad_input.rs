@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::hash::Hasher;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ fn run_traced_with(args: &[String], traces: &Path, extra_strace: &[&str]) -> Out
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group, so a hung monitor can be killed with strace.
+        .process_group(0)
         .spawn()
         .expect("strace must be installed (apt-get install strace)");
     let start = Instant::now();
@@ -53,7 +56,8 @@ fn run_traced_with(args: &[String], traces: &Path, extra_strace: &[&str]) -> Out
             break status;
         }
         if start.elapsed() > DEADLINE {
-            let _ = child.kill();
+            // SAFETY: signals the process group this test created for strace and the monitor.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             panic!("{args:?}: the monitor did not exit within {DEADLINE:?} (hung?)");
         }

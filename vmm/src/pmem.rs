@@ -19,7 +19,7 @@ use log::{info, warn};
 use thiserror::Error;
 
 use crate::identity::{Extents, Identity, SYSFS_ROOT};
-use crate::layout::{self, PmemLayoutError, PmemWindow};
+use crate::layout::{self, PmemLayoutError, PmemSpan, PmemWindow};
 use crate::pmem_option::PmemConfig;
 
 #[derive(Debug, Error)]
@@ -307,15 +307,25 @@ impl PmemPlan {
                 }
             }
         }
-        let sizes: Vec<u64> = sources
+        let spans: Vec<PmemSpan> = sources
             .iter()
-            .map(|(_, s)| match s {
-                Either::Existing(b) => b.size(),
-                Either::New(size) => *size,
+            .zip(configs)
+            .map(|((_, s), c)| {
+                let (size, host_align) = match s {
+                    Either::Existing(b) => match b.kind() {
+                        BackingKind::DevDax { align } => (b.size(), *align),
+                        _ => (b.size(), 0),
+                    },
+                    Either::New(size) => (*size, 0),
+                };
+                PmemSpan {
+                    size,
+                    align: c.align.unwrap_or(0).max(host_align),
+                }
             })
             .collect();
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let windows = match layout::place_pmem(memory, &sizes, guest_phys_limit(&cpuinfo)) {
+        let windows = match layout::place_pmem(memory, &spans, guest_phys_limit(&cpuinfo)) {
             Ok(w) => w,
             Err(source) => {
                 let path = configs[source.index()].path.display().to_string();
@@ -641,6 +651,35 @@ mod tests {
         assert!(e.to_string().contains("align=1G"), "{e}");
         plan.abandon();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn align_1g_devices_get_1g_aligned_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.img");
+        let big = dir.path().join("big.img");
+        let configs = vec![
+            parse_pmem(
+                &format!("path={},size=130M,memmap=none", small.display()),
+                0,
+            )
+            .unwrap(),
+            parse_pmem(
+                &format!(
+                    "path={},size=2G,mode=devdax,memmap=ram,align=1G",
+                    big.display()
+                ),
+                1,
+            )
+            .unwrap(),
+        ];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        let descs = plan.nvdimm_descs();
+        assert_eq!(descs[0].base, 4 << 30);
+        assert_eq!(descs[1].base % (1 << 30), 0, "{:#x}", descs[1].base);
+        assert_eq!(descs[1].base, 5 << 30);
+        plan.abandon();
     }
 
     #[test]
