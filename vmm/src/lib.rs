@@ -327,11 +327,18 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
     } = check(cfg)?;
     // From here on the run writes: new files, info blocks, outputs.
     let pmem = pmem.commit()?;
+    // Outputs this run creates, removed again if the guest never starts.
+    let mut created: Vec<std::path::PathBuf> = Vec::new();
     let started = (|| {
         stop_if_signalled()?;
         let vm = vm::Vm::create(&kvm, &mem, cfg.cpus, entry, &pmem)?;
         let serial: devices::serial::Output = match (&cfg.serial, serial) {
-            (SerialMode::File(_), Some(out)) => Box::new(out.commit()?),
+            (SerialMode::File(_), Some(out)) => {
+                let new = out.is_new().then(|| out.path().to_path_buf());
+                let file = out.commit()?;
+                created.extend(new);
+                Box::new(file)
+            }
             (SerialMode::Off, _) => Box::new(io::sink()),
             _ => Box::new(io::stdout()),
         };
@@ -348,6 +355,14 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
         Err(e) => {
             // The guest never ran: leave no file behind that this run created.
             pmem.abandon();
+            for path in created {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!(
+                        "{}: cannot remove the file this run created: {e}",
+                        path.display()
+                    );
+                }
+            }
             return Err(e);
         }
     };

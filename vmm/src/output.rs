@@ -272,16 +272,22 @@ impl Output {
     }
 
     /// Commits and writes `bytes` as the whole file.
+    /// A new file that cannot be written is removed again.
     pub fn commit_with(self, bytes: &[u8]) -> Result<(), OutputError> {
-        let (option, path) = (self.option, self.path.clone());
+        let (option, path, new) = (self.option, self.path.clone(), self.is_new());
         let mut file = self.commit()?;
         file.write_all(bytes)
             .and_then(|()| file.flush())
-            .map_err(|source| OutputError::Write {
-                option,
-                path,
-                op: "write",
-                source,
+            .map_err(|source| {
+                if new {
+                    let _ = std::fs::remove_file(&path);
+                }
+                OutputError::Write {
+                    option,
+                    path,
+                    op: "write",
+                    source,
+                }
             })
     }
 }
