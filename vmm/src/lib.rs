@@ -487,8 +487,10 @@ fn run_with_pmem(
     };
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
-    if reason == StopReason::Error {
-        let failure = error.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let failure = error.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // A failed flush wins over any stop reason recorded first (a poweroff racing with it): the
+    // guest's data is not durable, whatever else happened.
+    if reason == StopReason::Error || matches!(failure, Some(vcpu::VcpuFailure::Flush(_))) {
         return Err(match failure {
             Some(vcpu::VcpuFailure::Flush(f)) => {
                 let d = &pmem.devices[f.index];
