@@ -15,6 +15,7 @@ use devices::pmem::flush_hint::{FlushHints, FlushTarget};
 use devices::pmem::format::{
     self, BackingAccess, FormatError, FormatRequest, NamespaceAccess, NamespaceReport,
 };
+use devices::pmem::infoblock::{InfoBlock, INFO_BLOCK_OFFSET, INFO_BLOCK_SIZE};
 use log::{info, warn};
 use thiserror::Error;
 
@@ -307,35 +308,10 @@ impl PmemPlan {
                 }
             }
         }
-        let spans: Vec<PmemSpan> = sources
-            .iter()
-            .zip(configs)
-            .map(|((_, s), c)| {
-                let (size, host_align) = match s {
-                    Either::Existing(b) => match b.kind() {
-                        BackingKind::DevDax { align } => (b.size(), *align),
-                        _ => (b.size(), 0),
-                    },
-                    Either::New(size) => (*size, 0),
-                };
-                PmemSpan {
-                    size,
-                    align: c.align.unwrap_or(0).max(host_align),
-                }
-            })
-            .collect();
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let windows = match layout::place_pmem(memory, &spans, guest_phys_limit(&cpuinfo)) {
-            Ok(w) => w,
-            Err(source) => {
-                let path = configs[source.index()].path.display().to_string();
-                abandon(sources);
-                return Err(PmemError::Layout { path, source });
-            }
-        };
-        let mut devices = Vec::with_capacity(configs.len());
+        // Map every existing backing (nothing is written), so its info block can be read.
+        let mut mapped: Vec<(Extents, Source)> = Vec::with_capacity(sources.len());
         let mut rest = sources.into_iter();
-        for ((config, window), (extents, s)) in configs.iter().zip(windows).zip(rest.by_ref()) {
+        while let Some((extents, s)) = rest.next() {
             let source = match s {
                 Either::New(size) => Source::New { size },
                 Either::Existing(backing) => match backing.map() {
@@ -346,19 +322,39 @@ impl PmemPlan {
                     Err(e) => {
                         backing.abandon();
                         abandon(rest.collect());
-                        PmemPlan { devices }.abandon();
+                        abandon_sources(mapped);
                         return Err(e.into());
                     }
                 },
             };
-            devices.push(Planned {
+            mapped.push((extents, source));
+        }
+        let spans: Vec<PmemSpan> = mapped
+            .iter()
+            .zip(configs)
+            .map(|((_, s), c)| span(c, s))
+            .collect();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let windows = match layout::place_pmem(memory, &spans, guest_phys_limit(&cpuinfo)) {
+            Ok(w) => w,
+            Err(source) => {
+                let path = configs[source.index()].path.display().to_string();
+                abandon_sources(mapped);
+                return Err(PmemError::Layout { path, source });
+            }
+        };
+        let devices = configs
+            .iter()
+            .zip(windows)
+            .zip(mapped)
+            .map(|((config, window), (extents, source))| Planned {
                 config: config.clone(),
                 window,
                 source,
                 extents,
                 plan: None,
-            });
-        }
+            })
+            .collect();
         Ok(PmemPlan { devices })
     }
 
@@ -425,6 +421,47 @@ impl PmemPlan {
                 backing.abandon();
             }
         }
+    }
+}
+
+fn abandon_sources(sources: Vec<(Extents, Source)>) {
+    for (_, s) in sources {
+        if let Source::Existing { backing, mapping } = s {
+            drop(mapping);
+            backing.abandon();
+        }
+    }
+}
+
+/// What the layout needs of one device: its size and the alignment its data will have in the
+/// guest. That is `align=` when given; otherwise, for a backing that already holds an info
+/// block (which `memmap=auto`, `format=keep` and a matching `format=init` keep), the block's
+/// alignment; and at least a device-dax backing's own alignment, so KVM can map it with pages
+/// of that size.
+fn span(config: &PmemConfig, source: &Source) -> PmemSpan {
+    let (size, host_align, block_align) = match source {
+        Source::New { size } => (*size, 0, 0),
+        Source::Existing { backing, mapping } => {
+            let host_align = match backing.kind() {
+                BackingKind::DevDax { align } => *align,
+                _ => 0,
+            };
+            let mut bytes = vec![0u8; INFO_BLOCK_SIZE];
+            let block_align = if backing.size() >= INFO_BLOCK_OFFSET + INFO_BLOCK_SIZE as u64
+                && BackingAccess::new(backing, mapping)
+                    .read(INFO_BLOCK_OFFSET, &mut bytes)
+                    .is_ok()
+            {
+                InfoBlock::parse(&bytes).map_or(0, |b| b.align())
+            } else {
+                0
+            };
+            (backing.size(), host_align, block_align)
+        }
+    };
+    PmemSpan {
+        size,
+        align: config.align.unwrap_or(block_align).max(host_align),
     }
 }
 
@@ -679,6 +716,40 @@ mod tests {
         assert_eq!(descs[0].base, 4 << 30);
         assert_eq!(descs[1].base % (1 << 30), 0, "{:#x}", descs[1].base);
         assert_eq!(descs[1].base, 5 << 30);
+        plan.abandon();
+    }
+
+    #[test]
+    fn an_existing_1g_block_gets_a_1g_aligned_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.img");
+        let big = dir.path().join("big.img");
+        // Format big.img with a 1 GiB-aligned devdax block in a first run (alone, at 4 GiB).
+        let first = vec![parse_pmem(
+            &format!(
+                "path={},size=2G,mode=devdax,memmap=ram,align=1G",
+                big.display()
+            ),
+            0,
+        )
+        .unwrap()];
+        let mut plan = PmemPlan::open(&first, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        let devices = plan.commit().unwrap();
+        assert!(devices.devices[0].wrote_info_block);
+        drop(devices);
+        // Then after a small device, without align=: the block's alignment places it.
+        let configs = vec![
+            parse_pmem(
+                &format!("path={},size=130M,memmap=none", small.display()),
+                0,
+            )
+            .unwrap(),
+            parse_pmem(&format!("path={},format=keep", big.display()), 1).unwrap(),
+        ];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        assert_eq!(plan.nvdimm_descs()[1].base, 5 << 30);
         plan.abandon();
     }
 
