@@ -82,9 +82,11 @@ pub enum VmmError {
     #[error("--memory: cannot map {size} bytes of guest RAM: {detail}")]
     GuestMemory { size: u64, detail: String },
     #[error("building ACPI tables: {0}")]
-    Acpi(String),
-    #[error("{0}")]
-    HostUnsuitable(String),
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    HostUnsuitable(#[from] host::HostUnsuitable),
+    #[error("device layout: {0}")]
+    Bus(#[from] devices::bus::BusError),
     #[error(transparent)]
     Vm(#[from] vm::VmError),
     #[error("{what}: {source}")]
@@ -132,6 +134,7 @@ impl VmmError {
             }
             VmmError::Acpi(_)
             | VmmError::HostUnsuitable(_)
+            | VmmError::Bus(_)
             | VmmError::Vm(_)
             | VmmError::Io { .. }
             | VmmError::Guest(_) => false,
@@ -189,8 +192,7 @@ pub fn prepare_guest_memory(
         &platform(cfg, nvdimms),
         layout::ACPI_ADDR,
         layout::ACPI_MAX_SIZE,
-    )
-    .map_err(|e| VmmError::Acpi(e.to_string()))?;
+    )?;
     boot::write_bytes(&mem, tables.base, &tables.bytes)?;
     cpu::write_boot_tables(&mem)?;
     let entry = boot::load(
@@ -292,9 +294,7 @@ fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
         pmem.plan(cfg.memory)?;
         stop_if_signalled()?;
         let (mem, entry) = prepare_guest_memory(cfg, pmem.nvdimm_descs())?;
-        if let Some(reason) = host::check_host() {
-            return Err(VmmError::HostUnsuitable(reason));
-        }
+        host::check_host()?;
         let kvm = vm::Vm::probe(cfg.cpus, cfg.pmem.iter().any(|p| p.readonly))?;
         stop_if_signalled()?;
         Ok((mem, entry, kvm))
@@ -402,8 +402,7 @@ fn run_with_pmem(
     )));
 
     let mut bus = PioBus::new();
-    let bus_err = |e: devices::bus::BusError| VmmError::Guest(format!("device layout: {e}"));
-    bus.insert(COM1_PORT, 8, serial.clone()).map_err(bus_err)?;
+    bus.insert(COM1_PORT, 8, serial.clone())?;
     bus.insert(
         SLEEP_CONTROL_PORT,
         2,
@@ -411,20 +410,17 @@ fn run_with_pmem(
             acpi::S5_SLEEP_TYPE,
             stop.clone(),
         ))),
-    )
-    .map_err(bus_err)?;
+    )?;
     bus.insert(
         RESET_PORT,
         1,
         Arc::new(Mutex::new(ResetControl::new(stop.clone()))),
-    )
-    .map_err(bus_err)?;
+    )?;
     bus.insert(
         I8042_PORT,
         5,
         Arc::new(Mutex::new(I8042::new(stop.clone()))),
-    )
-    .map_err(bus_err)?;
+    )?;
     let bus = Arc::new(vcpu::Devices {
         pio: bus,
         flush_hints: pmem.flush_hints(),
@@ -580,7 +576,7 @@ mod tests {
         assert_eq!(cpus.exit_status(), exit::USAGE);
         assert_eq!(VmmError::Signal(libc::SIGTERM).exit_status(), 143);
         assert_eq!(
-            VmmError::HostUnsuitable("x".into()).exit_status(),
+            VmmError::HostUnsuitable(host::HostUnsuitable::PvmWithoutVirtualization).exit_status(),
             exit::FAILURE
         );
         assert_eq!(exit_status(StopReason::Signal(libc::SIGINT)), 130);
