@@ -25,7 +25,21 @@ pub trait PioDevice: Send {
 /// `offset` is relative to the start of its range.
 pub trait MmioDevice: Send + Sync {
     fn read(&self, offset: u64, data: &mut [u8]);
-    fn write(&self, offset: u64, data: &[u8]);
+    /// Serves a guest write. An error means the device could not do what the write asks and
+    /// the write must not complete: the vCPU stops instead of re-entering the guest (a flush
+    /// hint whose `msync` failed must not let the guest's fsync return).
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DeviceFault>;
+}
+
+/// A device could not complete a guest access; the error says which device and why.
+#[derive(Debug, Error)]
+#[error(transparent)]
+pub struct DeviceFault(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl DeviceFault {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DeviceFault(Box::new(e))
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -183,14 +197,12 @@ impl MmioBus {
         }
     }
 
-    /// Serves a guest write. Returns false when no device claims the address.
-    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+    /// Serves a guest write. Returns false when no device claims the address, and the device's
+    /// fault when it could not complete the write.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<bool, DeviceFault> {
         match self.devices.find(addr) {
-            Some((offset, dev)) => {
-                dev.write(offset, data);
-                true
-            }
-            None => false,
+            Some((offset, dev)) => dev.write(offset, data).map(|()| true),
+            None => Ok(false),
         }
     }
 }
@@ -244,8 +256,9 @@ mod tests {
         fn read(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8);
         }
-        fn write(&self, offset: u64, data: &[u8]) {
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), DeviceFault> {
             self.0.lock().unwrap().push((offset, data.to_vec()));
+            Ok(())
         }
     }
 
@@ -276,9 +289,9 @@ mod tests {
         assert_eq!(b, [0x10; 4]);
         assert!(!bus.read(0xfe00_2000, &mut b));
         assert_eq!(b, [0xff; 4]);
-        assert!(bus.write(0xfe00_1008, &[1]));
-        assert!(bus.write(0xfdff_f000, &[2]));
-        assert!(!bus.write(0xfe00_2000, &[3]));
+        assert!(bus.write(0xfe00_1008, &[1]).unwrap());
+        assert!(bus.write(0xfdff_f000, &[2]).unwrap());
+        assert!(!bus.write(0xfe00_2000, &[3]).unwrap());
         assert_eq!(
             *dev.0.lock().unwrap(),
             vec![(0x1008, vec![1]), (0, vec![2])]

@@ -5,29 +5,56 @@
 //! The write reaches the monitor as an MMIO exit, the vCPU hands it to the MMIO bus and waits
 //! until [`FlushHints`]' `write` returns, so a guest fsync completes only after the host side is durable too: `msync` for file
 //! and block-device backings, nothing for device-dax (see `PmemMapping::flush`). Without hints
-//! the guest assumes an ADR platform and the host would learn of nothing until it exits.
+//! the guest assumes an ADR platform and the host would learn of nothing until it exits.//!
+//! A flush that fails is never reported as done: [`FlushHints::write`] returns the error and the
+//! caller must not complete the guest's write (the monitor stops the guest instead, see the
+//! README). The hint register has no way to carry an error back, and after a failed writeback
+//! the kernel has already dropped the dirty state of the pages it could not write, so no later
+//! flush can make the lost data durable: letting the guest continue would let its fsync succeed
+//! over data that is gone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::warn;
+use thiserror::Error;
 
-use crate::bus::MmioDevice;
+use crate::bus::{DeviceFault, MmioDevice};
+use crate::pmem::backing::BackingError;
 use crate::pmem::mapping::PmemMapping;
 
 /// Bytes of MMIO per DIMM; Linux ioremaps a whole page for each hint.
 pub const FLUSH_HINT_STRIDE: u64 = 4096;
 
+/// What a DIMM's flush hint makes durable: its backing's mapping.
+pub trait FlushTarget: Send + Sync {
+    fn flush(&self) -> Result<(), BackingError>;
+}
+
+impl FlushTarget for PmemMapping {
+    fn flush(&self) -> Result<(), BackingError> {
+        PmemMapping::flush(self)
+    }
+}
+
+/// The host could not make DIMM `index`'s data durable for a guest flush.
+#[derive(Debug, Error)]
+#[error("DIMM {index}: {source}")]
+pub struct FlushFailed {
+    /// The DIMM, in command-line order.
+    pub index: usize,
+    pub source: BackingError,
+}
+
 /// The flush-hint pages of all DIMMs: one MMIO range on the [`MmioBus`](crate::bus::MmioBus),
 /// DIMM `i`'s page at offset `i * FLUSH_HINT_STRIDE`.
 pub struct FlushHints {
-    targets: Vec<Option<Arc<PmemMapping>>>,
+    targets: Vec<Option<Arc<dyn FlushTarget>>>,
     flushes: AtomicU64,
 }
 
 impl FlushHints {
     /// `targets[i]` is DIMM `i`'s mapping, or None when there is nothing to flush (read-only).
-    pub fn new(targets: Vec<Option<Arc<PmemMapping>>>) -> Self {
+    pub fn new(targets: Vec<Option<Arc<dyn FlushTarget>>>) -> Self {
         FlushHints {
             targets,
             flushes: AtomicU64::new(0),
@@ -62,17 +89,17 @@ impl MmioDevice for FlushHints {
     }
 
     /// A guest write anywhere in DIMM `i`'s page flushes that DIMM before the vCPU continues.
-    /// The value written does not matter (Linux writes 1).
-    fn write(&self, offset: u64, _data: &[u8]) {
+    /// The value written does not matter (Linux writes 1). A flush that failed is the device's
+    /// fault ([`FlushFailed`]): the guest's write must not complete.
+    fn write(&self, offset: u64, _data: &[u8]) -> Result<(), DeviceFault> {
         let index = (offset / FLUSH_HINT_STRIDE) as usize;
-        if let Some(Some(mapping)) = self.targets.get(index) {
-            if let Err(e) = mapping.flush() {
-                // The guest has no way to learn of the failure through this register; the
-                // monitor keeps running and flushes again at exit.
-                warn!("flush hint of DIMM {index}: {e}");
-            }
+        if let Some(Some(target)) = self.targets.get(index) {
+            target
+                .flush()
+                .map_err(|source| DeviceFault::new(FlushFailed { index, source }))?;
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -99,14 +126,49 @@ mod tests {
         assert_eq!(hints.len(), 0x2000);
         let mut bus = MmioBus::new();
         bus.insert(0xfe00_0000, hints.len(), hints.clone()).unwrap();
-        assert!(!bus.write(0xfdff_f000, &[1]));
-        assert!(!bus.write(0xfe00_2000, &[1]));
+        assert!(!bus.write(0xfdff_f000, &[1]).unwrap());
+        assert!(!bus.write(0xfe00_2000, &[1]).unwrap());
         assert!(
-            bus.write(0xfe00_0000, &[1]),
+            bus.write(0xfe00_0000, &[1]).unwrap(),
             "read-only DIMM: served, nothing to flush"
         );
-        assert!(bus.write(FlushHints::address(0xfe00_0000, 1) + 8, &[1]));
+        assert!(bus
+            .write(FlushHints::address(0xfe00_0000, 1) + 8, &[1])
+            .unwrap());
         assert_eq!(hints.flush_count(), 2);
         assert_eq!(std::fs::read(&path).unwrap()[100], 0x5a);
+    }
+
+    /// A backing whose writeback fails (as msync does with EIO on a failing disk).
+    struct Failing;
+
+    impl FlushTarget for Failing {
+        fn flush(&self) -> Result<(), BackingError> {
+            Err(BackingError::Io {
+                path: "/dev/broken".into(),
+                op: "msync",
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            })
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_is_not_reported_as_done() {
+        let hints = FlushHints::new(vec![None, Some(Arc::new(Failing))]);
+        let e = hints
+            .write(FLUSH_HINT_STRIDE, &[1])
+            .expect_err("a failed msync must not complete the guest's flush");
+        let text = e.to_string();
+        assert!(text.starts_with("DIMM 1: "), "{text}");
+        assert!(
+            text.contains("/dev/broken") && text.contains("msync"),
+            "{text}"
+        );
+        assert!(text.contains("Input/output error"), "{text}");
+        assert_eq!(
+            hints.flush_count(),
+            0,
+            "a failed flush is not counted as served"
+        );
     }
 }

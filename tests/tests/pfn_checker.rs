@@ -515,20 +515,34 @@ fn run_matrix(title: &str, devs: &[Dev], memory: &str) -> Result<()> {
 /// adjacent (each ends where the next begins). Checked as they come up, then each namespace
 /// is unbound and rebound (timing its bring-up) and checked again on request.
 ///
-/// The 1 GiB-aligned devices come first so their windows start on 1 GiB boundaries: with the
-/// memmap in RAM and a window that is not 1 GiB aligned, Linux 6.12 builds its 1 GiB compound
-/// pages from the start of the namespace rather than of the data, so they are not naturally
-/// aligned, and the checker's compound_head test fails on every pfn of such a namespace.
+/// With the memmap in RAM and a window that is not 1 GiB aligned, Linux 6.12 builds its 1 GiB
+/// compound pages from the start of the namespace rather than of the data, so they are not
+/// naturally aligned, and the checker's compound_head test fails on every pfn of such a
+/// namespace; the layout therefore puts `align=1G` devices on 1 GiB boundaries wherever they
+/// come on the command line (see [`align_1g_device_after_a_small_one_passes`]).
 #[test]
 fn matrix_128m_1g_and_1g_aligned_devdax_in_one_guest() -> Result<()> {
     let mut devs = vec![
-        // first, so their windows start on 1 GiB boundaries (4 GiB, 6 GiB)
+        // windows at 4 GiB and 6 GiB
         Dev::devdax("pmem", 2 * GIB, GIB),
         Dev::devdax("ram", 2 * GIB, GIB),
     ];
     devs.extend(matrix(128 * MIB));
     devs.extend(matrix(GIB));
     run_matrix("128 MiB, 1 GiB, 2 GiB (1 GiB align)", &devs, "1G")
+}
+
+/// Issue 10, defect 5: a devdax device with 1 GiB alignment and its memmap in RAM after a
+/// 128 MiB device, whose window ends off a 1 GiB boundary (at 4 GiB + 128 MiB). The layout
+/// still starts it on a 1 GiB boundary (5 GiB), so its compound pages are naturally aligned and
+/// every pfn passes; before, it sat at 4 GiB + 128 MiB and every pfn failed the checker.
+#[test]
+fn align_1g_device_after_a_small_one_passes() -> Result<()> {
+    let devs = vec![
+        Dev::fsdax("ram", 128 * MIB),
+        Dev::devdax("ram", 2 * GIB, GIB),
+    ];
+    run_matrix("1 GiB align after a 128 MiB device", &devs, "1G")
 }
 
 /// The 16 GiB row, sparse backing files: only the memmap is ever written.

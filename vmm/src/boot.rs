@@ -61,8 +61,84 @@ pub enum BootError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("--cmdline: {0}")]
     Cmdline(String),
+    #[error("{option} {path:?}: it is {what}; give a regular file")]
+    NotRegular {
+        option: InputOption,
+        path: PathBuf,
+        what: &'static str,
+    },
     #[error("writing boot structures into guest memory: {0}")]
     GuestMemory(String),
+}
+
+/// The options that name a file the monitor reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputOption {
+    Kernel,
+    Initramfs,
+}
+
+impl std::fmt::Display for InputOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InputOption::Kernel => "--kernel",
+            InputOption::Initramfs => "--initramfs",
+        })
+    }
+}
+
+fn file_type_words(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens the kernel or initramfs for reading. Only a regular file is accepted, and it is looked
+/// at before it is opened and opened with `O_NONBLOCK`: opening a FIFO for reading would block
+/// until a writer comes, and a device node may have side effects. The open descriptor is checked
+/// again, so a path swapped meanwhile is refused too.
+pub fn open_input(option: InputOption, path: &Path) -> Result<File, BootError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable = |source| match option {
+        InputOption::Kernel => BootError::KernelUnreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+        InputOption::Initramfs => BootError::InitramfsUnreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+    };
+    let not_regular = |what| BootError::NotRegular {
+        option,
+        path: path.to_path_buf(),
+        what,
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(file_type_words(meta.file_type())));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(file_type_words(meta.file_type())));
+    }
+    Ok(file)
 }
 
 /// Loads everything and returns the entry point. `rsdp` is the guest address of the ACPI RSDP.
@@ -78,7 +154,7 @@ pub fn load(
         path: kernel.to_path_buf(),
         source,
     };
-    let mut file = File::open(kernel).map_err(unreadable)?;
+    let mut file = open_input(InputOption::Kernel, kernel)?;
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic)
         .map_err(|e| BootError::NotAKernel {
@@ -175,11 +251,8 @@ fn load_initramfs(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(unreadable)?;
+    let mut file = open_input(InputOption::Initramfs, path)?;
     let meta = file.metadata().map_err(unreadable)?;
-    if !meta.is_file() {
-        return Err(unreadable(std::io::Error::other("not a regular file")));
-    }
     let size = meta.len();
     let limit = layout::low_ram_end(memory).min(addr_max.saturating_add(1));
     let available = limit.saturating_sub(kernel_end);

@@ -20,10 +20,19 @@ pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    the guest powered off (ACPI S5)
   1    the monitor failed (KVM error, host cannot run the guest, I/O error)
-  2    bad command line or configuration; nothing was started
+  2    bad command line or configuration; nothing was written, nothing was started
   3    the guest rebooted (ACPI reset register, port 0xcf9 or the i8042 reset line)
   4    the guest triple-faulted
-  128+N  stopped by signal N (SIGINT 130, SIGTERM 143) after an orderly shutdown
+  5    a host flush of guest data failed (msync of a --pmem backing, for a guest flush or at
+       exit): the guest was stopped before its flush completed; data written since its last
+       successful flush may not be durable
+  128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) after an orderly shutdown;
+       before the guest started, files this run created are removed
+
+Output files (--report, --serial file=) must be regular files or new paths in a writable
+directory (--serial file= also takes /dev/null or a terminal), and never a --pmem backing, the
+kernel, the initramfs or the other output, however reached (links, bind mounts, loop devices).
+They are created or truncated only after every check has passed.
 
 Sizes take a K, M, G or T suffix (powers of 1024); a bare --memory number is MiB, as in QEMU.
 The serial console is COM1 (0x3f8, IRQ 4): give the guest console=ttyS0.";

@@ -141,6 +141,22 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Takes one pending stop signal, if any, without waiting. With the stop signals blocked from the
+/// start of `main`, the steps before the guest runs call this between steps, so a signal stops
+/// the monitor at the next step boundary (after the cleanup of what the run created) instead of
+/// killing it in the middle of one.
+pub fn take_pending_stop_signal() -> Option<i32> {
+    let set = sigset(&STOP_SIGNALS);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` and `zero` are initialised values on this frame; a null siginfo pointer is
+    // allowed. Only signals blocked in this thread can be pending for sigtimedwait to take.
+    let signo = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) };
+    (signo > 0).then_some(signo)
+}
+
 /// Turns SIGINT/SIGTERM/SIGHUP into a stop request, and notices when the guest stopped itself.
 pub struct SignalWatcher {
     signals: File,

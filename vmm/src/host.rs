@@ -11,22 +11,31 @@ fn cpu_has_virtualization(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
+/// Why this host's KVM cannot run a stock Linux guest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostUnsuitable {
+    #[error(
+        "this host's /dev/kvm comes from kvm_pvm on a CPU without VMX or SVM, which runs only \
+         PVM-aware kernels and cannot boot a stock Linux guest; run vmm on a host with \
+         hardware virtualization or inside the nested testbed (see the README)"
+    )]
+    PvmWithoutVirtualization,
+}
+
 /// Explains why KVM here cannot run a stock guest, or None when it should work.
-pub fn kvm_unsuitable_reason(cpuinfo: &str, pvm_loaded: bool) -> Option<String> {
+pub fn kvm_unsuitable_reason(cpuinfo: &str, pvm_loaded: bool) -> Option<HostUnsuitable> {
     if pvm_loaded && !cpu_has_virtualization(cpuinfo) {
-        return Some(
-            "this host's /dev/kvm comes from kvm_pvm on a CPU without VMX or SVM, which runs only \
-             PVM-aware kernels and cannot boot a stock Linux guest; run vmm on a host with \
-             hardware virtualization or inside the nested testbed (see the README)"
-                .to_string(),
-        );
+        return Some(HostUnsuitable::PvmWithoutVirtualization);
     }
     None
 }
 
-pub fn check_host() -> Option<String> {
+pub fn check_host() -> Result<(), HostUnsuitable> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    kvm_unsuitable_reason(&cpuinfo, Path::new("/sys/module/kvm_pvm").exists())
+    match kvm_unsuitable_reason(&cpuinfo, Path::new("/sys/module/kvm_pvm").exists()) {
+        Some(reason) => Err(reason),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -42,6 +51,9 @@ mod tests {
         assert!(kvm_unsuitable_reason(plain, false).is_none());
         assert!(kvm_unsuitable_reason(intel, true).is_none());
         assert!(kvm_unsuitable_reason(amd, true).is_none());
-        assert!(!kvm_unsuitable_reason(plain, true).unwrap().contains('\n'));
+        assert!(!kvm_unsuitable_reason(plain, true)
+            .unwrap()
+            .to_string()
+            .contains('\n'));
     }
 }

@@ -212,12 +212,35 @@ pub fn ram_end(memory: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the layout needs to know about one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmemSpan {
+    pub size: u64,
+    /// The device's mapping alignment (`align=`, or a device-dax's own), 0 when none. A window
+    /// starts on a multiple of the larger of this and 128 MiB: with `align=1G` the guest maps
+    /// the namespace with 1 GiB pages, which needs the data on 1 GiB guest-physical boundaries
+    /// (an info block's data offset is relative to the window's start), and KVM can back the
+    /// range with 1 GiB host pages only when guest and host addresses agree modulo 1 GiB.
+    pub align: u64,
+}
+
+impl PmemSpan {
+    fn window_align(&self) -> u64 {
+        if self.align.is_power_of_two() {
+            self.align.max(PMEM_WINDOW_ALIGN)
+        } else {
+            PMEM_WINDOW_ALIGN
+        }
+    }
+}
+
 /// Places one window per device above RAM and the MMIO hole, bottom-up, each on a 128 MiB
-/// boundary so no two devices share a memory section. `phys_limit` is the first guest physical
-/// address the guest's CPU cannot address (from its CPUID physical address width).
+/// boundary so no two devices share a memory section, and on a 1 GiB boundary for a device with
+/// 1 GiB alignment (see [`PmemSpan::align`]). `phys_limit` is the first guest physical address
+/// the guest's CPU cannot address (from its CPUID physical address width).
 pub fn place_pmem(
     memory: u64,
-    sizes: &[u64],
+    devices: &[PmemSpan],
     phys_limit: u64,
 ) -> Result<Vec<PmemWindow>, PmemLayoutError> {
     let ram_top = ram_end(memory);
@@ -231,14 +254,16 @@ pub fn place_pmem(
         )
     };
     let mut next = ram_top.max(MMIO_HOLE_END);
-    let mut windows = Vec::with_capacity(sizes.len());
-    for (index, &size) in sizes.iter().enumerate() {
+    let mut windows = Vec::with_capacity(devices.len());
+    for (index, span) in devices.iter().enumerate() {
+        let size = span.size;
         // Backings are opened only when their size is a non-zero multiple of the granule.
         debug_assert!(
             size > 0 && size.is_multiple_of(PMEM_SIZE_ALIGN),
             "size {size}"
         );
-        let base = next.div_ceil(PMEM_WINDOW_ALIGN) * PMEM_WINDOW_ALIGN;
+        let align = span.window_align();
+        let base = next.div_ceil(align).saturating_mul(align);
         let end = base.saturating_add(size);
         if end > limit {
             return Err(PmemLayoutError::TooHigh {
@@ -260,9 +285,63 @@ mod pmem_tests {
 
     const LIMIT: u64 = 1 << 46;
 
+    fn spans(sizes: &[u64]) -> Vec<PmemSpan> {
+        sizes
+            .iter()
+            .map(|&size| PmemSpan { size, align: 0 })
+            .collect()
+    }
+
+    #[test]
+    fn align_1g_devices_start_on_1g_boundaries() {
+        let m = MIB;
+        let w = place_pmem(
+            256 * m,
+            &[
+                PmemSpan {
+                    size: 130 * m,
+                    align: 2 * m,
+                },
+                PmemSpan {
+                    size: 2 * GIB,
+                    align: GIB,
+                },
+                PmemSpan {
+                    size: 64 * m,
+                    align: 4 * KIB,
+                },
+                PmemSpan {
+                    size: GIB,
+                    align: GIB,
+                },
+            ],
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(w[0].base, 4 * GIB);
+        // 4 GiB + 130 MiB would be 4 GiB + 256 MiB on the 128 MiB rule; 1 GiB alignment: 5 GiB.
+        assert_eq!(w[1].base, 5 * GIB);
+        assert_eq!(w[2].base, 7 * GIB);
+        assert_eq!(w[3].base, 8 * GIB);
+        for (x, a) in w.iter().zip([2 * m, GIB, 4 * KIB, GIB]) {
+            assert_eq!(x.base % a.max(PMEM_WINDOW_ALIGN), 0, "{x:x?}");
+        }
+        // Above RAM that ends off a 1 GiB boundary.
+        let w = place_pmem(
+            3584 * m,
+            &[PmemSpan {
+                size: GIB,
+                align: GIB,
+            }],
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(w[0].base, 5 * GIB);
+    }
+
     #[test]
     fn windows_start_above_ram_on_section_boundaries() {
-        let w = place_pmem(256 * MIB, &[130 * MIB, GIB, 4 * GIB], LIMIT).unwrap();
+        let w = place_pmem(256 * MIB, &spans(&[130 * MIB, GIB, 4 * GIB]), LIMIT).unwrap();
         assert_eq!(
             w[0],
             PmemWindow {
@@ -283,26 +362,26 @@ mod pmem_tests {
 
     #[test]
     fn windows_follow_high_ram() {
-        let w = place_pmem(3584 * MIB, &[2 * MIB], LIMIT).unwrap();
+        let w = place_pmem(3584 * MIB, &spans(&[2 * MIB]), LIMIT).unwrap();
         assert_eq!(w[0].base, 4 * GIB + 512 * MIB);
-        let w = place_pmem(4 * GIB + 4 * KIB, &[2 * MIB], LIMIT).unwrap();
+        let w = place_pmem(4 * GIB + 4 * KIB, &spans(&[2 * MIB]), LIMIT).unwrap();
         assert_eq!(w[0].base, 5 * GIB + 128 * MIB);
     }
 
     #[test]
     fn limits_are_enforced() {
         // A 40-bit guest (1 TiB) cannot take a 1 TiB device above 4 GiB.
-        let e = place_pmem(GIB, &[1 << 40], 1 << 40).unwrap_err();
+        let e = place_pmem(GIB, &spans(&[1 << 40]), 1 << 40).unwrap_err();
         assert!(
             matches!(e, PmemLayoutError::TooHigh { index: 0, .. }),
             "{e}"
         );
         // The KASLR padding bounds a 48-bit guest.
-        let e = place_pmem(GIB, &[11 << 40], 1 << 48).unwrap_err();
+        let e = place_pmem(GIB, &spans(&[11 << 40]), 1 << 48).unwrap_err();
         assert!(e.to_string().contains("KASLR"), "{e}");
-        assert!(place_pmem(GIB, &[1 << 40], 1 << 46).is_ok());
+        assert!(place_pmem(GIB, &spans(&[1 << 40]), 1 << 46).is_ok());
         // 32 devices of 1 GiB fit easily.
-        let w = place_pmem(GIB, &vec![GIB; 32], LIMIT).unwrap();
+        let w = place_pmem(GIB, &spans(&[GIB; 32]), LIMIT).unwrap();
         assert_eq!(w.len(), 32);
     }
 }

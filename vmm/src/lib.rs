@@ -1,22 +1,27 @@
 //! The `vmm` monitor as a library: the binary in `main.rs` parses the command line and calls
 //! [`run`]; benchmarks and tests can reuse the pieces.
 //!
-//! A run goes one way (see docs/architecture.md): configuration → guest memory with the kernel,
-//! boot structures and ACPI tables → KVM VM → vCPU threads and the event loop → a stop reason.
+//! A run goes one way (see docs/architecture.md) in two phases. First every check, writing
+//! nothing: configuration → inputs, outputs and backings (by identity) → pmem layout and format
+//! plans → guest memory with the kernel, boot structures and ACPI tables → host check → what only
+//! KVM can answer. Then the writes: new `size=` files and info blocks → KVM VM → outputs → vCPU
+//! threads and the event loop → a stop reason. [`VmmError::exit_status`] is the one rule from an
+//! error to an exit status.
 
 pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod events;
 pub mod host;
+pub mod identity;
 pub mod layout;
+pub mod output;
 pub mod pmem;
 pub mod pmem_option;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
 
-use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +29,7 @@ use devices::bus::PioBus;
 use devices::i8042::I8042;
 use devices::lifecycle::{StopReason, StopSignal};
 use devices::power::{ResetControl, SleepControl};
-use devices::serial::{Output, SerialPort};
+use devices::serial::SerialPort;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::info;
 use thiserror::Error;
@@ -32,6 +37,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialMode, VmConfig};
+use crate::identity::{Claim, Extents, Role};
+use crate::output::{Output, OutputOption};
 
 /// I/O ports of the platform devices; the ACPI tables describe the same values.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -42,19 +49,44 @@ pub const RESET_PORT: u16 = 0xcf9;
 pub const RESET_VALUE: u8 = 0x06;
 pub const I8042_PORT: u16 = 0x60;
 
+/// The monitor's exit statuses (`vmm --help` and the README list them).
+pub mod exit {
+    /// The guest powered off.
+    pub const POWEROFF: u8 = 0;
+    /// The monitor failed: a host or KVM error, a failed host flush, an I/O error.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line or configuration: nothing was written, nothing was started.
+    pub const USAGE: u8 = 2;
+    /// The guest rebooted.
+    pub const REBOOT: u8 = 3;
+    /// The guest triple-faulted.
+    pub const TRIPLE_FAULT: u8 = 4;
+    /// A host flush of guest data failed (a guest flush through the NFIT flush hint, or the
+    /// flush at exit): the guest was stopped; what it wrote since its last successful flush may
+    /// not be durable.
+    pub const FLUSH_FAILED: u8 = 5;
+    /// Stopped by signal N: 128 + N.
+    pub const SIGNAL_BASE: u8 = 128;
+}
+
 #[derive(Debug, Error)]
 pub enum VmmError {
-    /// The user's input cannot work; reported with exit status 2.
     #[error(transparent)]
-    Usage(#[from] boot::BootError),
+    Boot(#[from] boot::BootError),
     #[error(transparent)]
     Pmem(#[from] pmem::PmemError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error(transparent)]
+    Alias(#[from] identity::AliasError),
     #[error("--memory: cannot map {size} bytes of guest RAM: {detail}")]
     GuestMemory { size: u64, detail: String },
     #[error("building ACPI tables: {0}")]
-    Acpi(String),
-    #[error("{0}")]
-    HostUnsuitable(String),
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    HostUnsuitable(#[from] host::HostUnsuitable),
+    #[error("device layout: {0}")]
+    Bus(#[from] devices::bus::BusError),
     #[error(transparent)]
     Vm(#[from] vm::VmError),
     #[error("{what}: {source}")]
@@ -64,22 +96,53 @@ pub enum VmmError {
     },
     #[error("{0}")]
     Guest(String),
-    #[error("--report {path:?}: {source}")]
-    Report {
+    /// The guest asked for a flush the host could not make durable; the guest was stopped
+    /// before its flush completed.
+    #[error("{id} ({}): the host could not make a guest flush durable, so the guest was stopped before its flush completed; data written since its last successful flush may be lost: {}", .path.display(), .source.source)]
+    GuestFlushFailed {
+        id: String,
         path: std::path::PathBuf,
-        source: io::Error,
+        source: Box<devices::pmem::flush_hint::FlushFailed>,
     },
+    /// Flushing a backing on the way out failed.
+    #[error(transparent)]
+    ExitFlushFailed(#[from] pmem::FlushError),
+    /// A stop signal arrived before the guest started; what this run created was removed.
+    #[error("stopped by signal {0} before the guest started; nothing this run created was kept")]
+    Signal(i32),
 }
 
 impl VmmError {
-    pub fn is_usage(&self) -> bool {
-        match self {
-            VmmError::Pmem(e) => e.is_usage(),
-            VmmError::Usage(_)
-            | VmmError::GuestMemory { .. }
-            | VmmError::Report { .. }
-            | VmmError::Vm(vm::VmError::TooManyCpus { .. }) => true,
-            _ => false,
+    /// The one rule from an error to the monitor's exit status. Usage errors (2) are mistakes in
+    /// what the user asked for, found before anything was written; everything else that fails is
+    /// the host's or the monitor's (1).
+    pub fn exit_status(&self) -> u8 {
+        let usage = match self {
+            VmmError::Boot(e) => !matches!(e, boot::BootError::GuestMemory(_)),
+            VmmError::Pmem(e) => match e {
+                pmem::PmemError::Backing(e) => e.is_usage(),
+                pmem::PmemError::Format { source, .. } => source.is_usage(),
+                pmem::PmemError::Layout { .. } | pmem::PmemError::Aliases { .. } => true,
+                pmem::PmemError::Uuid { .. } | pmem::PmemError::Appeared { .. } => false,
+            },
+            VmmError::Output(e) => !matches!(e, output::OutputError::Write { .. }),
+            VmmError::Alias(_) | VmmError::GuestMemory { .. } => true,
+            VmmError::Vm(vm::VmError::TooManyCpus { .. } | vm::VmError::NoReadonlySlots) => true,
+            VmmError::Signal(n) => return exit::SIGNAL_BASE.saturating_add(*n as u8),
+            VmmError::GuestFlushFailed { .. } | VmmError::ExitFlushFailed(_) => {
+                return exit::FLUSH_FAILED
+            }
+            VmmError::Acpi(_)
+            | VmmError::HostUnsuitable(_)
+            | VmmError::Bus(_)
+            | VmmError::Vm(_)
+            | VmmError::Io { .. }
+            | VmmError::Guest(_) => false,
+        };
+        if usage {
+            exit::USAGE
+        } else {
+            exit::FAILURE
         }
     }
 }
@@ -89,7 +152,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmmError {
 }
 
 /// The platform description the ACPI tables are built from.
-fn platform(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> acpi::PlatformDesc {
+fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDesc {
     acpi::PlatformDesc {
         num_cpus: cfg.cpus,
         ioapic: acpi::IoApicDesc {
@@ -108,15 +171,14 @@ fn platform(cfg: &VmConfig, pmem: &pmem::PmemDevices) -> acpi::PlatformDesc {
             reset_value: RESET_VALUE,
         },
         ram: layout::ram_regions(cfg.memory),
-        nvdimms: pmem.nvdimm_descs(),
+        nvdimms,
     }
 }
 
-/// Guest memory with everything the boot vCPU needs already in place. No KVM object exists yet,
-/// so every error here is the user's input.
+/// Guest memory with everything the boot vCPU needs already in place. No KVM object exists yet.
 pub fn prepare_guest_memory(
     cfg: &VmConfig,
-    pmem: &pmem::PmemDevices,
+    nvdimms: Vec<acpi::NvdimmDesc>,
 ) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
         .into_iter()
@@ -127,11 +189,10 @@ pub fn prepare_guest_memory(
         detail: e.to_string(),
     })?;
     let tables = acpi::build_tables(
-        &platform(cfg, pmem),
+        &platform(cfg, nvdimms),
         layout::ACPI_ADDR,
         layout::ACPI_MAX_SIZE,
-    )
-    .map_err(|e| VmmError::Acpi(e.to_string()))?;
+    )?;
     boot::write_bytes(&mem, tables.base, &tables.bytes)?;
     cpu::write_boot_tables(&mem)?;
     let entry = boot::load(
@@ -145,63 +206,184 @@ pub fn prepare_guest_memory(
     Ok((mem, entry))
 }
 
-fn serial_output(mode: &SerialMode) -> Result<Output, VmmError> {
-    Ok(match mode {
-        SerialMode::Stdio => Box::new(io::stdout()),
-        SerialMode::Off => Box::new(io::sink()),
-        SerialMode::File(path) => Box::new(File::create(path).map_err(io_err("--serial file"))?),
-    })
+/// Stops the run at a step boundary when a stop signal is pending.
+fn stop_if_signalled() -> Result<(), VmmError> {
+    match events::take_pending_stop_signal() {
+        Some(n) => Err(VmmError::Signal(n)),
+        None => Ok(()),
+    }
+}
+
+/// Everything checked and planned, nothing written: the result of [`check`].
+struct Checked {
+    pmem: pmem::PmemPlan,
+    report: Option<Output>,
+    serial: Option<Output>,
+    mem: GuestMemoryMmap,
+    entry: boot::Entry,
+    kvm: kvm_ioctls::Kvm,
+}
+
+/// Every check of the run, in an order that finds all usage errors before anything is written:
+/// inputs, outputs, backings (opened, locked and mapped, new files only checked), identities,
+/// format plans, guest memory with the kernel; then the host check and what only KVM can answer.
+/// Nothing is created, truncated or written to a backing here.
+fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
+    stop_if_signalled()?;
+    let sysfs = std::path::Path::new(identity::SYSFS_ROOT);
+    let input = |option, path: &std::path::Path| -> Result<Extents, VmmError> {
+        let file = boot::open_input(option, path)?;
+        let meta = file.metadata().map_err(|source| match option {
+            boot::InputOption::Kernel => boot::BootError::KernelUnreadable {
+                path: path.to_path_buf(),
+                source,
+            },
+            boot::InputOption::Initramfs => boot::BootError::InitramfsUnreadable {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        Ok(Extents::of(&meta, sysfs))
+    };
+    let kernel = input(boot::InputOption::Kernel, &cfg.kernel)?;
+    let initramfs = match &cfg.initramfs {
+        Some(p) => Some((p, input(boot::InputOption::Initramfs, p)?)),
+        None => None,
+    };
+    let report = match &cfg.report {
+        Some(p) => Some(Output::prepare(OutputOption::Report, p)?),
+        None => None,
+    };
+    let serial = match &cfg.serial {
+        SerialMode::File(p) => Some(Output::prepare(OutputOption::SerialFile, p)?),
+        _ => None,
+    };
+    stop_if_signalled()?;
+    let mut pmem = pmem::PmemPlan::open(&cfg.pmem, cfg.memory)?;
+    let rest = (|| {
+        let mut claims = vec![Claim {
+            role: Role::Kernel,
+            path: &cfg.kernel,
+            extents: &kernel,
+        }];
+        if let Some((path, extents)) = &initramfs {
+            claims.push(Claim {
+                role: Role::Initramfs,
+                path,
+                extents,
+            });
+        }
+        for (path, writable, extents) in pmem.claims() {
+            claims.push(Claim {
+                role: Role::Pmem { writable },
+                path,
+                extents,
+            });
+        }
+        for (out, role) in [(&report, Role::Report), (&serial, Role::SerialFile)] {
+            if let Some(out) = out {
+                claims.push(Claim {
+                    role,
+                    path: out.path(),
+                    extents: out.extents(),
+                });
+            }
+        }
+        identity::check_claims(&claims)?;
+        stop_if_signalled()?;
+        pmem.plan(cfg.memory)?;
+        stop_if_signalled()?;
+        let (mem, entry) = prepare_guest_memory(cfg, pmem.nvdimm_descs())?;
+        host::check_host()?;
+        let kvm = vm::Vm::probe(cfg.cpus, cfg.pmem.iter().any(|p| p.readonly))?;
+        stop_if_signalled()?;
+        Ok((mem, entry, kvm))
+    })();
+    match rest {
+        Ok((mem, entry, kvm)) => Ok(Checked {
+            pmem,
+            report,
+            serial,
+            mem,
+            entry,
+            kvm,
+        }),
+        Err(e) => {
+            pmem.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
-    let mut pmem = pmem::PmemDevices::open(&cfg.pmem, cfg.memory)?;
-    let setup = prepare(cfg, &mut pmem);
-    let (mem, entry) = match setup {
-        Ok(ready) => ready,
+    let Checked {
+        pmem,
+        report,
+        serial,
+        mem,
+        entry,
+        kvm,
+    } = check(cfg)?;
+    // From here on the run writes: new files, info blocks, outputs.
+    let pmem = pmem.commit()?;
+    // Outputs this run creates, removed again if the guest never starts.
+    let mut created: Vec<std::path::PathBuf> = Vec::new();
+    let started = (|| {
+        stop_if_signalled()?;
+        let vm = vm::Vm::create(&kvm, &mem, cfg.cpus, entry, &pmem)?;
+        let serial: devices::serial::Output = match (&cfg.serial, serial) {
+            (SerialMode::File(_), Some(out)) => {
+                let new = out.is_new().then(|| out.path().to_path_buf());
+                let file = out.commit()?;
+                created.extend(new);
+                Box::new(file)
+            }
+            (SerialMode::Off, _) => Box::new(io::sink()),
+            _ => Box::new(io::stdout()),
+        };
+        if let Some(out) = report {
+            let mut json = pmem.report_json();
+            json["memory"] = cfg.memory.into();
+            json["cpus"] = cfg.cpus.into();
+            out.commit_with(format!("{json:#}\n").as_bytes())?;
+        }
+        Ok::<_, VmmError>((vm, serial))
+    })();
+    let (vm, serial) = match started {
+        Ok(v) => v,
         Err(e) => {
             // The guest never ran: leave no file behind that this run created.
             pmem.abandon();
+            for path in created {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!(
+                        "{}: cannot remove the file this run created: {e}",
+                        path.display()
+                    );
+                }
+            }
             return Err(e);
         }
     };
-    let result = run_with_pmem(cfg, &pmem, mem, entry);
-    // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk.
-    pmem.flush();
-    result
-}
-
-/// Everything between reading the configuration and creating the VM. User errors (kernel,
-/// initramfs, layout) come first; the host check comes before anything is written to a backing.
-fn prepare(
-    cfg: &VmConfig,
-    pmem: &mut pmem::PmemDevices,
-) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
-    let (mem, entry) = prepare_guest_memory(cfg, pmem)?;
-    if let Some(reason) = host::check_host() {
-        return Err(VmmError::HostUnsuitable(reason));
+    let result = run_with_pmem(cfg, &pmem, vm, mem, serial);
+    // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk; a flush
+    // that fails here turns any other outcome into a failure (the first error is kept).
+    let flushed = pmem.flush();
+    match (result, flushed) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(reason), Ok(())) => Ok(reason),
     }
-    pmem.format(cfg.memory)?;
-    if let Some(path) = &cfg.report {
-        let mut json = pmem.report_json();
-        json["memory"] = cfg.memory.into();
-        json["cpus"] = cfg.cpus.into();
-        std::fs::write(path, format!("{json:#}\n")).map_err(|source| VmmError::Report {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok((mem, entry))
 }
 
 fn run_with_pmem(
     cfg: &VmConfig,
     pmem: &pmem::PmemDevices,
+    vm: vm::Vm,
     mem: GuestMemoryMmap,
-    entry: boot::Entry,
+    serial_out: devices::serial::Output,
 ) -> Result<StopReason, VmmError> {
-    let vm = vm::Vm::create(&mem, cfg.cpus, entry, pmem)?;
-
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
     let input_ready = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
@@ -216,12 +398,11 @@ fn run_with_pmem(
         input_ready
             .try_clone()
             .map_err(io_err("cloning an eventfd"))?,
-        serial_output(&cfg.serial)?,
+        serial_out,
     )));
 
     let mut bus = PioBus::new();
-    let bus_err = |e: devices::bus::BusError| VmmError::Guest(format!("device layout: {e}"));
-    bus.insert(COM1_PORT, 8, serial.clone()).map_err(bus_err)?;
+    bus.insert(COM1_PORT, 8, serial.clone())?;
     bus.insert(
         SLEEP_CONTROL_PORT,
         2,
@@ -229,23 +410,20 @@ fn run_with_pmem(
             acpi::S5_SLEEP_TYPE,
             stop.clone(),
         ))),
-    )
-    .map_err(bus_err)?;
+    )?;
     bus.insert(
         RESET_PORT,
         1,
         Arc::new(Mutex::new(ResetControl::new(stop.clone()))),
-    )
-    .map_err(bus_err)?;
+    )?;
     bus.insert(
         I8042_PORT,
         5,
         Arc::new(Mutex::new(I8042::new(stop.clone()))),
-    )
-    .map_err(bus_err)?;
+    )?;
     let bus = Arc::new(vcpu::Devices {
         pio: bus,
-        mmio: pmem.mmio_bus().map_err(bus_err)?,
+        mmio: pmem.mmio_bus()?,
     });
 
     // Signals: stop signals only through the signalfd, in every thread spawned from here on.
@@ -300,18 +478,27 @@ fn run_with_pmem(
         if let Err(e) = manager.run_with_timeout(1000) {
             stop.request(StopReason::Error);
             *error.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(format!("event loop failed: {e:?}"));
+                Some(vcpu::VcpuFailure::Vcpu(format!("event loop failed: {e:?}")));
         }
     };
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
-    if reason == StopReason::Error {
-        let message = error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_else(|| "the guest stopped after an error".into());
-        return Err(VmmError::Guest(message));
+    let failure = error.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // A failed flush wins over any stop reason recorded first (a poweroff racing with it): the
+    // guest's data is not durable, whatever else happened.
+    if reason == StopReason::Error || matches!(failure, Some(vcpu::VcpuFailure::Flush(_))) {
+        return Err(match failure {
+            Some(vcpu::VcpuFailure::Flush(f)) => {
+                let d = &pmem.devices[f.index];
+                VmmError::GuestFlushFailed {
+                    id: d.config.id.clone(),
+                    path: d.config.path.clone(),
+                    source: Box::new(f),
+                }
+            }
+            Some(vcpu::VcpuFailure::Vcpu(message)) => VmmError::Guest(message),
+            None => VmmError::Guest("the guest stopped after an error".into()),
+        });
     }
     drop(vm.fd);
     drop(mem);
@@ -319,12 +506,80 @@ fn run_with_pmem(
 }
 
 /// The monitor's exit status for a stop reason (see `vmm --help`).
-pub fn exit_status(reason: StopReason) -> i32 {
+pub fn exit_status(reason: StopReason) -> u8 {
     match reason {
-        StopReason::PowerOff => 0,
-        StopReason::Reboot => 3,
-        StopReason::TripleFault => 4,
-        StopReason::Signal(n) => 128 + n,
-        StopReason::Error => 1,
+        StopReason::PowerOff => exit::POWEROFF,
+        StopReason::Reboot => exit::REBOOT,
+        StopReason::TripleFault => exit::TRIPLE_FAULT,
+        StopReason::Signal(n) => exit::SIGNAL_BASE.saturating_add(n as u8),
+        StopReason::Error => exit::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::pmem::backing::BackingError;
+    use devices::pmem::flush_hint::FlushFailed;
+
+    fn eio() -> io::Error {
+        io::Error::from_raw_os_error(libc::EIO)
+    }
+
+    #[test]
+    fn one_rule_from_errors_to_exit_statuses() {
+        let flush = VmmError::GuestFlushFailed {
+            id: "pmem0".into(),
+            path: "/dev/pmem0".into(),
+            source: Box::new(FlushFailed {
+                index: 0,
+                source: BackingError::Io {
+                    path: "/dev/pmem0".into(),
+                    op: "msync",
+                    source: eio(),
+                },
+            }),
+        };
+        assert_eq!(flush.exit_status(), exit::FLUSH_FAILED);
+        let text = flush.to_string();
+        assert!(
+            text.starts_with("pmem0 (/dev/pmem0): the host could not make a guest flush durable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("msync") && text.contains("Input/output error"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        let at_exit = VmmError::from(pmem::FlushError {
+            id: "pmem1".into(),
+            source: BackingError::Io {
+                path: "/x".into(),
+                op: "msync",
+                source: eio(),
+            },
+        });
+        assert_eq!(at_exit.exit_status(), exit::FLUSH_FAILED);
+        // Writing into guest memory is the monitor's failure, not the user's.
+        let internal = VmmError::Boot(boot::BootError::GuestMemory("at 0x7000: x".into()));
+        assert_eq!(internal.exit_status(), exit::FAILURE);
+        let kernel = VmmError::Boot(boot::BootError::NotRegular {
+            option: boot::InputOption::Kernel,
+            path: "/k".into(),
+            what: "a FIFO",
+        });
+        assert_eq!(kernel.exit_status(), exit::USAGE);
+        let cpus = VmmError::Vm(vm::VmError::TooManyCpus {
+            wanted: 254,
+            max: 16,
+        });
+        assert_eq!(cpus.exit_status(), exit::USAGE);
+        assert_eq!(VmmError::Signal(libc::SIGTERM).exit_status(), 143);
+        assert_eq!(
+            VmmError::HostUnsuitable(host::HostUnsuitable::PvmWithoutVirtualization).exit_status(),
+            exit::FAILURE
+        );
+        assert_eq!(exit_status(StopReason::Signal(libc::SIGINT)), 130);
+        assert_eq!(exit_status(StopReason::Reboot), exit::REBOOT);
     }
 }

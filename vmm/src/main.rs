@@ -17,6 +17,12 @@ fn clap_error_line(e: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // Stop signals are taken only where the monitor checks for them (between setup steps, then
+    // by the event loop), so that every way out cleans up after the run.
+    if let Err(e) = vmm::events::block_stop_signals() {
+        eprintln!("vmm: cannot block signals: {e}");
+        return ExitCode::from(vmm::exit::FAILURE);
+    }
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("warn,vmm=info,devices=info"),
     )
@@ -31,18 +37,18 @@ fn main() -> ExitCode {
         }
         Err(CliFailure::Clap(e)) => {
             eprintln!("vmm: {} (see vmm --help)", clap_error_line(&e));
-            return ExitCode::from(2);
+            return ExitCode::from(vmm::exit::USAGE);
         }
         Err(CliFailure::Config(e)) => {
             eprintln!("vmm: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(vmm::exit::USAGE);
         }
     };
     match vmm::run(&cfg) {
-        Ok(reason) => ExitCode::from(vmm::exit_status(reason) as u8),
+        Ok(reason) => ExitCode::from(vmm::exit_status(reason)),
         Err(e) => {
             eprintln!("vmm: {e}");
-            ExitCode::from(if e.is_usage() { 2 } else { 1 })
+            ExitCode::from(e.exit_status())
         }
     }
 }

@@ -1,17 +1,27 @@
-//! Steps 2 and 3 for persistent memory: open every `--pmem` backing, place its window in guest
-//! physical memory, map it, and describe it for the NFIT. The result is held for the life of
-//! the guest; [`PmemDevices::flush`] runs on every way out of the monitor.
+//! Steps 2 to 4 for persistent memory, in two phases so that a refusal never leaves a trace.
+//!
+//! [`PmemPlan`] checks without writing: it opens, locks and maps every existing backing, checks
+//! every `size=` file to create (without creating it), refuses backings that share bytes, places
+//! every window in guest physical memory and plans every info block (a new file is planned as
+//! the all-zero file it will be). [`PmemPlan::commit`] then creates the new files and writes the
+//! planned blocks, giving [`PmemDevices`], held for the life of the guest;
+//! [`PmemDevices::flush`] runs on every way out of the monitor.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use devices::bus::{BusError, MmioBus};
 use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
-use devices::pmem::flush_hint::FlushHints;
-use devices::pmem::format::{self, BackingAccess, FormatError, FormatRequest, NamespaceReport};
+use devices::pmem::flush_hint::{FlushHints, FlushTarget};
+use devices::pmem::format::{
+    self, BackingAccess, FormatError, FormatRequest, NamespaceAccess, NamespaceReport,
+};
+use devices::pmem::infoblock::{InfoBlock, INFO_BLOCK_OFFSET, INFO_BLOCK_SIZE};
 use log::{info, warn};
 use thiserror::Error;
 
-use crate::layout::{self, PmemLayoutError, PmemWindow};
+use crate::identity::{Extents, Identity, SYSFS_ROOT};
+use crate::layout::{self, PmemLayoutError, PmemSpan, PmemWindow};
 use crate::pmem_option::PmemConfig;
 
 #[derive(Debug, Error)]
@@ -30,17 +40,12 @@ pub enum PmemError {
         path: String,
         source: std::io::Error,
     },
-}
-
-impl PmemError {
-    pub fn is_usage(&self) -> bool {
-        match self {
-            PmemError::Backing(e) => e.is_usage(),
-            PmemError::Layout { .. } => true,
-            PmemError::Format { source, .. } => source.is_usage(),
-            PmemError::Uuid { .. } => false,
-        }
-    }
+    /// A path that did not exist when it was checked existed when the monitor created it.
+    /// Two backings share bytes: a loop device or partition over another backing.
+    #[error("--pmem {path}: it shares bytes with the backing {other} (a loop device or partition over it, or the other way round); give each backing once")]
+    Aliases { path: String, other: String },
+    #[error("--pmem {path}: the file appeared while the monitor was starting (another program created it); nothing was written to it")]
+    Appeared { path: String },
 }
 
 /// One NVDIMM as the guest will see it.
@@ -50,8 +55,7 @@ pub struct PmemDevice {
     pub kind: BackingKind,
     /// Held (with its lock) for the life of the guest.
     pub backing: Backing,
-    /// What the guest will make of the namespace (mode, memmap, capacity); raw until
-    /// [`PmemDevices::format`] has run.
+    /// What the guest will make of the namespace (mode, memmap, capacity).
     pub report: NamespaceReport,
     /// Whether this run wrote (or erased) the info block.
     pub wrote_info_block: bool,
@@ -64,30 +68,81 @@ pub struct PmemDevices {
     pub devices: Vec<PmemDevice>,
 }
 
+/// A device's backing before the guest is set up: either opened, locked and mapped already, or
+/// a `size=` file that is created only once every check of the run has passed.
+enum Source {
+    Existing {
+        backing: Backing,
+        mapping: Arc<PmemMapping>,
+    },
+    New {
+        size: u64,
+    },
+}
+
+struct Planned {
+    config: PmemConfig,
+    window: PmemWindow,
+    source: Source,
+    extents: Extents,
+    plan: Option<format::Plan>,
+}
+
+/// Every `--pmem` device checked, placed and planned, with nothing written and no file created
+/// yet; [`PmemPlan::commit`] does the writing.
+#[derive(Default)]
+pub struct PmemPlan {
+    devices: Vec<Planned>,
+}
+
+/// The namespace of a file that does not exist yet: all zeros, as the new sparse file will be.
+struct BlankNamespace;
+
+impl NamespaceAccess for BlankNamespace {
+    fn read(&self, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+
+    fn first_nonzero(&self, _range: Range<u64>) -> std::io::Result<Option<u64>> {
+        Ok(None)
+    }
+
+    fn write_durably(&self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other(
+            "internal error: a file not created yet was written",
+        ))
+    }
+}
+
 /// Plans one device's info block without writing anything.
-fn plan_namespace(d: &PmemDevice, memory: u64) -> Result<format::Plan, PmemError> {
-    let path = || d.config.path.display().to_string();
+fn plan_namespace(
+    config: &PmemConfig,
+    window: PmemWindow,
+    created: bool,
+    memory: u64,
+    ns: &dyn NamespaceAccess,
+) -> Result<format::Plan, PmemError> {
+    let path = || config.path.display().to_string();
     let uuid = format::random_uuid().map_err(|source| PmemError::Uuid {
         path: path(),
         source,
     })?;
     let request = FormatRequest {
-        memmap: d.config.memmap,
-        mode: d.config.mode,
-        align: d.config.align,
-        format: d.config.format,
-        phys_addr: d.window.base,
-        size: d.window.size,
+        memmap: config.memmap,
+        mode: config.mode,
+        align: config.align,
+        format: config.format,
+        phys_addr: window.base,
+        size: window.size,
         guest_ram: memory,
-        readonly: d.config.readonly,
-        created_this_run: matches!(d.kind, BackingKind::File { created: true }),
+        readonly: config.readonly,
+        created_this_run: created,
         uuid,
     };
-    format::plan(&request, &BackingAccess::new(&d.backing, &d.mapping)).map_err(|source| {
-        PmemError::Format {
-            path: path(),
-            source,
-        }
+    format::plan(&request, ns).map_err(|source| PmemError::Format {
+        path: path(),
+        source,
     })
 }
 
@@ -105,97 +160,391 @@ pub fn guest_phys_limit(cpuinfo: &str) -> u64 {
     1u64 << bits
 }
 
-impl PmemDevices {
-    /// Opens, places and maps every device. Nothing is written to any backing; a file this run
-    /// created is removed again when a later device fails.
-    pub fn open(configs: &[PmemConfig], memory: u64) -> Result<PmemDevices, PmemError> {
+/// The checks `Backing::open` makes on a path that does not exist, made without creating it:
+/// `size=` given, not read-only, not a dangling symbolic link, a directory that exists and that
+/// this process may create files in.
+fn check_new_file(config: &PmemConfig) -> Result<Option<u64>, BackingError> {
+    let path = config.path.as_path();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() && std::fs::metadata(path).is_err() => {
+            return Err(BackingError::UnsupportedType {
+                path: path.to_path_buf(),
+                what: "symbolic link to a missing file".into(),
+            })
+        }
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(BackingError::Path {
+                path: path.to_path_buf(),
+                op: "cannot inspect",
+                source: e,
+            })
+        }
+    }
+    if config.readonly {
+        return Err(BackingError::MissingReadonly {
+            path: path.to_path_buf(),
+        });
+    }
+    let Some(size) = config.size else {
+        return Err(BackingError::Missing {
+            path: path.to_path_buf(),
+        });
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let cannot_create = |source| BackingError::Path {
+        path: path.to_path_buf(),
+        op: "cannot create",
+        source,
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(cannot_create(std::io::Error::from_raw_os_error(
+                libc::ENOTDIR,
+            )))
+        }
+        Err(e) => return Err(cannot_create(e)),
+    }
+    crate::output::may_create_in(dir).map_err(cannot_create)?;
+    Ok(Some(size))
+}
+
+impl PmemPlan {
+    /// Step 2 and 3 without writing: opens, locks and maps every existing backing, checks every
+    /// new one, and places all of them in guest physical memory.
+    pub fn open(configs: &[PmemConfig], memory: u64) -> Result<PmemPlan, PmemError> {
         if configs.is_empty() {
-            return Ok(PmemDevices::default());
+            return Ok(PmemPlan::default());
+        }
+        let mut new_sizes = Vec::with_capacity(configs.len());
+        for c in configs {
+            new_sizes.push(check_new_file(c)?);
+        }
+        // Two spellings of one new path.
+        let mut planned_ids: Vec<(Identity, &PmemConfig)> = Vec::new();
+        for (c, new) in configs.iter().zip(&new_sizes) {
+            if new.is_none() {
+                continue;
+            }
+            let id = Identity::planned(&c.path).map_err(|source| BackingError::Path {
+                path: c.path.clone(),
+                op: "cannot create",
+                source,
+            })?;
+            if let Some((_, first)) = planned_ids.iter().find(|(other, _)| *other == id) {
+                return Err(BackingError::SameBacking {
+                    path: c.path.clone(),
+                    first: first.path.clone(),
+                }
+                .into());
+            }
+            planned_ids.push((id, c));
         }
         let requests: Vec<BackingRequest> = configs
             .iter()
-            .map(|c| BackingRequest {
+            .zip(&new_sizes)
+            .filter(|(_, new)| new.is_none())
+            .map(|(c, _)| BackingRequest {
                 path: c.path.clone(),
+                // Never create here: the path existed a moment ago.
                 size: c.size,
                 readonly: c.readonly,
             })
             .collect();
-        let backings = Backing::open_all(&requests)?;
-        let sizes: Vec<u64> = backings.iter().map(Backing::size).collect();
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let windows = match layout::place_pmem(memory, &sizes, guest_phys_limit(&cpuinfo)) {
-            Ok(w) => w,
-            Err(source) => {
-                let path = configs[source.index()].path.display().to_string();
-                backings.into_iter().for_each(Backing::abandon);
-                return Err(PmemError::Layout { path, source });
+        let mut opened = Backing::open_all(&requests)?.into_iter();
+        let mut sources = Vec::with_capacity(configs.len());
+        let mut failure = None;
+        let mut planned_ids = planned_ids.into_iter();
+        for (c, new) in configs.iter().zip(&new_sizes) {
+            if let Some(size) = new {
+                let (id, _) = planned_ids.next().expect("one identity per new file");
+                sources.push((Extents::planned(id), Either::New(*size)));
+                continue;
+            }
+            let b = opened.next().expect("one backing per existing path");
+            if b.kind() == &(BackingKind::File { created: true }) && failure.is_none() {
+                failure = Some(PmemError::Appeared {
+                    path: c.path.display().to_string(),
+                });
+            }
+            let extents = match b.file().metadata() {
+                Ok(m) => Extents::of(&m, std::path::Path::new(SYSFS_ROOT)),
+                Err(e) => {
+                    failure.get_or_insert(PmemError::Backing(BackingError::Io {
+                        path: c.path.clone(),
+                        op: "fstat",
+                        source: e,
+                    }));
+                    Extents(Vec::new())
+                }
+            };
+            sources.push((extents, Either::Existing(b)));
+        }
+        let abandon = |sources: Vec<(Extents, Either)>| {
+            for (_, s) in sources {
+                if let Either::Existing(b) = s {
+                    b.abandon();
+                }
             }
         };
-        let mut mappings = Vec::with_capacity(backings.len());
-        for b in &backings {
-            match b.map() {
-                Ok(m) => mappings.push(Arc::new(m)),
-                Err(e) => {
-                    drop(mappings);
-                    backings.into_iter().for_each(Backing::abandon);
-                    return Err(e.into());
+        if let Some(e) = failure {
+            abandon(sources);
+            return Err(e);
+        }
+        // Aliasing DIMMs: a loop device (or partition) over another backing's bytes.
+        for i in 0..sources.len() {
+            for j in 0..i {
+                if sources[i].0.aliases(&sources[j].0) {
+                    let e = PmemError::Aliases {
+                        path: configs[i].path.display().to_string(),
+                        other: configs[j].path.display().to_string(),
+                    };
+                    abandon(sources);
+                    return Err(e);
                 }
             }
         }
+        // Map every existing backing (nothing is written), so its info block can be read.
+        let mut mapped: Vec<(Extents, Source)> = Vec::with_capacity(sources.len());
+        let mut rest = sources.into_iter();
+        while let Some((extents, s)) = rest.next() {
+            let source = match s {
+                Either::New(size) => Source::New { size },
+                Either::Existing(backing) => match backing.map() {
+                    Ok(m) => Source::Existing {
+                        backing,
+                        mapping: Arc::new(m),
+                    },
+                    Err(e) => {
+                        backing.abandon();
+                        abandon(rest.collect());
+                        abandon_sources(mapped);
+                        return Err(e.into());
+                    }
+                },
+            };
+            mapped.push((extents, source));
+        }
+        let spans: Vec<PmemSpan> = mapped
+            .iter()
+            .zip(configs)
+            .map(|((_, s), c)| span(c, s))
+            .collect();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let windows = match layout::place_pmem(memory, &spans, guest_phys_limit(&cpuinfo)) {
+            Ok(w) => w,
+            Err(source) => {
+                let path = configs[source.index()].path.display().to_string();
+                abandon_sources(mapped);
+                return Err(PmemError::Layout { path, source });
+            }
+        };
         let devices = configs
             .iter()
-            .zip(backings)
             .zip(windows)
-            .zip(mappings)
-            .map(|(((config, backing), window), mapping)| PmemDevice {
+            .zip(mapped)
+            .map(|((config, window), (extents, source))| Planned {
                 config: config.clone(),
                 window,
-                kind: *backing.kind(),
-                backing,
-                report: NamespaceReport::raw(window.size),
-                wrote_info_block: false,
-                mapping,
+                source,
+                extents,
+                plan: None,
             })
             .collect();
-        Ok(PmemDevices { devices })
+        Ok(PmemPlan { devices })
     }
 
-    /// Step 4: the memmap policy decides each namespace's info block and writes it only where
-    /// the format rules allow. Every plan is made and applied before the guest runs.
-    pub fn format(&mut self, memory: u64) -> Result<(), PmemError> {
-        // Plan every device before writing to any: a refusal for one device must leave all
-        // backings as they were (and print nothing but the refusal).
-        let plans = self
-            .devices
-            .iter()
-            .map(|d| plan_namespace(d, memory))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (d, plan) in self.devices.iter_mut().zip(plans) {
-            for note in &plan.notes {
-                info!("{}: {note}", d.config.id);
-            }
-            format::apply(&plan, &BackingAccess::new(&d.backing, &d.mapping)).map_err(
-                |source| PmemError::Format {
-                    path: d.config.path.display().to_string(),
-                    source,
-                },
-            )?;
-            info!(
-                "{}: {} ({:?}{}) at guest {:#x}+{:#x}: {}",
-                d.config.id,
-                d.config.path.display(),
-                d.kind,
-                if d.config.readonly { ", read-only" } else { "" },
-                d.window.base,
-                d.window.size,
-                plan.report
-            );
-            d.wrote_info_block = plan.action.bytes().is_some();
-            d.report = plan.report;
+    /// Step 4 without writing: the memmap policy decides every namespace's info block. A
+    /// refusal for one device leaves all backings as they were.
+    pub fn plan(&mut self, memory: u64) -> Result<(), PmemError> {
+        for d in &mut self.devices {
+            let plan = match &d.source {
+                Source::Existing { backing, mapping } => plan_namespace(
+                    &d.config,
+                    d.window,
+                    false,
+                    memory,
+                    &BackingAccess::new(backing, mapping),
+                )?,
+                Source::New { .. } => {
+                    plan_namespace(&d.config, d.window, true, memory, &BlankNamespace)?
+                }
+            };
+            d.plan = Some(plan);
         }
         Ok(())
     }
 
+    /// What each device's bytes are, with its path and whether the guest may write it.
+    pub fn claims(&self) -> impl Iterator<Item = (&std::path::Path, bool, &Extents)> {
+        self.devices
+            .iter()
+            .map(|d| (d.config.path.as_path(), !d.config.readonly, &d.extents))
+    }
+
+    /// The NFIT's view of the devices, in command-line order (NFIT handle = index + 1).
+    pub fn nvdimm_descs(&self) -> Vec<acpi::NvdimmDesc> {
+        nvdimm_descs(self.devices.iter().map(|d| (&d.config, d.window)))
+    }
+
+    /// Creates the new files, maps them and writes every planned info block. On failure every
+    /// file this run created is removed again and every write already made stays as verified
+    /// (the format step restores a block whose write failed).
+    pub fn commit(self) -> Result<PmemDevices, PmemError> {
+        let mut done = PmemDevices::default();
+        let mut rest = self.devices.into_iter();
+        while let Some(d) = rest.next() {
+            match commit_one(d) {
+                Ok(dev) => done.devices.push(dev),
+                Err(e) => {
+                    PmemPlan {
+                        devices: rest.collect(),
+                    }
+                    .abandon();
+                    done.abandon();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Gives up: unmaps and closes everything (nothing was created yet).
+    pub fn abandon(self) {
+        for d in self.devices {
+            if let Source::Existing { backing, mapping } = d.source {
+                drop(mapping);
+                backing.abandon();
+            }
+        }
+    }
+}
+
+fn abandon_sources(sources: Vec<(Extents, Source)>) {
+    for (_, s) in sources {
+        if let Source::Existing { backing, mapping } = s {
+            drop(mapping);
+            backing.abandon();
+        }
+    }
+}
+
+/// What the layout needs of one device: its size and the alignment its data will have in the
+/// guest. That is `align=` when given; otherwise, for a backing that already holds an info
+/// block (which `memmap=auto`, `format=keep` and a matching `format=init` keep), the block's
+/// alignment; and at least a device-dax backing's own alignment, so KVM can map it with pages
+/// of that size.
+fn span(config: &PmemConfig, source: &Source) -> PmemSpan {
+    let (size, host_align, block_align) = match source {
+        Source::New { size } => (*size, 0, 0),
+        Source::Existing { backing, mapping } => {
+            let host_align = match backing.kind() {
+                BackingKind::DevDax { align } => *align,
+                _ => 0,
+            };
+            let mut bytes = vec![0u8; INFO_BLOCK_SIZE];
+            let block_align = if backing.size() >= INFO_BLOCK_OFFSET + INFO_BLOCK_SIZE as u64
+                && BackingAccess::new(backing, mapping)
+                    .read(INFO_BLOCK_OFFSET, &mut bytes)
+                    .is_ok()
+            {
+                InfoBlock::parse(&bytes).map_or(0, |b| b.align())
+            } else {
+                0
+            };
+            (backing.size(), host_align, block_align)
+        }
+    };
+    PmemSpan {
+        size,
+        align: config.align.unwrap_or(block_align).max(host_align),
+    }
+}
+
+/// Either an opened backing or the size of a file to create (while [`PmemPlan::open`] runs).
+enum Either {
+    Existing(Backing),
+    New(u64),
+}
+
+fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
+    let plan = d.plan.expect("PmemPlan::plan ran before commit");
+    let path = || d.config.path.display().to_string();
+    let (backing, mapping) = match d.source {
+        Source::Existing { backing, mapping } => (backing, mapping),
+        Source::New { size } => {
+            let backing = Backing::open(&BackingRequest {
+                path: d.config.path.clone(),
+                size: Some(size),
+                readonly: false,
+            })?;
+            if backing.kind() != &(BackingKind::File { created: true }) {
+                return Err(PmemError::Appeared { path: path() });
+            }
+            match backing.map() {
+                Ok(m) => (backing, Arc::new(m)),
+                Err(e) => {
+                    backing.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    let kind = *backing.kind();
+    for note in &plan.notes {
+        info!("{}: {note}", d.config.id);
+    }
+    if let Err(source) = format::apply(&plan, &BackingAccess::new(&backing, &mapping)) {
+        drop(mapping);
+        backing.abandon();
+        return Err(PmemError::Format {
+            path: path(),
+            source,
+        });
+    }
+    info!(
+        "{}: {} ({:?}{}) at guest {:#x}+{:#x}: {}",
+        d.config.id,
+        d.config.path.display(),
+        kind,
+        if d.config.readonly { ", read-only" } else { "" },
+        d.window.base,
+        d.window.size,
+        plan.report
+    );
+    Ok(PmemDevice {
+        config: d.config,
+        window: d.window,
+        kind,
+        backing,
+        wrote_info_block: plan.action.bytes().is_some(),
+        report: plan.report,
+        mapping,
+    })
+}
+
+fn nvdimm_descs<'a>(
+    devices: impl Iterator<Item = (&'a PmemConfig, PmemWindow)>,
+) -> Vec<acpi::NvdimmDesc> {
+    devices
+        .enumerate()
+        .map(|(i, (config, window))| acpi::NvdimmDesc {
+            base: window.base,
+            size: window.size,
+            proximity_domain: config.numa,
+            readonly: config.readonly,
+            serial_number: i as u32 + 1,
+            flush_hint: Some(FlushHints::address(layout::FLUSH_HINT_BASE, i)),
+        })
+        .collect()
+}
+
+impl PmemDevices {
     /// Gives up before the guest ran: unmaps everything and removes the files this run created.
     pub fn abandon(self) {
         for d in self.devices {
@@ -206,18 +555,7 @@ impl PmemDevices {
 
     /// The NFIT's view of the devices, in command-line order (NFIT handle = index + 1).
     pub fn nvdimm_descs(&self) -> Vec<acpi::NvdimmDesc> {
-        self.devices
-            .iter()
-            .enumerate()
-            .map(|(i, d)| acpi::NvdimmDesc {
-                base: d.window.base,
-                size: d.window.size,
-                proximity_domain: d.config.numa,
-                readonly: d.config.readonly,
-                serial_number: i as u32 + 1,
-                flush_hint: Some(FlushHints::address(layout::FLUSH_HINT_BASE, i)),
-            })
-            .collect()
+        nvdimm_descs(self.devices.iter().map(|d| (&d.config, d.window)))
     }
 
     /// The machine-readable report (`vmm --report`): one object per device, in command-line
@@ -263,7 +601,7 @@ impl PmemDevices {
         let targets = self
             .devices
             .iter()
-            .map(|d| (!d.config.readonly).then(|| d.mapping.clone()))
+            .map(|d| (!d.config.readonly).then(|| d.mapping.clone() as Arc<dyn FlushTarget>))
             .collect();
         let hints = FlushHints::new(targets);
         let mut bus = MmioBus::new();
@@ -274,30 +612,152 @@ impl PmemDevices {
     }
 
     /// Writes every dirty page of file and block-device backings to the host's storage.
-    /// Device-dax needs nothing (see `PmemMapping::flush`). Errors are logged, not returned:
-    /// this runs on the way out and one failing device must not keep the others unflushed.
-    pub fn flush(&self) -> bool {
-        let mut ok = true;
+    /// Device-dax needs nothing (see `PmemMapping::flush`). Runs on the way out: every device is
+    /// flushed even when one fails; each failure is logged and the first is returned.
+    pub fn flush(&self) -> Result<(), FlushError> {
+        let mut first = None;
         for d in &self.devices {
             if d.config.readonly {
                 continue;
             }
-            if let Err(e) = d.mapping.flush() {
-                warn!(
-                    "{}: flushing {} failed: {e}",
-                    d.config.id,
-                    d.config.path.display()
-                );
-                ok = false;
+            if let Err(source) = d.mapping.flush() {
+                let e = FlushError {
+                    id: d.config.id.clone(),
+                    source,
+                };
+                if first.is_none() {
+                    first = Some(e);
+                } else {
+                    warn!("{e}");
+                }
             }
         }
-        ok
+        first.map_or(Ok(()), Err)
     }
+}
+
+/// Flushing a device's backing at exit failed.
+#[derive(Debug, Error)]
+#[error("{id}: flushing the backing at exit failed, so data the guest wrote may not be durable: {source}")]
+pub struct FlushError {
+    pub id: String,
+    pub source: BackingError,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::pmem_option::parse_pmem;
+
+    #[test]
+    fn new_files_are_created_only_by_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.img");
+        let existing = dir.path().join("old.img");
+        std::fs::write(&existing, vec![0u8; 4 << 20]).unwrap();
+        let configs = vec![
+            parse_pmem(&format!("path={},size=8M,memmap=ram", new.display()), 0).unwrap(),
+            parse_pmem(&format!("path={},memmap=none", existing.display()), 1).unwrap(),
+        ];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        assert!(!new.exists(), "planning must not create the file");
+        plan.abandon();
+        assert!(!new.exists());
+
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        let devices = plan.commit().unwrap();
+        assert_eq!(std::fs::metadata(&new).unwrap().len(), 8 << 20);
+        assert!(devices.devices[0].wrote_info_block);
+        assert!(!devices.devices[1].wrote_info_block);
+        devices.abandon();
+        assert!(!new.exists(), "abandon removes what the run created");
+        assert!(existing.exists());
+    }
+
+    #[test]
+    fn a_refused_plan_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.img");
+        let configs = vec![
+            parse_pmem(&format!("path={},size=8M", new.display()), 0).unwrap(),
+            parse_pmem(
+                &format!("path={},size=8M,align=1G", dir.path().join("b").display()),
+                1,
+            )
+            .unwrap(),
+        ];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        let e = plan.plan(512 << 20).unwrap_err();
+        assert!(e.to_string().contains("align=1G"), "{e}");
+        plan.abandon();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn align_1g_devices_get_1g_aligned_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.img");
+        let big = dir.path().join("big.img");
+        let configs = vec![
+            parse_pmem(
+                &format!("path={},size=130M,memmap=none", small.display()),
+                0,
+            )
+            .unwrap(),
+            parse_pmem(
+                &format!(
+                    "path={},size=2G,mode=devdax,memmap=ram,align=1G",
+                    big.display()
+                ),
+                1,
+            )
+            .unwrap(),
+        ];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        let descs = plan.nvdimm_descs();
+        assert_eq!(descs[0].base, 4 << 30);
+        assert_eq!(descs[1].base % (1 << 30), 0, "{:#x}", descs[1].base);
+        assert_eq!(descs[1].base, 5 << 30);
+        plan.abandon();
+    }
+
+    #[test]
+    fn an_existing_1g_block_gets_a_1g_aligned_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.img");
+        let big = dir.path().join("big.img");
+        // Format big.img with a 1 GiB-aligned devdax block in a first run (alone, at 4 GiB).
+        let first = vec![parse_pmem(
+            &format!(
+                "path={},size=2G,mode=devdax,memmap=ram,align=1G",
+                big.display()
+            ),
+            0,
+        )
+        .unwrap()];
+        let mut plan = PmemPlan::open(&first, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        let devices = plan.commit().unwrap();
+        assert!(devices.devices[0].wrote_info_block);
+        drop(devices);
+        // Then after a small device, without align=: the block's alignment places it.
+        let configs = vec![
+            parse_pmem(
+                &format!("path={},size=130M,memmap=none", small.display()),
+                0,
+            )
+            .unwrap(),
+            parse_pmem(&format!("path={},format=keep", big.display()), 1).unwrap(),
+        ];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        assert_eq!(plan.nvdimm_descs()[1].base, 5 << 30);
+        plan.abandon();
+    }
 
     #[test]
     fn phys_limit_from_cpuinfo() {

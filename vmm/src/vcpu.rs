@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use devices::bus::DeviceFault;
 use devices::bus::{MmioBus, PioBus};
+use devices::flush_hint::FlushFailed;
 use devices::lifecycle::{StopReason, StopSignal};
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -26,8 +28,31 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+impl From<DeviceFault> for VcpuFailure {
+    /// A flush hint's fault keeps its type (the monitor names the DIMM and exits with its own
+    /// status); any other device's fault is described.
+    fn from(fault: DeviceFault) -> Self {
+        match fault.0.downcast::<FlushFailed>() {
+            Ok(flush) => VcpuFailure::Flush(*flush),
+            Err(other) => VcpuFailure::Vcpu(format!("device fault: {other}")),
+        }
+    }
+}
+
+/// Why a vCPU stopped the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuFailure {
+    /// A guest flush could not be made durable on the host; the guest's write to the flush
+    /// hint was never completed.
+    #[error(transparent)]
+    Flush(#[from] FlushFailed),
+    /// KVM could not run the vCPU, or the guest did something it cannot recover from.
+    #[error("{0}")]
+    Vcpu(String),
+}
+
 /// The first error a vCPU hit, for the monitor's exit message.
-pub type ErrorSlot = Arc<Mutex<Option<String>>>;
+pub type ErrorSlot = Arc<Mutex<Option<VcpuFailure>>>;
 
 pub struct VcpuThread {
     pub handle: JoinHandle<()>,
@@ -59,9 +84,15 @@ pub fn spawn(
 }
 
 fn fail(stop: &StopSignal, error: &ErrorSlot, message: String) {
+    fail_with(stop, error, VcpuFailure::Vcpu(message));
+}
+
+/// Records the first failure and stops the guest; the calling vCPU leaves its loop without
+/// entering the guest again.
+fn fail_with(stop: &StopSignal, error: &ErrorSlot, failure: VcpuFailure) {
     let mut slot = error.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
-        *slot = Some(message);
+        *slot = Some(failure);
     }
     drop(slot);
     stop.request(StopReason::Error);
@@ -87,12 +118,18 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                             unknown_mmio_logged = true;
                         }
                     }
-                    VcpuExit::MmioWrite(addr, data) => {
-                        if !bus.mmio.write(addr, data) && !unknown_mmio_logged {
-                            debug!("vCPU {id}: write to unmapped MMIO {addr:#x}");
-                            unknown_mmio_logged = true;
+                    VcpuExit::MmioWrite(addr, data) => match bus.mmio.write(addr, data) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if !unknown_mmio_logged {
+                                debug!("vCPU {id}: write to unmapped MMIO {addr:#x}");
+                                unknown_mmio_logged = true;
+                            }
                         }
-                    }
+                        // The vCPU never re-enters the guest, so the guest's write (a flush
+                        // and the fsync waiting on it) never completes.
+                        Err(fault) => fail_with(stop, error, VcpuFailure::from(fault)),
+                    },
                     VcpuExit::Shutdown => {
                         debug!("vCPU {id}: shutdown exit (triple fault)");
                         stop.request(StopReason::TripleFault);

@@ -51,18 +51,30 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM and its vCPUs; the boot vCPU starts at `entry`.
-    pub fn create(
-        mem: &GuestMemoryMmap,
-        cpus: u32,
-        entry: Entry,
-        pmem: &PmemDevices,
-    ) -> Result<Vm, VmError> {
+    /// Opens /dev/kvm and checks what only KVM can answer about the configuration: that it
+    /// takes `cpus` vCPUs, and read-only memory slots when a device is `readonly=on`. Run before
+    /// anything is written, so these refusals leave every backing as it was.
+    pub fn probe(cpus: u32, readonly_slots: bool) -> Result<Kvm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus();
         if cpus as usize > max {
             return Err(VmError::TooManyCpus { wanted: cpus, max });
         }
+        if readonly_slots && !kvm.check_extension(Cap::ReadonlyMem) {
+            return Err(VmError::NoReadonlySlots);
+        }
+        Ok(kvm)
+    }
+
+    /// Creates the VM and its vCPUs on a KVM handle from [`Vm::probe`]; the boot vCPU starts at
+    /// `entry`.
+    pub fn create(
+        kvm: &Kvm,
+        mem: &GuestMemoryMmap,
+        cpus: u32,
+        entry: Entry,
+        pmem: &PmemDevices,
+    ) -> Result<Vm, VmError> {
         // Declared before `fd`: locals drop in reverse order, so on an error return the VM (and
         // its slots) goes before the mappings it points into.
         let mut pmem_mappings: Vec<Arc<PmemMapping>> = Vec::with_capacity(pmem.devices.len());
@@ -97,11 +109,7 @@ impl Vm {
         }
 
         let first_pmem_slot = mem.num_regions() as u32;
-        let readonly_ok = kvm.check_extension(Cap::ReadonlyMem);
         for (i, dev) in pmem.devices.iter().enumerate() {
-            if dev.config.readonly && !readonly_ok {
-                return Err(VmError::NoReadonlySlots);
-            }
             let desc = kvm_userspace_memory_region {
                 slot: first_pmem_slot + i as u32,
                 flags: if dev.config.readonly {
