@@ -1,18 +1,30 @@
 #!/usr/bin/env python3
-"""Prints per-binary and per-test wall times from cargo-nextest's JUnit report.
+"""Prints per-binary and per-test wall times from cargo-nextest's JUnit reports.
 
-Usage: scripts/test-times.py target/nextest/ci/junit.xml
+Usage: scripts/test-times.py target/nextest/ci/junit.xml [more reports...] (missing ones skipped)
 A test binary's figure is the sum of its tests' times (nextest runs tests of one binary in
 parallel, so the wall time of the whole run is the better total; it is printed last).
 """
+import os
 import sys
 import xml.etree.ElementTree as ET
 
 
-def main(path: str) -> int:
-    root = ET.parse(path).getroot()
+def main(paths: list) -> int:
     binaries = []
     tests = []
+    wall = 0.0
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        root = ET.parse(path).getroot()
+        wall += float(root.get("time") or 0)
+        read_suites(root, binaries, tests)
+    report(binaries, tests, wall)
+    return 0
+
+
+def read_suites(root, binaries, tests):
     for suite in root.iter("testsuite"):
         name = suite.get("name", "?")
         total = 0.0
@@ -24,18 +36,22 @@ def main(path: str) -> int:
             total += t
             count += 1
         binaries.append((total, name, count))
+
+
+def report(binaries, tests, wall):
+    merged = {}
+    for total, name, count in binaries:
+        t, c = merged.get(name, (0.0, 0))
+        merged[name] = (t + total, c + count)
     print("\n== test wall times per binary (sum of its tests) ==")
-    for total, name, count in sorted(binaries, reverse=True):
+    for total, name, count in sorted(((t, n, c) for n, (t, c) in merged.items()), reverse=True):
         print(f"{total:9.1f} s  {count:4d} tests  {name}")
     print("\n== slowest tests ==")
     for t, suite, case, failed in sorted(tests, reverse=True)[:40]:
         mark = "  FAILED" if failed else ""
         print(f"{t:9.1f} s  {suite} {case}{mark}")
-    wall = root.get("time")
-    if wall:
-        print(f"\nwhole run: {float(wall):.1f} s for {len(tests)} tests")
-    return 0
+    print(f"\nnextest runs: {wall:.1f} s for {len(tests)} tests")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

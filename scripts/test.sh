@@ -26,14 +26,17 @@ export PMEMVMM_VMM
 
 rc=0
 if cargo nextest --version >/dev/null 2>&1; then
-    phase "running tests (cargo nextest)"
-    cargo nextest run --workspace --release --profile ci "$@" || rc=$?
+    rm -f target/nextest/ci/junit.xml target/nextest/ci-long/junit.xml
+    # The long matrices run second, so every quick result is in before them.
+    for profile in ci ci-long; do
+        phase "running tests (cargo nextest, profile $profile)"
+        cargo nextest run --workspace --release --profile "$profile" "$@" || rc=$?
+    done
     # nextest does not run doctests.
+    phase "running doctests"
     cargo test --workspace --release --doc || rc=$?
-    junit=target/nextest/ci/junit.xml
-    if [[ -f $junit ]]; then
-        python3 scripts/test-times.py "$junit" || true
-    fi
+    python3 scripts/test-times.py target/nextest/ci/junit.xml target/nextest/ci-long/junit.xml \
+        || true
 else
     phase "running tests (cargo test; install cargo-nextest for per-test times)"
     cargo test --workspace --release --no-fail-fast -- "$@" || rc=$?
