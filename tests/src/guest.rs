@@ -352,9 +352,154 @@ pub fn boot_guest(opts: &GuestOpts) -> Result<GuestRun> {
     })
 }
 
+/// Prefix of every line guest `i`'s host script prints in a shared host: `@@G<i>@@ `.
+fn guest_tag(i: usize) -> String {
+    format!("@@G{i}@@ ")
+}
+
+/// `@@GUEST-DONE <i> <rc>@@`: guest `i`'s host script finished with `rc`.
+pub const GUEST_DONE: &str = "GUEST-DONE";
+
+/// The host script for [`boot_guests`]: every guest's [`GuestOpts::host_script`] in its own
+/// subshell and `$WORK/g<i>` directory, each output line tagged with [`guest_tag`] so the
+/// console stays live (the testbed's stall and silence watchdogs read it) while the guests run,
+/// all at once when `parallel`, else one after another.
+pub fn shared_host_script(guests: &[GuestOpts], parallel: bool) -> Result<String> {
+    let mut s = String::from("top=\"$WORK\"\n");
+    for (i, g) in guests.iter().enumerate() {
+        let tag = guest_tag(i);
+        s.push_str(&format!(
+            "{{ mkdir -p \"$top/g{i}\" && cd \"$top/g{i}\" && WORK=\"$top/g{i}\" && export WORK && \
+             ( {body} ) 2>&1; echo \"@@{GUEST_DONE} {i} $?@@\"; }} </dev/null | sed 's/^/{tag}/'{bg}\n",
+            body = g.host_script()?.trim_end().replace('\n', "\n  "),
+            bg = if parallel { " &" } else { "" },
+        ));
+    }
+    if parallel {
+        s.push_str("wait\n");
+    }
+    s.push_str("exit 0\n");
+    Ok(s)
+}
+
+/// Guest `i`'s lines of a shared host's output, untagged.
+fn guest_output(output: &str, i: usize) -> String {
+    let tag = guest_tag(i);
+    output
+        .lines()
+        .filter_map(|l| l.find(&tag).map(|p| &l[p + tag.len()..]))
+        .fold(String::new(), |mut out, l| {
+            out.push_str(l);
+            out.push('\n');
+            out
+        })
+}
+
+/// Boots several guests in one host run (one L1 boot in nested mode instead of one per guest),
+/// all at once when `parallel` (each guest should then fit the host: L1 has `host.cpus` vCPUs
+/// and `host.memory_mib` of RAM). Each guest's `host` options are ignored: `host` is the one
+/// host. Returns one [`GuestRun`] per guest, in order; each `GuestRun::host` carries that guest's
+/// own output. Errors as [`boot_guest`] does, for the host or for any guest whose vmm did not
+/// run to completion.
+pub fn boot_guests(host: &HostOpts, guests: &[GuestOpts], parallel: bool) -> Result<Vec<GuestRun>> {
+    if guests.iter().any(|g| g.kernel == KernelImage::Vmlinux)
+        && artifacts::kernel()?.vmlinux.is_none()
+    {
+        return Err(Error::setup(
+            "this test boots vmlinux but none is known (set PMEMVMM_VMLINUX)",
+        ));
+    }
+    let script = shared_host_script(guests, parallel)?;
+    let mut host_opts = host.clone();
+    host_opts.guest_artifacts = true;
+    let run = run_on_kvm_host(&script, &host_opts)?;
+    run.expect_success()?;
+    guests
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let output = guest_output(&run.output, i);
+            let rc: Option<i32> = crate::markers::marker_values(&output, GUEST_DONE)
+                .last()
+                .and_then(|v| v.split_whitespace().nth(1)?.parse().ok());
+            let own = HostRun {
+                output,
+                rc: rc.unwrap_or(-1),
+                ..run.clone()
+            };
+            let report = parse_guest_report(&own.output);
+            let Some(vmm_exit) = report.vmm_exit else {
+                return Err(own.error(format!(
+                    "guest {i}: the vmm did not run to completion (its host script exited {})",
+                    own.rc
+                )));
+            };
+            if !g.after.trim().is_empty() && own.rc != 0 {
+                return Err(own.error(format!(
+                    "guest {i}: host commands after the vmm exited {} (vmm exited {vmm_exit})",
+                    own.rc
+                )));
+            }
+            Ok(GuestRun {
+                vmm_exit,
+                report,
+                host: own,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two guests in one shared host script, run by sh with a fake vmm, in both modes: each
+    /// guest's output comes back untagged and whole, with its own exit status.
+    #[test]
+    fn shared_host_script_separates_the_guests() {
+        let dir = crate::scratch::ScratchDir::new("shared").unwrap();
+        let fake = dir.path().join("vmm");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"vmm $*\"\necho @@GUEST-INIT@@\nexit 3\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let guests = [
+            GuestOpts::default().with_command("one").with_before("pwd"),
+            GuestOpts::default()
+                .with_cpus(2)
+                .with_command("two")
+                .with_after("echo after; exit 4"),
+        ];
+        for parallel in [false, true] {
+            let script = shared_host_script(&guests, parallel).unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .env("VMM", &fake)
+                .env("WORK", dir.path())
+                .env("KERNEL", "k")
+                .env("INITRAMFS", "i")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let g0 = guest_output(&text, 0);
+            let g1 = guest_output(&text, 1);
+            assert!(
+                g0.contains(&format!("{}/g0\n", dir.path().display())),
+                "{g0}"
+            );
+            assert!(g0.contains("\"one\""), "{g0}");
+            assert!(!g0.contains("\"two\""), "{g0}");
+            assert_eq!(parse_guest_report(&g0).vmm_exit, Some(3), "{g0}");
+            assert!(g1.contains("--cpus 2") && g1.contains("after"), "{g1}");
+            assert!(g1.contains("@@GUEST-DONE 1 4@@"), "{g1}");
+            assert!(g0.contains("@@GUEST-DONE 0 0@@"), "{g0}");
+            assert!(parse_guest_report(&g1).init_seen, "{g1}");
+        }
+    }
 
     #[test]
     fn cmdline_with_command() {

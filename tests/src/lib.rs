@@ -29,7 +29,9 @@ pub mod slots;
 
 pub use artifacts::{initramfs, kernel, vmm, InitramfsSpec, Kernel};
 pub use error::{Error, Result};
-pub use guest::{boot_guest, parse_guest_report, GuestOpts, GuestReport, GuestRun, KernelImage};
+pub use guest::{
+    boot_guest, boot_guests, parse_guest_report, GuestOpts, GuestReport, GuestRun, KernelImage,
+};
 pub use host::{run_on_kvm_host, HostOpts, HostRun};
 pub use markers::{host_section, marker_values, parse_iomem, tail_lines, HostSection, IomemEntry};
 pub use mode::{mode, Mode};

@@ -3,38 +3,96 @@
 //!
 //! Exit-status contract of the vmm: 0 guest powered off, 3 guest reboot, 4 triple fault.
 //! These need KVM (direct) or QEMU (nested) and fail, never skip, when neither is available.
+//! All shapes share one host and boot at once (`boot_guests`): one L1 boot instead of nine.
 
 use testbed::markers::{parse_iomem, system_ram_overlapping};
-use testbed::{boot_guest, GuestOpts, GuestRun, KernelImage, Result};
+use testbed::{boot_guests, Error, GuestOpts, GuestRun, HostOpts, KernelImage, Result};
 
 /// The 32-bit MMIO hole that must hold no guest RAM.
 const HOLE: (u64, u64) = (0xC000_0000, 0xFFFF_FFFF);
 
-fn boot(opts: GuestOpts) -> Result<GuestRun> {
-    let run = boot_guest(&opts)?;
-    eprintln!(
-        "{} host: run {:.2?}, host ready {:?}, vmm {:?}, vmm exit {}",
-        run.host.mode, run.host.duration, run.host.host_ready, run.report.vmm_time, run.vmm_exit
-    );
-    Ok(run)
+/// One guest shape of this file and what its run must show.
+struct Case {
+    name: &'static str,
+    opts: GuestOpts,
+    check: fn(&GuestRun) -> Result<()>,
 }
 
-fn expect_cpus(cpus: u32) -> Result<()> {
-    let run = boot(GuestOpts::default().with_cpus(cpus).with_command("true"))?;
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "1 vCPU",
+            opts: GuestOpts::default().with_cpus(1).with_command("true"),
+            check: |run| expect_cpus(run, 1),
+        },
+        Case {
+            name: "4 vCPUs",
+            opts: GuestOpts::default().with_cpus(4).with_command("true"),
+            check: |run| expect_cpus(run, 4),
+        },
+        Case {
+            name: "256 MiB",
+            opts: GuestOpts::default()
+                .with_memory("256M")
+                .with_command("cat /proc/iomem"),
+            check: |run| expect_memory(run, 256),
+        },
+        Case {
+            name: "3.5 GiB skips the 32-bit hole",
+            opts: GuestOpts::default()
+                .with_memory("3584M")
+                .with_command("cat /proc/iomem"),
+            check: |run| expect_memory(run, 3584),
+        },
+        Case {
+            name: "bzImage",
+            opts: GuestOpts::default()
+                .with_kernel(KernelImage::BzImage)
+                .with_command("true"),
+            check: |run| run.expect_success().map(drop),
+        },
+        Case {
+            name: "vmlinux (PVH)",
+            opts: GuestOpts::default()
+                .with_kernel(KernelImage::Vmlinux)
+                .with_command("true"),
+            check: |run| run.expect_success().map(drop),
+        },
+        Case {
+            name: "guest poweroff exits 0",
+            opts: GuestOpts::default().with_command("poweroff -f"),
+            check: |run| {
+                run.expect_booted()?;
+                run.expect_vmm_exit(0).map(drop)
+            },
+        },
+        Case {
+            name: "guest reboot exits 3",
+            opts: GuestOpts::default().with_command("reboot -f"),
+            check: |run| {
+                run.expect_booted()?;
+                run.expect_vmm_exit(3).map(drop)
+            },
+        },
+        // `reboot=t` makes Linux reboot by triple fault (empty IDT, then an interrupt).
+        Case {
+            name: "guest triple fault exits 4",
+            opts: GuestOpts::default()
+                .with_kernel_param("reboot=t")
+                .with_command("reboot -f"),
+            check: |run| {
+                run.expect_booted()?;
+                run.expect_vmm_exit(4).map(drop)
+            },
+        },
+    ]
+}
+
+fn expect_cpus(run: &GuestRun, cpus: u32) -> Result<()> {
     run.expect_success()?;
     run.check(run.report.cpus == Some(cpus), || {
         format!("guest saw {:?} CPUs, expected {cpus}", run.report.cpus)
     })
-}
-
-#[test]
-fn boots_to_init_with_1_vcpu() -> Result<()> {
-    expect_cpus(1)
-}
-
-#[test]
-fn boots_to_init_with_4_vcpus() -> Result<()> {
-    expect_cpus(4)
 }
 
 /// The guest gets the RAM it asked for, and none of it in the 32-bit hole.
@@ -44,12 +102,7 @@ fn boots_to_init_with_4_vcpus() -> Result<()> {
 /// the kernel reserves for itself) is within 5% of it — except that at 256 MiB this kernel's
 /// own image, page tables and struct pages already take ~20 MiB (7.5%; `Memory: ...
 /// reserved` in dmesg), so small guests get a fixed 24 MiB allowance instead.
-fn expect_memory(memory: &str, mib: u64) -> Result<()> {
-    let run = boot(
-        GuestOpts::default()
-            .with_memory(memory)
-            .with_command("cat /proc/iomem"),
-    )?;
+fn expect_memory(run: &GuestRun, mib: u64) -> Result<()> {
     run.expect_success()?;
     let requested_kb = mib * 1024;
     let memtotal = run.report.memtotal_kb.unwrap_or(0);
@@ -82,58 +135,31 @@ fn expect_memory(memory: &str, mib: u64) -> Result<()> {
     Ok(())
 }
 
+/// Every shape above, booted at once in one host (one nested L1 boot for nine guests). Each
+/// shape is checked; the test fails listing every shape that failed, each with its console tail.
 #[test]
-fn memory_256_mib() -> Result<()> {
-    expect_memory("256M", 256)
-}
-
-#[test]
-fn memory_3_5_gib_skips_the_32_bit_hole() -> Result<()> {
-    expect_memory("3584M", 3584)
-}
-
-#[test]
-fn boots_bzimage() -> Result<()> {
-    let run = boot(
-        GuestOpts::default()
-            .with_kernel(KernelImage::BzImage)
-            .with_command("true"),
-    )?;
-    run.expect_success().map(drop)
-}
-
-#[test]
-fn boots_vmlinux() -> Result<()> {
-    let run = boot(
-        GuestOpts::default()
-            .with_kernel(KernelImage::Vmlinux)
-            .with_command("true"),
-    )?;
-    run.expect_success().map(drop)
-}
-
-#[test]
-fn guest_poweroff_exits_0() -> Result<()> {
-    let run = boot(GuestOpts::default().with_command("poweroff -f"))?;
-    run.expect_booted()?;
-    run.expect_vmm_exit(0).map(drop)
-}
-
-#[test]
-fn guest_reboot_exits_3() -> Result<()> {
-    let run = boot(GuestOpts::default().with_command("reboot -f"))?;
-    run.expect_booted()?;
-    run.expect_vmm_exit(3).map(drop)
-}
-
-/// `reboot=t` makes Linux reboot by triple fault (empty IDT, then an interrupt).
-#[test]
-fn guest_triple_fault_exits_4() -> Result<()> {
-    let run = boot(
-        GuestOpts::default()
-            .with_kernel_param("reboot=t")
-            .with_command("reboot -f"),
-    )?;
-    run.expect_booted()?;
-    run.expect_vmm_exit(4).map(drop)
+fn every_boot_shape_in_one_shared_host() -> Result<()> {
+    let cases = cases();
+    let opts: Vec<GuestOpts> = cases.iter().map(|c| c.opts.clone()).collect();
+    // Room for all nine at once: 3.5 GiB + 8 x 256 MiB of guests plus L1's own needs.
+    let host = HostOpts::default().with_memory_mib(8192);
+    let runs = boot_guests(&host, &opts, true)?;
+    let mut failed = Vec::new();
+    for (case, run) in cases.iter().zip(&runs) {
+        eprintln!(
+            "{}: vmm {:?}, vmm exit {}",
+            case.name, run.report.vmm_time, run.vmm_exit
+        );
+        if let Err(e) = (case.check)(run) {
+            failed.push(format!("{}: {e}", case.name));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Guest {
+            msg: format!("{} of {} boot shapes failed", failed.len(), cases.len()),
+            tail: failed.join("\n\n"),
+        })
+    }
 }
