@@ -137,3 +137,29 @@ fn guest_triple_fault_exits_4() -> Result<()> {
     run.expect_booted()?;
     run.expect_vmm_exit(4).map(drop)
 }
+
+/// A stock boot, with `quiet` dropped from the kernel command line so every kernel message
+/// reaches the console, prints no warning, bug or fatal line (the CPUID the vmm gives must be
+/// consistent, e.g. leaf 0xD's XSAVE sizes, and PCI config access must be found).
+#[test]
+fn loud_boot_prints_no_warning_bug_or_fatal_line() -> Result<()> {
+    let mut opts = GuestOpts::default().with_cpus(2).with_command("true");
+    opts.kernel_params.retain(|p| p != "quiet");
+    let run = boot(opts)?;
+    run.expect_success()?;
+    let console = run.console();
+    run.check(console.contains("Linux version"), || {
+        "the console holds no kernel messages: was `quiet` dropped?".into()
+    })?;
+    let bad: Vec<&str> = console
+        .lines()
+        .filter(|l| {
+            ["WARNING", "BUG", "Fatal", "XSAVE consistency"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    run.check(bad.is_empty(), || {
+        format!("the guest printed warnings:\n{}", bad.join("\n"))
+    })
+}

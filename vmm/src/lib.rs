@@ -243,6 +243,19 @@ fn run_with_pmem(
         Arc::new(Mutex::new(I8042::new(stop.clone()))),
     )
     .map_err(bus_err)?;
+    let pci = devices::pci::PciConfigIo::new();
+    bus.insert(
+        devices::pci::CONFIG_ADDRESS_PORT,
+        1,
+        Arc::new(Mutex::new(pci.address_port())),
+    )
+    .map_err(bus_err)?;
+    bus.insert(
+        devices::pci::CONFIG_DATA_PORT,
+        devices::pci::CONFIG_DATA_LEN,
+        Arc::new(Mutex::new(pci.data_port())),
+    )
+    .map_err(bus_err)?;
     let bus = Arc::new(vcpu::Devices {
         pio: bus,
         mmio: pmem.mmio_bus().map_err(bus_err)?,
