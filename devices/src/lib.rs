@@ -1,6 +1,6 @@
 //! Device models for the monitor. None of them sees a KVM file descriptor: the vCPU threads
-//! dispatch guest accesses to them through the buses in [`bus`] (port I/O for COM1, the i8042
-//! and the ACPI sleep/reset ports; MMIO for the NFIT flush hints), and they report guest
+//! dispatch guest accesses to them through the buses in [`bus`] (port I/O for COM1, the i8042,
+//! the ACPI sleep/reset ports and an empty PCI bus's configuration ports; MMIO for the NFIT flush hints), and they report guest
 //! requests (power off, reset) through [`lifecycle`]. [`pmem`] is the host side of persistent
 //! memory: backings, their mappings, the info block and the memmap policy.
 
@@ -8,6 +8,7 @@ pub mod bus;
 pub mod flush_hint;
 pub mod i8042;
 pub mod lifecycle;
+pub mod pci;
 pub mod pmem;
 pub mod power;
 pub mod serial;

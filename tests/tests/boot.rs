@@ -3,7 +3,7 @@
 //!
 //! Exit-status contract of the vmm: 0 guest powered off, 3 guest reboot, 4 triple fault.
 //! These need KVM (direct) or QEMU (nested) and fail, never skip, when neither is available.
-//! All shapes share one host and boot at once (`boot_guests`): one L1 boot instead of nine.
+//! All shapes share one host and boot at once (`boot_guests`): one L1 boot instead of ten.
 
 use testbed::markers::{parse_iomem, system_ram_overlapping};
 use testbed::{boot_guests, Error, GuestOpts, GuestRun, HostOpts, KernelImage, Result};
@@ -74,6 +74,11 @@ fn cases() -> Vec<Case> {
                 run.expect_vmm_exit(3).map(drop)
             },
         },
+        Case {
+            name: "loud boot prints no WARNING, BUG or Fatal line",
+            opts: loud_boot(),
+            check: expect_no_warning_bug_or_fatal_line,
+        },
         // `reboot=t` makes Linux reboot by triple fault (empty IDT, then an interrupt).
         Case {
             name: "guest triple fault exits 4",
@@ -135,13 +140,13 @@ fn expect_memory(run: &GuestRun, mib: u64) -> Result<()> {
     Ok(())
 }
 
-/// Every shape above, booted at once in one host (one nested L1 boot for nine guests). Each
+/// Every shape above, booted at once in one host (one nested L1 boot for all guests). Each
 /// shape is checked; the test fails listing every shape that failed, each with its console tail.
 #[test]
 fn every_boot_shape_in_one_shared_host() -> Result<()> {
     let cases = cases();
     let opts: Vec<GuestOpts> = cases.iter().map(|c| c.opts.clone()).collect();
-    // Room for all nine at once: 3.5 GiB + 8 x 256 MiB of guests plus L1's own needs.
+    // Room for all at once: 3.5 GiB + 9 x 256 MiB of guests plus L1's own needs.
     let host = HostOpts::default().with_memory_mib(8192);
     let runs = boot_guests(&host, &opts, true)?;
     let mut failed = Vec::new();
@@ -162,4 +167,32 @@ fn every_boot_shape_in_one_shared_host() -> Result<()> {
             tail: failed.join("\n\n"),
         })
     }
+}
+
+/// A stock boot, with `quiet` dropped from the kernel command line so every kernel message
+/// reaches the console, prints no warning, bug or fatal line (the CPUID the vmm gives must be
+/// consistent, e.g. leaf 0xD's XSAVE sizes, and PCI config access must be found).
+fn loud_boot() -> GuestOpts {
+    let mut opts = GuestOpts::default().with_cpus(2).with_command("true");
+    opts.kernel_params.retain(|p| p != "quiet");
+    opts
+}
+
+fn expect_no_warning_bug_or_fatal_line(run: &GuestRun) -> Result<()> {
+    run.expect_success()?;
+    let console = run.console();
+    run.check(console.contains("Linux version"), || {
+        "the console holds no kernel messages: was `quiet` dropped?".into()
+    })?;
+    let bad: Vec<&str> = console
+        .lines()
+        .filter(|l| {
+            ["WARNING", "BUG", "Fatal", "XSAVE consistency"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    run.check(bad.is_empty(), || {
+        format!("the guest printed warnings:\n{}", bad.join("\n"))
+    })
 }

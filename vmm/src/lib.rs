@@ -421,6 +421,17 @@ fn run_with_pmem(
         5,
         Arc::new(Mutex::new(I8042::new(stop.clone()))),
     )?;
+    let pci = devices::pci::PciConfigIo::new();
+    bus.insert(
+        devices::pci::CONFIG_ADDRESS_PORT,
+        1,
+        Arc::new(Mutex::new(pci.address_port())),
+    )?;
+    bus.insert(
+        devices::pci::CONFIG_DATA_PORT,
+        devices::pci::CONFIG_DATA_LEN,
+        Arc::new(Mutex::new(pci.data_port())),
+    )?;
     let bus = Arc::new(vcpu::Devices {
         pio: bus,
         mmio: pmem.mmio_bus()?,

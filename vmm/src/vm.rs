@@ -134,12 +134,25 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported CPUID"))?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let get_tsc_khz = kvm.check_extension(Cap::GetTscKhz);
         let mut vcpus = Vec::with_capacity(cpus as usize);
         for id in 0..cpus {
             let vcpu = fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("create vCPU"))?;
-            let cpuid = cpu::guest_cpuid(&supported, id, cpus, tsc_deadline);
+            // Every vCPU gets the TSC rate KVM set for the VM; 0 means unknown.
+            let tsc_khz = if get_tsc_khz {
+                vcpu.get_tsc_khz().ok().filter(|&khz| khz != 0)
+            } else {
+                None
+            };
+            let params = cpu::CpuidParams {
+                id,
+                count: cpus,
+                tsc_deadline,
+                tsc_khz,
+            };
+            let cpuid = cpu::guest_cpuid(&supported, &params);
             cpu::configure_vcpu(&vcpu, id, &cpuid)?;
             vcpus.push(vcpu);
         }
