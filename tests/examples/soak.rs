@@ -163,6 +163,7 @@ fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
          \"machine-config\": {{ \"vcpu_count\": 1, \"mem_size_mib\": 256 }}, \"drives\": [] }}\n\
          EOF\n\
          echo \"@@SOAK-L1 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)@@\"\n\
+         dmesg | grep -i -E 'tsc|kvm:|clocksource' | sed 's/^/L1 dmesg: /'\n\
          {RUN_ONE}\
          i=0\n\
          while [ $i -lt {} ]; do\n",

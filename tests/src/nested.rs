@@ -28,18 +28,93 @@ pub const SHARE_TAG: &str = "hostshare";
 
 /// The L1 kernel command line: serial console, silent kernel (so the console holds only the
 /// script's output), reboot (QEMU exits: `-no-reboot`) on panic, no CPU-bug mitigations since
-/// every barrier is expensive under TCG.
-pub fn l1_cmdline(extra: &[String]) -> String {
-    let mut words = vec![
+/// every barrier is expensive under TCG, and `tsc_early_khz` set to this machine's TSC rate
+/// (see [`host_tsc_khz`] for why).
+pub fn l1_cmdline(extra: &[String], tsc_khz: Option<u64>) -> String {
+    let mut words: Vec<String> = [
         "console=ttyS0",
         "quiet",
         "loglevel=1",
         "panic=-1",
         "mitigations=off",
         "rdinit=/init",
-    ];
-    words.extend(extra.iter().map(String::as_str));
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(khz) = tsc_khz {
+        words.push(format!("tsc_early_khz={khz}"));
+    }
+    words.extend(extra.iter().cloned());
     words.join(" ")
+}
+
+/// This machine's TSC rate in kHz, measured once per process against `CLOCK_MONOTONIC_RAW`
+/// (median of three 100 ms windows, each end a clock read between two TSC reads a few
+/// microseconds apart: tens of ppm at worst). `None` off x86_64.
+///
+/// Why L1 needs it (the nested timer stall, `tests/README.md`): QEMU TCG gives L1 a TSC that
+/// runs at this machine's rate but no invariant-TSC bit, so L1's KVM records the TSC rate it
+/// will give every VM (`max_tsc_khz`) at KVM init, from the early PIT calibration, before the
+/// refined calibration runs. Under TCG that early figure can be off by more than KVM's 250 ppm
+/// tolerance; when it is *below* the refined rate, `kvm_set_tsc_khz()` fails for every vCPU
+/// ("kvm: user requested TSC rate below hardware speed": no TSC scaling under TCG) and leaves
+/// the vCPU's TSC scaling ratio at 0, so KVM reads the guest's TSC as frozen and arms each
+/// TSC-deadline timer about "L1's TSC value" nanoseconds late: guest timers fire after 10 s,
+/// 20 s, 40 s... and the guest stalls. Telling L1 the exact rate up front makes the early and
+/// refined figures agree.
+pub fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(measure_tsc_khz)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_tsc_khz() -> Option<u64> {
+    fn now_ns() -> Option<u128> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_RAW, &mut ts) };
+        (rc == 0).then(|| ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128)
+    }
+    fn rdtsc() -> u64 {
+        // SAFETY: RDTSC has no memory effects; every x86_64 CPU has it.
+        unsafe { std::arch::x86_64::_rdtsc() }
+    }
+    // A (clock, TSC) pair read close together: retried when something (preemption) came
+    // between the two TSC reads around the clock read.
+    let pair = || -> Option<(u128, u64)> {
+        for _ in 0..100 {
+            let before = rdtsc();
+            let t = now_ns()?;
+            let after = rdtsc();
+            if after.wrapping_sub(before) < 20_000 {
+                return Some((t, before / 2 + after / 2));
+            }
+        }
+        None
+    };
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let (t0, c0) = pair()?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (t1, c1) = pair()?;
+        let ns = t1.checked_sub(t0)?;
+        if ns == 0 {
+            return None;
+        }
+        samples.push((u128::from(c1.wrapping_sub(c0)) * 1_000_000 / ns) as u64);
+    }
+    samples.sort_unstable();
+    let khz = samples[1];
+    // Anything outside 100 MHz..10 GHz is not a TSC rate worth telling L1.
+    (100_000..10_000_000).contains(&khz).then_some(khz)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_tsc_khz() -> Option<u64> {
+    None
 }
 
 /// The L1 `/init`. `share` says whether to mount the 9p share; `wait_for` lists device nodes
@@ -77,6 +152,9 @@ cd /work
 echo @@HOST-BEGIN@@
 sh /testbed/script.sh </dev/null 2>&1
 echo "@@HOST-END $?@@"
+# The trigger of the nested timer stall (see host_tsc_khz): say so if it happened anyway.
+dmesg | grep -E "TSC rate below hardware speed|Marking TSC unstable|clocksource: Marking" \
+    | sed 's/^/testbed: L1 kernel: /'
 sync
 # Let the UART drain before the power goes: poweroff does not wait for the tty.
 sleep 0.3
@@ -314,7 +392,7 @@ pub(crate) fn command(
         .arg(&kernel.bzimage)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", &l1_cmdline(&opts.l1_cmdline)]);
+        .args(["-append", &l1_cmdline(&opts.l1_cmdline, host_tsc_khz())]);
     if let Some(share) = &opts.share {
         let share = share
             .canonicalize()
@@ -385,6 +463,24 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
+    }
+
+    #[test]
+    fn l1_gets_the_tsc_rate() {
+        let line = l1_cmdline(&["x=1".into()], Some(2_596_140));
+        assert!(line.contains(" tsc_early_khz=2596140 "), "{line}");
+        assert!(line.ends_with(" x=1"), "{line}");
+        assert!(!l1_cmdline(&[], None).contains("tsc_early_khz"));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_tsc_rate_measures_consistently() {
+        let a = measure_tsc_khz().expect("an x86_64 TSC rate");
+        let b = measure_tsc_khz().expect("an x86_64 TSC rate");
+        // Well inside KVM's 250 ppm tolerance, which is what L1 needs.
+        let ppm = a.abs_diff(b) * 1_000_000 / a;
+        assert!(ppm < 100, "{a} vs {b} kHz: {ppm} ppm apart");
     }
 
     #[test]
