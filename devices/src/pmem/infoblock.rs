@@ -817,6 +817,14 @@ fn decode(bytes: &[u8], ns: Option<&Namespace>) -> Result<InfoBlock, InfoBlockEr
 
     // An io namespace's capacity is its resource size (nvdimm_namespace_capacity()).
     let (start, size) = (ns.phys_addr, ns.size);
+    // A resource that wraps the address space cannot exist; refusing it here keeps the
+    // arithmetic below and in `layout()` in range (the fuzz target found `layout()` overflowing).
+    if start.checked_add(size).is_none() {
+        return Err(E::AddressOverflow {
+            phys_addr: start,
+            size,
+        });
+    }
     if eff_align > size {
         return Err(E::AlignExceedsCapacity {
             align: eff_align,

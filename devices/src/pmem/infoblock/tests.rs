@@ -146,6 +146,21 @@ fn put16(b: &mut [u8; INFO_BLOCK_SIZE], at: usize, v: u16) {
     resum(b);
 }
 
+/// A namespace whose end wraps the address space is refused, not overflowed (found by the
+/// `infoblock` fuzz target: `layout()` added past u64::MAX).
+#[test]
+fn wrapping_namespace_is_refused() {
+    let bytes = block_bytes(InfoMode::Fsdax, MemmapLocation::Ram, 2 * MIB, device_a());
+    let block = InfoBlock::parse(&bytes).unwrap();
+    let wraps = Namespace::io(u64::MAX - GIB + 1, 2 * GIB);
+    assert!(matches!(
+        block.validate_for(&wraps),
+        Err(InfoBlockError::AddressOverflow { .. })
+    ));
+    assert!(block.layout(&wraps).is_err());
+    assert!(InfoBlock::parse_for(&bytes, &wraps).is_err());
+}
+
 /// Device A of the worked examples: 1 GiB at 5 GiB, io namespace.
 fn device_a() -> Namespace {
     Namespace::io(0x1_4000_0000, GIB)
