@@ -50,14 +50,25 @@ pub struct FlushFailed {
 pub struct FlushHints {
     targets: Vec<Option<Arc<dyn FlushTarget>>>,
     flushes: AtomicU64,
+    /// Per DIMM: guest writes to its hint, and host flushes (`msync`s) that succeeded.
+    counters: Vec<DimmCounters>,
+}
+
+/// One DIMM's flush counters.
+#[derive(Default)]
+struct DimmCounters {
+    requests: AtomicU64,
+    host_flushes: AtomicU64,
 }
 
 impl FlushHints {
     /// `targets[i]` is DIMM `i`'s mapping, or None when there is nothing to flush (read-only).
     pub fn new(targets: Vec<Option<Arc<dyn FlushTarget>>>) -> Self {
+        let counters = targets.iter().map(|_| DimmCounters::default()).collect();
         FlushHints {
             targets,
             flushes: AtomicU64::new(0),
+            counters,
         }
     }
 
@@ -80,6 +91,17 @@ impl FlushHints {
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
     }
+
+    /// DIMM `index`'s counters: guest flush requests (writes to its hint, including those that
+    /// failed) and host flushes that succeeded (none for a read-only DIMM).
+    pub fn counters(&self, index: usize) -> (u64, u64) {
+        self.counters.get(index).map_or((0, 0), |c| {
+            (
+                c.requests.load(Ordering::Relaxed),
+                c.host_flushes.load(Ordering::Relaxed),
+            )
+        })
+    }
 }
 
 impl MmioDevice for FlushHints {
@@ -93,10 +115,17 @@ impl MmioDevice for FlushHints {
     /// fault ([`FlushFailed`]): the guest's write must not complete.
     fn write(&self, offset: u64, _data: &[u8]) -> Result<(), DeviceFault> {
         let index = (offset / FLUSH_HINT_STRIDE) as usize;
+        let counters = self.counters.get(index);
+        if let Some(c) = counters {
+            c.requests.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(Some(target)) = self.targets.get(index) {
             target
                 .flush()
                 .map_err(|source| DeviceFault::new(FlushFailed { index, source }))?;
+            if let Some(c) = counters {
+                c.host_flushes.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -136,6 +165,13 @@ mod tests {
             .write(FlushHints::address(0xfe00_0000, 1) + 8, &[1])
             .unwrap());
         assert_eq!(hints.flush_count(), 2);
+        assert_eq!(
+            hints.counters(0),
+            (1, 0),
+            "read-only: asked, nothing to flush"
+        );
+        assert_eq!(hints.counters(1), (1, 1));
+        assert_eq!(hints.counters(7), (0, 0));
         assert_eq!(std::fs::read(&path).unwrap()[100], 0x5a);
     }
 
@@ -170,5 +206,6 @@ mod tests {
             0,
             "a failed flush is not counted as served"
         );
+        assert_eq!(hints.counters(1), (1, 0));
     }
 }

@@ -171,9 +171,7 @@ fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
         RUN_ONE = run_one()
     );
     for (name, cmd) in &monitors {
-        s.push_str(&format!(
-            "  m() {{ exec {cmd}; }}\n  run_one {name}\n"
-        ));
+        s.push_str(&format!("  m() {{ exec {cmd}; }}\n  run_one {name}\n"));
     }
     s.push_str("  i=$((i+1))\ndone\ndmesg | tail -n 40\n");
     s

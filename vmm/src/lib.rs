@@ -8,6 +8,7 @@
 //! threads and the event loop → a stop reason. [`VmmError::exit_status`] is the one rule from an
 //! error to an exit status.
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod cpu;
@@ -79,6 +80,8 @@ pub enum VmmError {
     Output(#[from] output::OutputError),
     #[error(transparent)]
     Alias(#[from] identity::AliasError),
+    #[error(transparent)]
+    ApiSocket(#[from] api::socket::ApiSocketError),
     #[error("--memory: cannot map {size} bytes of guest RAM: {detail}")]
     GuestMemory { size: u64, detail: String },
     #[error("building ACPI tables: {0}")]
@@ -126,6 +129,7 @@ impl VmmError {
                 pmem::PmemError::Uuid { .. } | pmem::PmemError::Appeared { .. } => false,
             },
             VmmError::Output(e) => !matches!(e, output::OutputError::Write { .. }),
+            VmmError::ApiSocket(e) => e.is_usage(),
             VmmError::Alias(_) | VmmError::GuestMemory { .. } => true,
             VmmError::Vm(vm::VmError::TooManyCpus { .. } | vm::VmError::NoReadonlySlots) => true,
             VmmError::Signal(n) => return exit::SIGNAL_BASE.saturating_add(*n as u8),
@@ -227,8 +231,10 @@ struct Checked {
 /// Every check of the run, in an order that finds all usage errors before anything is written:
 /// inputs, outputs, backings (opened, locked and mapped, new files only checked), identities,
 /// format plans, guest memory with the kernel; then the host check and what only KVM can answer.
-/// Nothing is created, truncated or written to a backing here.
-fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
+/// Nothing is created, truncated or written to a backing here. `api_socket` is the checked
+/// `--api-socket` path, one more output the identities are compared with. The command line and
+/// the API's `vm.create` both come through here.
+fn check(cfg: &VmConfig, api_socket: Option<&api::socket::ApiSocket>) -> Result<Checked, VmmError> {
     stop_if_signalled()?;
     let sysfs = std::path::Path::new(identity::SYSFS_ROOT);
     let input = |option, path: &std::path::Path| -> Result<Extents, VmmError> {
@@ -289,6 +295,15 @@ fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
                 });
             }
         }
+        if let Some(sock) = api_socket {
+            if let (Some(path), Some(extents)) = (sock.path(), sock.extents()) {
+                claims.push(Claim {
+                    role: Role::ApiSocket,
+                    path,
+                    extents,
+                });
+            }
+        }
         identity::check_claims(&claims)?;
         stop_if_signalled()?;
         pmem.plan(cfg.memory)?;
@@ -317,6 +332,241 @@ fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
+    let checked = check(cfg, None)?;
+    run_checked(cfg, checked, None)
+}
+
+/// What a run tells the API: the state to keep current, and a call once the guest runs.
+pub struct RunHooks<'a> {
+    pub api: &'a api::ApiState,
+    pub on_started: &'a mut dyn FnMut(),
+}
+
+/// Starts the monitor as `launch` says: a command-line VM (with or without the API), or an
+/// empty monitor that waits for `vm.create`. Returns the exit status.
+pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
+    let socket = match &launch.api_socket {
+        Some(option) => Some(api::socket::ApiSocket::prepare(option)?),
+        None => None,
+    };
+    match (launch.vm, socket) {
+        (Some(cfg), None) => run(&cfg).map(exit_status),
+        (Some(cfg), Some(socket)) => {
+            let checked = check(&cfg, Some(&socket))?;
+            let bound = match socket.bind() {
+                Ok(b) => b,
+                Err(e) => {
+                    checked.pmem.abandon();
+                    return Err(e.into());
+                }
+            };
+            let state = api::ApiState::new(false);
+            // No command is served: the monitor exits when the command line's guest stops.
+            let (commands, _) = std::sync::mpsc::channel();
+            let mut listener = Some(bound.listener.try_clone().map_err(io_err("API socket"))?);
+            let mut spawn_failed = None;
+            let mut on_started = || {
+                if let Some(l) = listener.take() {
+                    let controller = api::Controller {
+                        state: state.clone(),
+                        commands: commands.clone(),
+                        host_memory: config::host_memory_bytes(),
+                    };
+                    if let Err(e) = api::server::spawn(l, controller) {
+                        spawn_failed = Some(e);
+                    }
+                }
+            };
+            let result = run_checked(
+                &cfg,
+                checked,
+                Some(RunHooks {
+                    api: &state,
+                    on_started: &mut on_started,
+                }),
+            );
+            if let Some(e) = spawn_failed {
+                log::error!("the API thread could not start: {e}");
+            }
+            drop(bound);
+            result.map(exit_status)
+        }
+        (None, Some(socket)) => serve_api(socket),
+        (None, None) => unreachable!("clap requires --kernel without --api-socket"),
+    }
+}
+
+/// One line on why a guest stopped, for the log and `vm.info`'s `last_stop`.
+fn describe_stop(result: &Result<StopReason, VmmError>) -> String {
+    match result {
+        Ok(reason) => format!("{reason:?}"),
+        Err(e) => format!("Error: {e}"),
+    }
+}
+
+/// The monitor started without `--kernel`: serves the API until `vmm.shutdown` or a stop
+/// signal. `vm.create` runs the check phase ([`check`], as for the command line) and holds
+/// what it opened; `vm.boot` runs the guest on this thread; a guest reboot boots it again
+/// (re-checked from its configuration); anything else that stops it leaves the VM `Shutdown`.
+fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
+    use api::{AfterStop, CommandKind, VmState};
+    use std::sync::mpsc::RecvTimeoutError;
+    let bound = socket.bind()?;
+    // The check of later vm.create calls compares their paths with the socket's.
+    let checked_socket = api::socket::ApiSocket::prepare_bound(&bound);
+    let state = api::ApiState::new(true);
+    let (commands, incoming) = std::sync::mpsc::channel::<api::Command>();
+    api::server::spawn(
+        bound.listener.try_clone().map_err(io_err("API socket"))?,
+        api::Controller {
+            state: state.clone(),
+            commands,
+            host_memory: config::host_memory_bytes(),
+        },
+    )
+    .map_err(io_err("starting the API thread"))?;
+    info!("API ready; waiting for vm.create");
+    let mut created: Option<(VmConfig, Checked)> = None;
+    let signalled = |n: i32| exit::SIGNAL_BASE.saturating_add(n as u8);
+    loop {
+        let cmd = match incoming.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(cmd) => cmd,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(n) = events::take_pending_stop_signal() {
+                    if let Some((_, c)) = created.take() {
+                        c.pmem.abandon();
+                    }
+                    return Ok(signalled(n));
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(VmmError::Guest("the API thread stopped".into()))
+            }
+        };
+        match cmd.kind {
+            CommandKind::ExitVmm => {
+                if let Some((_, c)) = created.take() {
+                    c.pmem.abandon();
+                }
+                return Ok(exit::POWEROFF);
+            }
+            CommandKind::Delete => {
+                if let Some((_, c)) = created.take() {
+                    c.pmem.abandon();
+                }
+                state.update(|s| {
+                    s.state = VmState::NotCreated;
+                    s.config = None;
+                });
+                let _ = cmd.reply.send(Ok(()));
+            }
+            CommandKind::Create(cfg) => match check(&cfg, Some(&checked_socket)) {
+                Ok(c) => {
+                    state.update(|s| {
+                        s.state = VmState::Created;
+                        s.config = Some((*cfg).clone());
+                    });
+                    created = Some((*cfg, c));
+                    let _ = cmd.reply.send(Ok(()));
+                }
+                Err(VmmError::Signal(n)) => {
+                    let _ = cmd
+                        .reply
+                        .send(Err(api::ApiError::new(500, "stopped by a signal")));
+                    return Ok(signalled(n));
+                }
+                Err(e) => {
+                    let _ = cmd.reply.send(Err(api::ApiError::from_vmm_for_api(&e)));
+                }
+            },
+            CommandKind::Boot => {
+                let mut reply = Some(cmd.reply);
+                loop {
+                    let (cfg, checked) = match created.take() {
+                        Some(x) => x,
+                        None => {
+                            // Booting again (after a shutdown or a reboot): check again.
+                            let Some(cfg) = state.lock().config.clone() else {
+                                if let Some(r) = reply.take() {
+                                    let _ =
+                                        r.send(Err(api::ApiError::new(404, "no VM is created")));
+                                }
+                                break;
+                            };
+                            match check(&cfg, Some(&checked_socket)) {
+                                Ok(c) => (cfg, c),
+                                Err(e) => {
+                                    log::error!("booting again: {e}");
+                                    if let Some(r) = reply.take() {
+                                        let _ = r.send(Err(api::ApiError::from_vmm_for_api(&e)));
+                                    }
+                                    state.update(|s| {
+                                        s.state = VmState::Shutdown;
+                                        s.last_stop = Some(format!("Error: {e}"));
+                                    });
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    let mut on_started = || {
+                        if let Some(r) = reply.take() {
+                            let _ = r.send(Ok(()));
+                        }
+                    };
+                    let result = run_checked(
+                        &cfg,
+                        checked,
+                        Some(RunHooks {
+                            api: &state,
+                            on_started: &mut on_started,
+                        }),
+                    );
+                    if let Some(r) = reply.take() {
+                        // It never started: nothing was left behind (see run_checked).
+                        let e = match &result {
+                            Err(e) => api::ApiError::from_vmm_for_api(e),
+                            Ok(reason) => api::ApiError::new(
+                                500,
+                                format!("the guest stopped before it started: {reason:?}"),
+                            ),
+                        };
+                        let _ = r.send(Err(e));
+                        state.update(|s| {
+                            s.state = VmState::Shutdown;
+                            s.last_stop = Some(describe_stop(&result));
+                        });
+                        break;
+                    }
+                    let why = describe_stop(&result);
+                    match &result {
+                        Ok(_) => info!("guest stopped: {why}"),
+                        Err(e) => log::error!("guest stopped: {e}"),
+                    }
+                    let after = state.stopped(why);
+                    match (after, &result) {
+                        (AfterStop::ExitVmm, Ok(_)) => return Ok(exit::POWEROFF),
+                        (AfterStop::ExitVmm, Err(e)) => return Ok(e.exit_status()),
+                        (_, Ok(StopReason::Signal(n))) => return Ok(signalled(*n)),
+                        (AfterStop::Nothing, Ok(StopReason::Reboot)) => {
+                            info!("the guest rebooted; booting it again");
+                            continue;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The run phase of a checked configuration: writes, builds the VM and runs it until it stops.
+fn run_checked(
+    cfg: &VmConfig,
+    checked: Checked,
+    hooks: Option<RunHooks>,
+) -> Result<StopReason, VmmError> {
     let Checked {
         pmem,
         report,
@@ -324,7 +574,7 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
         mem,
         entry,
         kvm,
-    } = check(cfg)?;
+    } = checked;
     // From here on the run writes: new files, info blocks, outputs.
     let pmem = pmem.commit()?;
     // Outputs this run creates, removed again if the guest never starts.
@@ -366,7 +616,7 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
             return Err(e);
         }
     };
-    let result = run_with_pmem(cfg, &pmem, vm, mem, serial);
+    let result = run_with_pmem(cfg, &pmem, vm, mem, serial, hooks);
     // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk; a flush
     // that fails here turns any other outcome into a failure (the first error is kept).
     let flushed = pmem.flush();
@@ -383,6 +633,7 @@ fn run_with_pmem(
     vm: vm::Vm,
     mem: GuestMemoryMmap,
     serial_out: devices::serial::Output,
+    hooks: Option<RunHooks>,
 ) -> Result<StopReason, VmmError> {
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
@@ -421,10 +672,8 @@ fn run_with_pmem(
         5,
         Arc::new(Mutex::new(I8042::new(stop.clone()))),
     )?;
-    let bus = Arc::new(vcpu::Devices {
-        pio: bus,
-        mmio: pmem.mmio_bus()?,
-    });
+    let (mmio, hints) = pmem.mmio_bus()?;
+    let bus = Arc::new(vcpu::Devices { pio: bus, mmio });
 
     // Signals: stop signals only through the signalfd, in every thread spawned from here on.
     events::block_stop_signals().map_err(io_err("blocking signals"))?;
@@ -470,6 +719,29 @@ fn run_with_pmem(
         cfg.cpus,
         cfg.memory >> 20
     );
+    if let Some(hooks) = hooks {
+        hooks.api.started(
+            cfg,
+            api::RunningVm {
+                stop: stop.clone(),
+                pmem_report: pmem.report_json()["pmem"].clone(),
+                hints,
+                formatted: pmem
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        let bytes = if d.wrote_info_block {
+                            devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
+                        } else {
+                            0
+                        };
+                        (d.config.id.clone(), bytes)
+                    })
+                    .collect(),
+            },
+        );
+        (hooks.on_started)();
+    }
 
     let reason = loop {
         if let Some(reason) = stop.reason() {
@@ -512,6 +784,7 @@ pub fn exit_status(reason: StopReason) -> u8 {
         StopReason::Reboot => exit::REBOOT,
         StopReason::TripleFault => exit::TRIPLE_FAULT,
         StopReason::Signal(n) => exit::SIGNAL_BASE.saturating_add(n as u8),
+        StopReason::Shutdown => exit::POWEROFF,
         StopReason::Error => exit::FAILURE,
     }
 }

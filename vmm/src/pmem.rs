@@ -596,19 +596,20 @@ impl PmemDevices {
         serde_json::json!({ "pmem": devices })
     }
 
-    /// The MMIO bus with the NFIT flush hints of these devices at `layout::FLUSH_HINT_BASE`.
-    pub fn mmio_bus(&self) -> Result<MmioBus, BusError> {
+    /// The MMIO bus with the NFIT flush hints of these devices at `layout::FLUSH_HINT_BASE`,
+    /// and the hints themselves (their counters are the API's `vm.counters`).
+    pub fn mmio_bus(&self) -> Result<(MmioBus, Arc<FlushHints>), BusError> {
         let targets = self
             .devices
             .iter()
             .map(|d| (!d.config.readonly).then(|| d.mapping.clone() as Arc<dyn FlushTarget>))
             .collect();
-        let hints = FlushHints::new(targets);
+        let hints = Arc::new(FlushHints::new(targets));
         let mut bus = MmioBus::new();
         if !hints.is_empty() {
-            bus.insert(layout::FLUSH_HINT_BASE, hints.len(), Arc::new(hints))?;
+            bus.insert(layout::FLUSH_HINT_BASE, hints.len(), hints.clone())?;
         }
-        Ok(bus)
+        Ok((bus, hints))
     }
 
     /// Writes every dirty page of file and block-device backings to the host's storage.
