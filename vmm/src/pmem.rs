@@ -192,6 +192,8 @@ fn check_new_file(config: &PmemConfig) -> Result<Option<u64>, BackingError> {
             path: path.to_path_buf(),
         });
     };
+    // The file is created only later; its size is checked now, as Backing::open would.
+    devices::pmem::backing::check_size_option(path, size)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
