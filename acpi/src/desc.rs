@@ -117,6 +117,11 @@ pub struct PowerDesc {
     pub sleep_status_port: u16,
     pub reset_port: u16,
     pub reset_value: u8,
+    /// The ACPI power button, on a hardware-reduced platform (which has no fixed power-button
+    /// event): a Generic Event Device (`GED0`, `_HID "ACPI0013"`) whose `_CRS` is this
+    /// edge-triggered, active-high GSI and whose `_EVT` does `Notify (\_SB.PWRB, 0x80)`, and
+    /// `PWRB` (`_HID "PNP0C0C"`), the power button device. None: neither is emitted.
+    pub power_button_gsi: Option<u32>,
 }
 
 impl Default for PowerDesc {
@@ -129,6 +134,7 @@ impl Default for PowerDesc {
             sleep_status_port: 0x3c1,
             reset_port: 0xcf9,
             reset_value: 0x06,
+            power_button_gsi: None,
         }
     }
 }

@@ -4,6 +4,11 @@
 //! Name (\_S5_, Package () { 5, 0, 0, 0 })     // SLP_TYP for power off
 //! Scope (\_SB_) {
 //!     Device (COM1) { _HID EisaId("PNP0501"), _UID 1, _CRS { IO 0x3f8/8, IRQNoFlags {4} } }
+//!     Device (PWRB) { _HID EisaId("PNP0C0C"), _UID 0 }          // with a power button
+//!     Device (GED0) {                                            // with a power button
+//!         _HID "ACPI0013", _UID 0, _CRS { Interrupt (Edge, ActiveHigh, Exclusive) {GSI} }
+//!         Method (_EVT, 1) { Notify (\_SB.PWRB, 0x80) }
+//!     }
 //!     Device (NVDR) {                          // only with NVDIMMs
 //!         Name (_HID, "ACPI0012")
 //!         Device (NV00) { Name (_ADR, 0x00000001) }   // = NFIT device handle of DIMM 0
@@ -17,7 +22,9 @@
 //! (`acpi_nfit_add_dimm()`), and without a root `_DSM` ARS fails and `ars_register()`
 //! registers the region anyway. No `_STA` either: an absent `_STA` means present and enabled.
 
-use acpi_tables::aml::{Device, EISAName, Name, Package, Path, ResourceTemplate, Scope, IO};
+use acpi_tables::aml::{
+    Device, EISAName, Interrupt, Method, Name, Notify, Package, Path, ResourceTemplate, Scope, IO,
+};
 use acpi_tables::{Aml, AmlSink};
 
 use crate::desc::{NvdimmDesc, PlatformDesc, SerialDesc};
@@ -72,10 +79,14 @@ pub(crate) fn build(desc: &PlatformDesc) -> Vec<u8> {
         .map(|(i, s)| serial_device(i, s))
         .collect();
     let nvdimm_root = (!desc.nvdimms.is_empty()).then(|| nvdimm_root_device(&desc.nvdimms));
+    let power_button = desc.power.power_button_gsi.map(power_button_devices);
 
     let mut sb_children: Vec<&dyn Aml> = Vec::new();
     for dev in &serial_devices {
         sb_children.push(dev);
+    }
+    if let Some(devs) = &power_button {
+        sb_children.push(devs);
     }
     if let Some(root) = &nvdimm_root {
         sb_children.push(root);
@@ -107,6 +118,30 @@ fn serial_device(i: usize, s: &SerialDesc) -> RawAml {
     let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&io, &irq]));
     let mut bytes = Vec::new();
     Device::new(Path::new(&name), vec![&hid, &uid_name, &crs]).to_aml_bytes(&mut bytes);
+    RawAml(bytes)
+}
+
+/// `Device (PWRB)`, the ACPI power button (`PNP0C0C`), and `Device (GED0)`, the Generic Event
+/// Device (`ACPI0013`, ACPI 6.x §5.6.9) that signals it: Linux's `evged` driver requests each
+/// interrupt of the GED's `_CRS` and, when it fires, runs `_EVT` with the GSI; ours notifies
+/// `PWRB` with 0x80 ("button pressed"), which the button driver (`CONFIG_ACPI_BUTTON`) turns
+/// into a `KEY_POWER` input event and an ACPI netlink event for acpid or systemd-logind. There
+/// is only one event, so `_EVT` does not look at its argument.
+fn power_button_devices(gsi: u32) -> RawAml {
+    let mut bytes = Vec::new();
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0C0C"));
+    let uid = Name::new("_UID".into(), &0u8);
+    Device::new(Path::new("PWRB"), vec![&hid, &uid]).to_aml_bytes(&mut bytes);
+
+    let ged_hid = Name::new("_HID".into(), &"ACPI0013");
+    let ged_uid = Name::new("_UID".into(), &0u8);
+    let irq = Interrupt::new(true, true, false, false, gsi);
+    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&irq]));
+    let pwrb = Path::new("\\_SB_.PWRB");
+    let pressed = 0x80u8;
+    let notify = Notify::new(&pwrb, &pressed);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&notify]);
+    Device::new(Path::new("GED0"), vec![&ged_hid, &ged_uid, &crs, &evt]).to_aml_bytes(&mut bytes);
     RawAml(bytes)
 }
 
@@ -144,6 +179,29 @@ mod tests {
         // ACPI 6.x §6.4.2.1: byte 0 = 0x22 (IRQ descriptor, length 2), bytes 1-2 = mask.
         assert_eq!(aml(&IrqNoFlags(4)), [0x22, 0x10, 0x00]);
         assert_eq!(aml(&IrqNoFlags(12)), [0x22, 0x00, 0x10]);
+    }
+
+    #[test]
+    fn power_button_only_when_asked_for() {
+        let mut desc = PlatformDesc {
+            num_cpus: 1,
+            ioapic: Default::default(),
+            serial: vec![SerialDesc::COM1],
+            power: Default::default(),
+            nvdimms: Vec::new(),
+            ram: vec![(0, 512 << 20)],
+        };
+        let without = build(&desc);
+        assert!(!without.windows(4).any(|w| w == b"GED0"));
+        desc.power.power_button_gsi = Some(5);
+        let with = build(&desc);
+        for name in [&b"GED0"[..], b"PWRB", b"_EVT", b"ACPI0013"] {
+            assert!(with.windows(name.len()).any(|w| w == name), "{name:?}");
+        }
+        // The extended interrupt descriptor: tag 0x89, length 6, flags 0x03 (consumer, edge,
+        // active high, exclusive), one interrupt, GSI 5.
+        let irq = [0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00];
+        assert!(with.windows(irq.len()).any(|w| w == irq));
     }
 
     #[test]

@@ -33,7 +33,11 @@ Exit status:
 Output files (--report, --serial file=) must be regular files or new paths in a writable
 directory (--serial file= also takes /dev/null or a terminal), and never a --pmem backing, the
 kernel, the initramfs or the other output, however reached (links, bind mounts, loop devices).
-They are created or truncated only after every check has passed.
+They are created or truncated only after every check has passed. --api-socket path= follows
+the same rules and may also be a stale socket (replaced), not a live one.
+
+Control API: --api-socket serves cloud-hypervisor's HTTP endpoints (ch-remote works); without
+--kernel the monitor starts empty and waits for vm.create and vm.boot.
 
 Sizes take a K, M, G or T suffix (powers of 1024); a bare --memory number is MiB, as in QEMU.
 The serial console is COM1 (0x3f8, IRQ 4): give the guest console=ttyS0.";

@@ -49,6 +49,9 @@ pub const SLEEP_STATUS_PORT: u16 = 0x3c1;
 pub const RESET_PORT: u16 = 0xcf9;
 pub const RESET_VALUE: u8 = 0x06;
 pub const I8042_PORT: u16 = 0x60;
+/// The interrupt of the ACPI Generic Event Device that signals the power button
+/// (`vm.power-button`): an ISA line nothing else uses.
+pub const GED_GSI: u32 = 5;
 
 /// The monitor's exit statuses (`vmm --help` and the README list them).
 pub mod exit {
@@ -173,6 +176,7 @@ fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDes
             sleep_status_port: SLEEP_STATUS_PORT,
             reset_port: RESET_PORT,
             reset_value: RESET_VALUE,
+            power_button_gsi: Some(GED_GSI),
         },
         ram: layout::ram_regions(cfg.memory),
         nvdimms,
@@ -388,6 +392,8 @@ pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
             if let Some(e) = spawn_failed {
                 log::error!("the API thread could not start: {e}");
             }
+            state.stopped(describe_stop(&result));
+            state.drain();
             drop(bound);
             result.map(exit_status)
         }
@@ -540,11 +546,13 @@ fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
                         break;
                     }
                     let why = describe_stop(&result);
-                    match &result {
-                        Ok(_) => info!("guest stopped: {why}"),
-                        Err(e) => log::error!("guest stopped: {e}"),
+                    if let Err(e) = &result {
+                        log::error!("guest stopped: {e}");
                     }
                     let after = state.stopped(why);
+                    if after == AfterStop::ExitVmm {
+                        state.drain();
+                    }
                     match (after, &result) {
                         (AfterStop::ExitVmm, Ok(_)) => return Ok(exit::POWEROFF),
                         (AfterStop::ExitVmm, Err(e)) => return Ok(e.exit_status()),
@@ -644,6 +652,14 @@ fn run_with_pmem(
             what: "register the COM1 irqfd",
             source,
         })?;
+    // The power button's interrupt: a write to this eventfd is an edge on GED_GSI.
+    let power_button = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
+    vm.fd
+        .register_irqfd(&power_button, GED_GSI)
+        .map_err(|source| vm::VmError::Kvm {
+            what: "register the power button's irqfd",
+            source,
+        })?;
     let serial = Arc::new(Mutex::new(SerialPort::new(
         irq,
         input_ready
@@ -724,6 +740,7 @@ fn run_with_pmem(
             cfg,
             api::RunningVm {
                 stop: stop.clone(),
+                power_button: power_button.clone(),
                 pmem_report: pmem.report_json()["pmem"].clone(),
                 hints,
                 formatted: pmem

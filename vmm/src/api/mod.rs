@@ -51,6 +51,8 @@ impl VmState {
 /// A running guest as the API sees it.
 pub struct RunningVm {
     pub stop: Arc<StopSignal>,
+    /// The irqfd of the ACPI Generic Event Device: a write presses the power button.
+    pub power_button: Arc<vmm_sys_util::eventfd::EventFd>,
     /// `PmemDevices::report_json()["pmem"]`: per device mode, memmap, bytes, capacity, base.
     pub pmem_report: Value,
     pub hints: Arc<FlushHints>,
@@ -79,6 +81,8 @@ pub struct Shared {
     /// Whether the main thread takes [`Command`]s (started without `--kernel`). With a
     /// command-line VM the monitor exits when its guest stops, as without the API.
     pub serves_commands: bool,
+    /// A request is being answered (so the monitor does not exit under it).
+    pub in_flight: bool,
 }
 
 /// What the API thread and the main thread share: the state, and a condition variable that
@@ -98,6 +102,7 @@ impl ApiState {
                 after_stop: AfterStop::Nothing,
                 last_stop: None,
                 serves_commands,
+                in_flight: false,
             }),
             changed: Condvar::new(),
         })
@@ -123,6 +128,12 @@ impl ApiState {
             .wait_timeout_while(guard, limit, |s| !done(s))
             .unwrap_or_else(|e| e.into_inner());
         done(&guard)
+    }
+
+    /// The main thread, before the monitor exits: lets a request being answered (the
+    /// `vm.shutdown` that stopped the guest, say) finish writing, for at most a second.
+    pub fn drain(&self) {
+        self.wait_until(Duration::from_secs(1), |s| !s.in_flight);
     }
 
     /// The main thread: the command-line VM is running (or a booted one).
@@ -503,18 +514,21 @@ impl Controller {
         Ok(())
     }
 
+    /// Presses the ACPI power button: an edge on the GED's interrupt; the guest's `_EVT`
+    /// notifies `\_SB.PWRB` (see `acpi::dsdt`). What the guest then does is its own business
+    /// (acpid or systemd-logind power it off); the answer does not wait for it.
     fn power_button(&self) -> Result<(), ApiError> {
         let s = self.state.lock();
         if s.state == VmState::NotCreated {
             return Err(not_created());
         }
-        if s.running.is_none() {
+        let Some(running) = &s.running else {
             return Err(not_booted("vm.power-button"));
-        }
-        Err(ApiError::new(
-            500,
-            "vm.power-button: this monitor has no ACPI power button device yet; use vm.shutdown",
-        ))
+        };
+        running
+            .power_button
+            .write(1)
+            .map_err(|e| ApiError::new(500, format!("vm.power-button: {e}")))
     }
 
     fn delete(&self) -> Result<(), ApiError> {

@@ -55,6 +55,7 @@ fn serve_one(mut stream: UnixStream, controller: &Controller) -> Then {
     }
     let (response, then) = match http::read_request(&mut stream) {
         Ok(req) => {
+            controller.state.update(|s| s.in_flight = true);
             let (response, then) = controller.handle(&req);
             debug!(
                 "API {} {} -> {}",
@@ -74,5 +75,7 @@ fn serve_one(mut stream: UnixStream, controller: &Controller) -> Then {
     if let Err(e) = response.write_to(&mut stream) {
         debug!("API connection: writing the answer: {e}");
     }
+    drop(stream);
+    controller.state.update(|s| s.in_flight = false);
     then
 }

@@ -111,6 +111,10 @@ impl Fixture {
             &cfg,
             RunningVm {
                 stop: stop.clone(),
+                power_button: Arc::new(
+                    vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                        .unwrap(),
+                ),
                 pmem_report: json!([{ "id": "data", "mode": "fsdax" }]),
                 hints: Arc::new(FlushHints::new(vec![None])),
                 formatted: vec![("data".into(), 4096)],
@@ -231,6 +235,18 @@ fn a_running_vm() {
         counters["data"],
         json!({ "flush_requests": 0, "host_flushes": 0, "bytes_formatted": 4096 })
     );
+    // vm.power-button raises the GED's interrupt.
+    assert_eq!(f.call("PUT", "vm.power-button", "").0, 204);
+    let pressed = f
+        .controller
+        .state
+        .lock()
+        .running
+        .as_ref()
+        .unwrap()
+        .power_button
+        .read();
+    assert_eq!(pressed.unwrap(), 1);
     // vm.reboot asks for a reboot and does not wait.
     assert_eq!(f.call("PUT", "vm.reboot", "").0, 204);
     assert_eq!(stop.reason(), Some(StopReason::Reboot));

@@ -83,6 +83,11 @@ pub struct PmemJson {
 pub struct BadConfig(pub String);
 
 fn deserialize<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadConfig> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(BadConfig(
+            "invalid JSON body: expected a JSON object".into(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
