@@ -14,7 +14,7 @@
 //! over data that is gone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 
@@ -48,7 +48,8 @@ pub struct FlushFailed {
 /// The flush-hint pages of all DIMMs: one MMIO range on the [`MmioBus`](crate::bus::MmioBus),
 /// DIMM `i`'s page at offset `i * FLUSH_HINT_STRIDE`.
 pub struct FlushHints {
-    targets: Vec<Option<Arc<dyn FlushTarget>>>,
+    /// One entry per DIMM slot the MMIO range covers; a hot-added DIMM fills its slot.
+    targets: RwLock<Vec<Option<Arc<dyn FlushTarget>>>>,
     flushes: AtomicU64,
     /// Per DIMM: guest writes to its hint, and host flushes (`msync`s) that succeeded.
     counters: Vec<DimmCounters>,
@@ -64,11 +65,33 @@ struct DimmCounters {
 impl FlushHints {
     /// `targets[i]` is DIMM `i`'s mapping, or None when there is nothing to flush (read-only).
     pub fn new(targets: Vec<Option<Arc<dyn FlushTarget>>>) -> Self {
-        let counters = targets.iter().map(|_| DimmCounters::default()).collect();
+        let capacity = targets.len();
+        Self::with_capacity(targets, capacity)
+    }
+
+    /// As [`new`](Self::new), with pages for `capacity` DIMMs (at least `targets.len()`), so
+    /// DIMMs added later ([`set_target`](Self::set_target)) have their hint in the same range.
+    pub fn with_capacity(mut targets: Vec<Option<Arc<dyn FlushTarget>>>, capacity: usize) -> Self {
+        let capacity = capacity.max(targets.len());
+        targets.resize_with(capacity, || None);
+        let counters = (0..capacity).map(|_| DimmCounters::default()).collect();
         FlushHints {
-            targets,
+            targets: RwLock::new(targets),
             flushes: AtomicU64::new(0),
             counters,
+        }
+    }
+
+    /// Gives DIMM `index` (a hot-added one) its flush target. False when `index` is beyond
+    /// the range.
+    pub fn set_target(&self, index: usize, target: Option<Arc<dyn FlushTarget>>) -> bool {
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        match targets.get_mut(index) {
+            Some(slot) => {
+                *slot = target;
+                true
+            }
+            None => false,
         }
     }
 
@@ -79,12 +102,12 @@ impl FlushHints {
 
     /// Bytes of MMIO the hints take: the length of their bus range.
     pub fn len(&self) -> u64 {
-        self.targets.len() as u64 * FLUSH_HINT_STRIDE
+        self.counters.len() as u64 * FLUSH_HINT_STRIDE
     }
 
     /// No DIMMs, no hints. (For clippy's `len_without_is_empty`.)
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+        self.counters.is_empty()
     }
 
     /// How many guest flushes were served.
@@ -119,7 +142,14 @@ impl MmioDevice for FlushHints {
         if let Some(c) = counters {
             c.requests.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(Some(target)) = self.targets.get(index) {
+        let target = self
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(index)
+            .cloned()
+            .flatten();
+        if let Some(target) = target {
             target
                 .flush()
                 .map_err(|source| DeviceFault::new(FlushFailed { index, source }))?;

@@ -376,7 +376,7 @@ fn refusals_on_this_machine() {
             "vm.add-pmem",
             Some(format!(r#"{{"file":"{b}"}}"#)),
             404,
-            "not supported",
+            "no VM is created",
         ),
     ];
     for (method, endpoint, body, status, needle) in &cases {
@@ -522,6 +522,138 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
         return Err(run.error(format!("vm.counters: {counters}")));
     }
     expect("HOST-MARK", "1")?;
+    Ok(())
+}
+
+/// NVDIMM hot-add: a guest booted through the API without pmem gets four devices at runtime,
+/// one through `ch-remote add-pmem` and three through curl with our keys (fsdax with its memmap
+/// in the device, devdax with its memmap in RAM, raw); the guest finds each namespace in its
+/// mode, `vm.info` reports them, and adding a backing again is refused with nothing changed.
+#[test]
+fn hot_add_through_the_api() -> testbed::Result<()> {
+    let ch =
+        testbed::nested::visible_in_l1(&ch_remote(), "ch-remote").map_err(testbed::Error::setup)?;
+    let curl = curl();
+    let script = format!(
+        r#"
+set -u
+cat > vm.json <<EOF
+{{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; done\\""}},
+ "cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":536870912}},
+ "serial":{{"mode":"File","file":"$WORK/console.log"}}}}
+EOF
+CH={ch}
+api() {{ "$CH" --api-socket "$WORK/api.sock" "$@"; }}
+add() {{ {curl} -s -o add.out -w '%{{http_code}}' --unix-socket api.sock -X PUT -H 'Content-Type: application/json' --data-binary "$1" http://localhost/api/v1/vm.add-pmem; echo " $(cat add.out)"; }}
+"$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
+pid=$!
+i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+api create vm.json && api boot && echo @@BOOT-OK@@
+i=0; while ! grep -q 'GUESTDEV:' console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+api add-pmem file=$WORK/a.img,size=268435456,id=hot-a && echo @@ADD-A-OK@@
+echo "@@ADD-B $(add '{{"file":"'$WORK'/b.img","size":268435456,"id":"hot-b","mode":"fsdax","memmap":"pmem"}}')@@"
+echo "@@ADD-C $(add '{{"file":"'$WORK'/c.img","size":268435456,"id":"hot-c","mode":"devdax","memmap":"ram"}}')@@"
+echo "@@ADD-D $(add '{{"file":"'$WORK'/d.img","size":134217728,"id":"hot-d","mode":"raw"}}')@@"
+echo "@@ADD-AGAIN $(add '{{"file":"'$WORK'/b.img","id":"hot-e"}}')@@"
+echo "@@ADD-SAMEID $(add '{{"file":"'$WORK'/e.img","size":134217728,"id":"hot-a"}}')@@"
+echo "@@ADD-KERNEL $(add '{{"file":"'$KERNEL'","id":"hot-k"}}')@@"
+ls e.img 2>/dev/null && echo @@E-CREATED@@
+i=0; while ! tail -n 1 console.log | grep -q 'MODES: dax memory memory raw END' && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
+echo "@@GUEST-LAST $(grep GUESTDEV: console.log | tail -n 1)@@"
+i=0; while ! grep -q '@@GUEST-WROTE-HOT@@' console.log && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+{curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters | sed 's/^/@@COUNTERS /; s/$/@@/'; echo
+api info > info.json; echo "--- info ---"; cat info.json; echo
+api shutdown-vmm && echo @@SHUTDOWN-VMM-OK@@
+wait $pid
+echo "@@VMM-EXIT $?@@"
+grep -c HOTMARK-77 d.img | sed 's/^/@@HOST-MARK /; s/$/@@/'
+echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.log | tail -n 3; echo "--- vmm ---"; cat vmm.log
+"#,
+        ch = sh_quote(&ch.display().to_string()),
+        curl = curl.display(),
+    );
+    let host = HostOpts::default()
+        .with_host_bin(ch)
+        .with_host_bin(curl)
+        .with_timeout(Duration::from_secs(300));
+    let run = run_on_kvm_host(&script, &host)?;
+    eprintln!(
+        "{} host: run {:.2?}\n{}",
+        run.mode, run.duration, run.output
+    );
+    run.expect_success()?;
+    for marker in ["BOOT-OK", "ADD-A-OK", "SHUTDOWN-VMM-OK"] {
+        if !run.output.contains(&format!("@@{marker}@@")) {
+            return Err(run.error(format!("missing @@{marker}@@")));
+        }
+    }
+    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
+    let expect = |m: &str, want: &str| -> testbed::Result<()> {
+        match value(m) {
+            Some(s) if s.contains(want) => Ok(()),
+            other => Err(run.error(format!("{m}: {other:?}, expected {want}"))),
+        }
+    };
+    expect("ADD-B", "200 {\"bdf\":\"0000:00:00.0\",\"id\":\"hot-b\"}")?;
+    expect("ADD-C", "200 ")?;
+    expect("ADD-D", "200 ")?;
+    expect("ADD-AGAIN", "409 ")?;
+    expect("ADD-KERNEL", "400 [\"pmem file=")?;
+    expect("ADD-SAMEID", "409 ")?;
+    if run.output.contains("@@E-CREATED@@") {
+        return Err(run.error("a refused add created its file"));
+    }
+    expect("GUEST-LAST", "MODES: dax memory memory raw END")?;
+    let last = value("GUEST-LAST").unwrap_or_default();
+    let devs = last.split("MODES:").next().unwrap_or("");
+    let pmems = devs.matches("pmem").count();
+    let daxes = devs.matches("dax").count();
+    if pmems != 3 || daxes != 1 {
+        return Err(run.error(format!("guest devices: {last}")));
+    }
+    expect("VMM-EXIT", "0")?;
+    // The guest's write to the hot-added raw device reached the host file, through a flush
+    // hint that was added with the device.
+    expect("HOST-MARK", "1")?;
+    let counters = value("COUNTERS").unwrap_or_default();
+    let counters: serde_json::Value = serde_json::from_str(counters.trim())
+        .map_err(|e| run.error(format!("vm.counters is not JSON ({e}): {counters}")))?;
+    let d = &counters["hot-d"];
+    if d["flush_requests"].as_u64().unwrap_or(0) == 0
+        || d["host_flushes"].as_u64().unwrap_or(0) == 0
+        || d["bytes_formatted"].as_u64() != Some(0)
+        || counters["hot-b"]["bytes_formatted"].as_u64() != Some(4096)
+    {
+        return Err(run.error(format!("vm.counters: {counters}")));
+    }
+    let info = section(&run.output, "--- info ---");
+    let info: serde_json::Value = serde_json::from_str(info.trim())
+        .map_err(|e| run.error(format!("vm.info is not JSON ({e}): {info}")))?;
+    let report: Vec<(String, String, String)> = info["pmem"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["id"].as_str().unwrap_or("").to_string(),
+                        d["mode"].as_str().unwrap_or("").to_string(),
+                        d["memmap"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let want =
+        |id: &str, mode: &str, memmap: &str| (id.to_string(), mode.to_string(), memmap.to_string());
+    if report.len() != 4
+        || report[1] != want("hot-b", "fsdax", "pmem")
+        || report[2] != want("hot-c", "devdax", "ram")
+        || report[3].1 != "raw"
+        || report[0].0 != "hot-a"
+    {
+        return Err(run.error(format!("vm.info's pmem report: {report:?}")));
+    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ pub mod vcpu;
 pub mod vm;
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::PioBus;
@@ -52,6 +53,8 @@ pub const I8042_PORT: u16 = 0x60;
 /// The interrupt of the ACPI Generic Event Device that signals the power button
 /// (`vm.power-button`): an ISA line nothing else uses.
 pub const GED_GSI: u32 = 5;
+/// The Generic Event Device's second interrupt: the NVDIMM set changed (re-read `_FIT`).
+pub const NVDIMM_HOTPLUG_GSI: u32 = 6;
 
 /// The monitor's exit statuses (`vmm --help` and the README list them).
 pub mod exit {
@@ -180,6 +183,11 @@ fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDes
         },
         ram: layout::ram_regions(cfg.memory),
         nvdimms,
+        nvdimm_hotplug: Some(acpi::NvdimmHotplugDesc {
+            fit_addr: layout::FIT_ADDR,
+            fit_max: layout::FIT_MAX,
+            gsi: NVDIMM_HOTPLUG_GSI,
+        }),
     }
 }
 
@@ -196,10 +204,11 @@ pub fn prepare_guest_memory(
         size: cfg.memory,
         detail: e.to_string(),
     })?;
+    write_fit(&mem, &nvdimms)?;
     let tables = acpi::build_tables(
         &platform(cfg, nvdimms),
         layout::ACPI_ADDR,
-        layout::ACPI_MAX_SIZE,
+        layout::ACPI_TABLES_MAX_SIZE,
     )?;
     boot::write_bytes(&mem, tables.base, &tables.bytes)?;
     cpu::write_boot_tables(&mem)?;
@@ -214,6 +223,16 @@ pub fn prepare_guest_memory(
     Ok((mem, entry))
 }
 
+/// Writes the FIT buffer `_FIT` returns (see `layout::FIT_ADDR`): the structures first, then
+/// their byte count, so a guest reading the count sees complete structures.
+pub fn write_fit(mem: &GuestMemoryMmap, nvdimms: &[acpi::NvdimmDesc]) -> Result<(), VmmError> {
+    let fit = acpi::nfit_structures(nvdimms);
+    debug_assert!(fit.len() <= layout::FIT_MAX as usize);
+    boot::write_bytes(mem, layout::FIT_ADDR + 4, &fit)?;
+    boot::write_bytes(mem, layout::FIT_ADDR, &(fit.len() as u32).to_le_bytes())?;
+    Ok(())
+}
+
 /// Stops the run at a step boundary when a stop signal is pending.
 fn stop_if_signalled() -> Result<(), VmmError> {
     match events::take_pending_stop_signal() {
@@ -225,6 +244,9 @@ fn stop_if_signalled() -> Result<(), VmmError> {
 /// Everything checked and planned, nothing written: the result of [`check`].
 struct Checked {
     pmem: pmem::PmemPlan,
+    /// Every path of the run that is not a pmem backing (kernel, initramfs, outputs, API
+    /// socket), kept for the identity checks of devices hot-added later.
+    claims: Vec<(Role, PathBuf, Extents)>,
     report: Option<Output>,
     serial: Option<Output>,
     mem: GuestMemoryMmap,
@@ -309,6 +331,11 @@ fn check(cfg: &VmConfig, api_socket: Option<&api::socket::ApiSocket>) -> Result<
             }
         }
         identity::check_claims(&claims)?;
+        let kept: Vec<(Role, PathBuf, Extents)> = claims
+            .iter()
+            .filter(|c| !matches!(c.role, Role::Pmem { .. }))
+            .map(|c| (c.role, c.path.to_path_buf(), c.extents.clone()))
+            .collect();
         stop_if_signalled()?;
         pmem.plan(cfg.memory)?;
         stop_if_signalled()?;
@@ -316,11 +343,12 @@ fn check(cfg: &VmConfig, api_socket: Option<&api::socket::ApiSocket>) -> Result<
         host::check_host()?;
         let kvm = vm::Vm::probe(cfg.cpus, cfg.pmem.iter().any(|p| p.readonly))?;
         stop_if_signalled()?;
-        Ok((mem, entry, kvm))
+        Ok((mem, entry, kvm, kept))
     })();
     match rest {
-        Ok((mem, entry, kvm)) => Ok(Checked {
+        Ok((mem, entry, kvm, claims)) => Ok(Checked {
             pmem,
+            claims,
             report,
             serial,
             mem,
@@ -577,6 +605,7 @@ fn run_checked(
 ) -> Result<StopReason, VmmError> {
     let Checked {
         pmem,
+        claims,
         report,
         serial,
         mem,
@@ -584,7 +613,7 @@ fn run_checked(
         kvm,
     } = checked;
     // From here on the run writes: new files, info blocks, outputs.
-    let pmem = pmem.commit()?;
+    let mut pmem = pmem.commit()?;
     // Outputs this run creates, removed again if the guest never starts.
     let mut created: Vec<std::path::PathBuf> = Vec::new();
     let started = (|| {
@@ -624,7 +653,7 @@ fn run_checked(
             return Err(e);
         }
     };
-    let result = run_with_pmem(cfg, &pmem, vm, mem, serial, hooks);
+    let result = run_with_pmem(cfg, &mut pmem, vm, mem, serial, hooks, &claims);
     // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk; a flush
     // that fails here turns any other outcome into a failure (the first error is kept).
     let flushed = pmem.flush();
@@ -637,11 +666,12 @@ fn run_checked(
 
 fn run_with_pmem(
     cfg: &VmConfig,
-    pmem: &pmem::PmemDevices,
-    vm: vm::Vm,
+    pmem: &mut pmem::PmemDevices,
+    mut vm: vm::Vm,
     mem: GuestMemoryMmap,
     serial_out: devices::serial::Output,
     hooks: Option<RunHooks>,
+    claims: &[(Role, PathBuf, Extents)],
 ) -> Result<StopReason, VmmError> {
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
@@ -660,6 +690,16 @@ fn run_with_pmem(
             what: "register the power button's irqfd",
             source,
         })?;
+    // NVDIMM hot-add: a write is an edge on NVDIMM_HOTPLUG_GSI (the guest re-reads _FIT).
+    let hotplug_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
+    vm.fd
+        .register_irqfd(&hotplug_irq, NVDIMM_HOTPLUG_GSI)
+        .map_err(|source| vm::VmError::Kvm {
+            what: "register the NVDIMM hot-add irqfd",
+            source,
+        })?;
+    let (hot_add_requests, hot_add_queue) = std::sync::mpsc::channel::<api::HotAddRequest>();
+    let hot_add_wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
     let serial = Arc::new(Mutex::new(SerialPort::new(
         irq,
         input_ready
@@ -699,6 +739,9 @@ fn run_with_pmem(
     manager.add_subscriber(Arc::new(Mutex::new(
         events::SignalWatcher::new(stop.clone()).map_err(io_err("creating a signalfd"))?,
     )));
+    manager.add_subscriber(Arc::new(Mutex::new(events::Waker::new(
+        hot_add_wake.clone(),
+    ))));
     // Console input only makes sense when a person is typing at the console.
     let _raw_terminal = if cfg.serial == SerialMode::Stdio {
         let raw = terminal::RawTerminal::enter(libc::STDIN_FILENO)
@@ -717,7 +760,7 @@ fn run_with_pmem(
 
     let error: vcpu::ErrorSlot = Arc::new(Mutex::new(None));
     let mut threads = Vec::new();
-    for (id, fd) in vm.vcpus.into_iter().enumerate() {
+    for (id, fd) in std::mem::take(&mut vm.vcpus).into_iter().enumerate() {
         match vcpu::spawn(id as u32, fd, bus.clone(), stop.clone(), error.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -735,6 +778,7 @@ fn run_with_pmem(
         cfg.cpus,
         cfg.memory >> 20
     );
+    let api_state = hooks.as_ref().map(|h| h.api);
     if let Some(hooks) = hooks {
         hooks.api.started(
             cfg,
@@ -742,7 +786,7 @@ fn run_with_pmem(
                 stop: stop.clone(),
                 power_button: power_button.clone(),
                 pmem_report: pmem.report_json()["pmem"].clone(),
-                hints,
+                hints: hints.clone(),
                 formatted: pmem
                     .devices
                     .iter()
@@ -755,10 +799,23 @@ fn run_with_pmem(
                         (d.config.id.clone(), bytes)
                     })
                     .collect(),
+                hot_add: api::HotAdd {
+                    requests: hot_add_requests.clone(),
+                    wake: hot_add_wake.clone(),
+                },
             },
         );
         (hooks.on_started)();
     }
+    drop(hot_add_requests);
+    let mut hot = HotAddContext {
+        cfg,
+        claims,
+        mem: &mem,
+        hints: &hints,
+        irq: &hotplug_irq,
+        api: api_state,
+    };
 
     let reason = loop {
         if let Some(reason) = stop.reason() {
@@ -769,7 +826,20 @@ fn run_with_pmem(
             *error.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(vcpu::VcpuFailure::Vcpu(format!("event loop failed: {e:?}")));
         }
+        while let Ok(request) = hot_add_queue.try_recv() {
+            let result = if stop.reason().is_some() {
+                Err(api::ApiError::new(
+                    409,
+                    "vm.add-pmem: the guest is stopping; nothing was added",
+                ))
+            } else {
+                hot.add(pmem, &mut vm, request.config)
+            };
+            let _ = request.reply.send(result);
+        }
     };
+    // Requests still queued are answered "not added" as their senders see the queue go.
+    drop(hot_add_queue);
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
     let failure = error.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -792,6 +862,155 @@ fn run_with_pmem(
     drop(vm.fd);
     drop(mem);
     Ok(reason)
+}
+
+/// What an NVDIMM hot-add needs from the run loop.
+struct HotAddContext<'a> {
+    cfg: &'a VmConfig,
+    claims: &'a [(Role, PathBuf, Extents)],
+    mem: &'a GuestMemoryMmap,
+    hints: &'a devices::flush_hint::FlushHints,
+    irq: &'a EventFd,
+    api: Option<&'a api::ApiState>,
+}
+
+/// A path's identity as it is now: what it resolves to, or the planned identity of a new file.
+fn current_extents(path: &std::path::Path) -> io::Result<Extents> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Extents::of(&m, std::path::Path::new(identity::SYSFS_ROOT))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Extents::planned(identity::Identity::planned(path)?))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl HotAddContext<'_> {
+    /// `vm.add-pmem` on the running guest: the checks of a command-line device (the `--pmem`
+    /// validation already ran in the API thread; here: identity against every backing, input
+    /// and output, the layout above the windows in use, the format plan), all before anything
+    /// is written; then the file is created and the info block written (`PmemPlan::commit`),
+    /// the KVM slot and the flush hint added, the FIT rewritten and the guest notified. Any
+    /// refusal before the commit leaves nothing behind; a failed commit removes what it created.
+    fn add(
+        &mut self,
+        pmem: &mut pmem::PmemDevices,
+        vm: &mut vm::Vm,
+        config: pmem_option::PmemConfig,
+    ) -> Result<serde_json::Value, api::ApiError> {
+        let bad = |status, message: String| Err(api::ApiError::new(status, message));
+        let index = pmem.devices.len();
+        if index >= geometry::MAX_PMEM_DEVICES {
+            return bad(
+                409,
+                format!("vm.add-pmem: the guest has {index} devices, the most it can have"),
+            );
+        }
+        if let Some(d) = pmem.devices.iter().find(|d| d.config.id == config.id) {
+            return bad(
+                409,
+                format!(
+                    "pmem id={}: already used by file={}",
+                    config.id,
+                    d.config.path.display()
+                ),
+            );
+        }
+        if config.numa.is_some() {
+            return bad(
+                400,
+                "pmem numa: a hot-added device cannot have a NUMA node (the SRAT is fixed at boot)"
+                    .into(),
+            );
+        }
+        let extents = current_extents(&config.path).map_err(|e| {
+            api::ApiError::new(400, format!("pmem file={}: {e}", config.path.display()))
+        })?;
+        if let Some(d) = pmem.devices.iter().find(|d| d.extents.aliases(&extents)) {
+            return bad(
+                409,
+                format!(
+                    "pmem file={}: it is the backing of {} (file={}), compared by identity; give each backing once",
+                    config.path.display(),
+                    d.config.id,
+                    d.config.path.display()
+                ),
+            );
+        }
+        let mut all: Vec<Claim> = self
+            .claims
+            .iter()
+            .map(|(role, path, extents)| Claim {
+                role: *role,
+                path,
+                extents,
+            })
+            .collect();
+        all.push(Claim {
+            role: Role::Pmem {
+                writable: !config.readonly,
+            },
+            path: &config.path,
+            extents: &extents,
+        });
+        identity::check_claims(&all)
+            .map_err(|e| api::ApiError::from_vmm_for_api(&VmmError::Alias(e)))?;
+        let start = pmem
+            .devices
+            .iter()
+            .map(|d| d.window.base + d.window.size)
+            .max()
+            .unwrap_or(0);
+        let memory = self.cfg.memory;
+        let mut plan = pmem::PmemPlan::open_from(std::slice::from_ref(&config), memory, start)
+            .map_err(|e| api::ApiError::from_vmm_for_api(&VmmError::Pmem(e)))?;
+        if let Err(e) = plan.plan(memory) {
+            plan.abandon();
+            return Err(api::ApiError::from_vmm_for_api(&VmmError::Pmem(e)));
+        }
+        // From here on the add writes.
+        let mut committed = plan
+            .commit()
+            .map_err(|e| api::ApiError::from_vmm_for_api(&VmmError::Pmem(e)))?;
+        let Some(dev) = committed.devices.pop() else {
+            return bad(500, "vm.add-pmem: the device vanished".into());
+        };
+        if let Err(e) = vm.add_pmem_slot(index, &dev) {
+            pmem::PmemDevices { devices: vec![dev] }.abandon();
+            return bad(500, format!("vm.add-pmem: {e}"));
+        }
+        let target = (!dev.config.readonly)
+            .then(|| dev.mapping.clone() as Arc<dyn devices::flush_hint::FlushTarget>);
+        self.hints.set_target(index, target);
+        let id = dev.config.id.clone();
+        let formatted = if dev.wrote_info_block {
+            devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
+        } else {
+            0
+        };
+        pmem.devices.push(dev);
+        if let Err(e) = write_fit(self.mem, &pmem.nvdimm_descs()) {
+            return bad(500, format!("vm.add-pmem: writing the FIT: {e}"));
+        }
+        if let Some(api) = self.api {
+            let report = pmem.report_json()["pmem"].clone();
+            api.update(|s| {
+                if let Some(c) = &mut s.config {
+                    c.pmem.push(config.clone());
+                }
+                if let Some(r) = &mut s.running {
+                    r.pmem_report = report;
+                    r.formatted.push((id.clone(), formatted));
+                }
+            });
+        }
+        info!("{id}: hot-added; notifying the guest");
+        self.irq.write(1).map_err(|e| {
+            api::ApiError::new(500, format!("vm.add-pmem: notifying the guest: {e}"))
+        })?;
+        // NVDIMMs are not PCI devices: the bdf is a placeholder in cloud-hypervisor's shape.
+        Ok(serde_json::json!({ "id": id, "bdf": "0000:00:00.0" }))
+    }
 }
 
 /// The monitor's exit status for a stop reason (see `vmm --help`).

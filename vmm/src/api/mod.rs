@@ -58,6 +58,22 @@ pub struct RunningVm {
     pub hints: Arc<FlushHints>,
     /// Per device (in order): its id and the bytes the monitor wrote to format it.
     pub formatted: Vec<(String, u64)>,
+    /// Where `vm.add-pmem` requests go: the main thread's run loop.
+    pub hot_add: HotAdd,
+}
+
+/// A `vm.add-pmem` for the run loop, which owns the devices, the VM and guest memory.
+pub struct HotAddRequest {
+    pub config: crate::pmem_option::PmemConfig,
+    /// `{id, bdf}` once the guest has been notified, or why nothing was added.
+    pub reply: mpsc::Sender<Result<Value, ApiError>>,
+}
+
+/// The run loop's end of hot-add: a queue and the eventfd that wakes the loop.
+#[derive(Clone)]
+pub struct HotAdd {
+    pub requests: mpsc::Sender<HotAddRequest>,
+    pub wake: Arc<vmm_sys_util::eventfd::EventFd>,
 }
 
 /// What happens once the running guest has stopped, when the API asked for more than a stop.
@@ -252,6 +268,7 @@ const ENDPOINTS: &[(&str, http::Method)] = &[
     ("vm.reboot", http::Method::Put),
     ("vm.power-button", http::Method::Put),
     ("vm.delete", http::Method::Put),
+    ("vm.add-pmem", http::Method::Put),
 ];
 
 /// cloud-hypervisor endpoints this monitor does not have (404 with a message saying so).
@@ -272,7 +289,6 @@ const NOT_SUPPORTED: &[&str] = &[
     "vm.add-net",
     "vm.add-vsock",
     "vm.add-vdpa",
-    "vm.add-pmem",
     "vm.receive-migration",
     "vm.send-migration",
     "vm.nmi",
@@ -332,7 +348,7 @@ impl Controller {
         if method == http::Method::Get && !req.body.is_empty() {
             return Err(ApiError::new(400, format!("GET {name}: takes no body")));
         }
-        let takes_body = name == "vm.create";
+        let takes_body = name == "vm.create" || name == "vm.add-pmem";
         if !takes_body && !req.body.is_empty() {
             return Err(ApiError::new(400, format!("PUT {name}: takes no body")));
         }
@@ -371,6 +387,7 @@ impl Controller {
                 self.delete()?;
                 done(http::Response::no_content())
             }
+            "vm.add-pmem" => done(http::Response::json(200, &self.add_pmem(&req.body)?)),
             _ => Err(ApiError::new(404, format!("{name}: no such endpoint"))),
         }
     }
@@ -529,6 +546,43 @@ impl Controller {
             .power_button
             .write(1)
             .map_err(|e| ApiError::new(500, format!("vm.power-button: {e}")))
+    }
+
+    /// NVDIMM hot-add: checked here for syntax and state, then done by the run loop, which
+    /// runs the same checks as for a command-line device before anything is written.
+    fn add_pmem(&self, body: &[u8]) -> Result<Value, ApiError> {
+        let (hot_add, count) = {
+            let s = self.state.lock();
+            if s.state == VmState::NotCreated {
+                return Err(not_created());
+            }
+            let Some(running) = &s.running else {
+                return Err(ApiError::new(
+                    405,
+                    "vm.add-pmem: the VM is not running; put the device into vm.create's pmem list",
+                ));
+            };
+            (running.hot_add.clone(), running.formatted.len())
+        };
+        let config =
+            vm_config::parse_pmem_body(body, count).map_err(|e| ApiError::new(400, e.0))?;
+        let (reply, answer) = mpsc::channel();
+        hot_add
+            .requests
+            .send(HotAddRequest { config, reply })
+            .map_err(|_| ApiError::new(409, "vm.add-pmem: the guest is stopping"))?;
+        let _ = hot_add.wake.write(1);
+        match answer.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ApiError::new(
+                409,
+                "vm.add-pmem: the guest stopped before the device was added; nothing was added",
+            )),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::new(
+                500,
+                "vm.add-pmem: the monitor did not answer in time",
+            )),
+        }
     }
 
     fn delete(&self) -> Result<(), ApiError> {

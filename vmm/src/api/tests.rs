@@ -94,8 +94,26 @@ impl Fixture {
         assert_eq!(self.controller.state.lock().state, state_before);
     }
 
-    /// Pretends the main thread booted the VM.
+    /// Pretends the main thread booted the VM; its run loop answers `vm.add-pmem` with
+    /// `answer` (or, with None, stops before answering).
     fn set_running(&self) -> Arc<StopSignal> {
+        self.set_running_with(Some(Ok(json!({ "id": "x", "bdf": "0000:00:00.0" }))))
+    }
+
+    fn set_running_with(&self, answer: Option<Result<Value, ApiError>>) -> Arc<StopSignal> {
+        let (requests, queue) = mpsc::channel::<HotAddRequest>();
+        let seen = self.seen.clone();
+        std::thread::spawn(move || {
+            for request in queue {
+                seen.lock().unwrap().push("add-pmem");
+                match &answer {
+                    Some(a) => {
+                        let _ = request.reply.send(a.clone());
+                    }
+                    None => return, // the run loop stopped: the reply is dropped
+                }
+            }
+        });
         let stop = Arc::new(StopSignal::new().unwrap());
         let cfg = VmConfig {
             kernel: "/k".into(),
@@ -118,6 +136,13 @@ impl Fixture {
                 pmem_report: json!([{ "id": "data", "mode": "fsdax" }]),
                 hints: Arc::new(FlushHints::new(vec![None])),
                 formatted: vec![("data".into(), 4096)],
+                hot_add: HotAdd {
+                    requests,
+                    wake: Arc::new(
+                        vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                            .unwrap(),
+                    ),
+                },
             },
         );
         stop
@@ -292,4 +317,55 @@ fn vmm_shutdown_while_running_stops_the_guest_first() {
         .handle(&request("PUT", "/api/v1/vmm.shutdown", ""));
     assert_eq!(r.status, 204);
     assert!(matches!(then, Then::ExitVmm));
+}
+
+#[test]
+fn add_pmem_refusals() {
+    let f = fixture();
+    let body = r#"{"file":"/x","size":2097152}"#;
+    f.refused("PUT", "vm.add-pmem", body, 404, "no VM is created");
+    f.refused("GET", "vm.add-pmem", "", 405, "use PUT");
+    assert_eq!(
+        f.call("PUT", "vm.create", r#"{"payload":{"kernel":"/k"}}"#)
+            .0,
+        204
+    );
+    f.seen.lock().unwrap().clear();
+    f.refused("PUT", "vm.add-pmem", body, 405, "not running");
+    f.set_running();
+    for (bad, needle) in [
+        ("", "invalid JSON body"),
+        ("{", "invalid JSON body"),
+        (r#"{"size":2097152}"#, "missing field `file`"),
+        (r#"{"file":"/x","colour":1}"#, "colour: unknown field"),
+        (r#"{"file":"/x","size":"2M"}"#, "size: invalid type"),
+        (r#"{"file":"/x","size":0}"#, "pmem: size=0"),
+        (r#"{"file":"/x","mode":"sector"}"#, "pmem: mode=sector"),
+        (r#"{"file":"/x","iommu":true}"#, "pmem.iommu"),
+        (r#"{"file":"/x","id":"a b"}"#, "pmem: id=a b"),
+    ] {
+        f.refused("PUT", "vm.add-pmem", bad, 400, needle);
+    }
+    // A valid body reaches the run loop, whose answer is passed on.
+    let (status, v) = f.call("PUT", "vm.add-pmem", body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v, json!({ "id": "x", "bdf": "0000:00:00.0" }));
+    assert_eq!(*f.seen.lock().unwrap(), ["add-pmem"]);
+}
+
+#[test]
+fn add_pmem_passes_on_the_run_loops_refusal_and_a_stop() {
+    let f = fixture();
+    f.set_running_with(Some(Err(ApiError::new(
+        409,
+        "pmem file=/x: it is the backing of data",
+    ))));
+    let (status, v) = f.call("PUT", "vm.add-pmem", r#"{"file":"/x"}"#);
+    assert_eq!(status, 409);
+    assert!(v[0].as_str().unwrap().contains("backing of data"), "{v}");
+    let f = fixture();
+    f.set_running_with(None);
+    let (status, v) = f.call("PUT", "vm.add-pmem", r#"{"file":"/x"}"#);
+    assert_eq!(status, 409, "{v}");
+    assert!(v[0].as_str().unwrap().contains("nothing was added"), "{v}");
 }
