@@ -52,6 +52,25 @@ pub struct PlatformDesc {
     /// losing the NVDIMMs' nodes. Non-empty, non-overlapping, disjoint from every NVDIMM; may
     /// be empty only while no SRAT is needed.
     pub ram: Vec<(u64, u64)>,
+    /// NVDIMM hot-add: the root device gets a `_FIT` method and a child for every possible
+    /// DIMM, and the Generic Event Device an interrupt that notifies the root device. None: a
+    /// fixed set of NVDIMMs described by the NFIT alone.
+    pub nvdimm_hotplug: Option<NvdimmHotplugDesc>,
+}
+
+/// How the guest finds the current NVDIMM set while it runs (Linux: `acpi_nfit_notify()` →
+/// `acpi_nfit_update_notify()` evaluates `_FIT` on `Notify (NVDR, 0x80)`; at boot
+/// `acpi_nfit_add()` prefers `_FIT` over the static NFIT when it exists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvdimmHotplugDesc {
+    /// Guest-physical address of the FIT buffer the monitor keeps current: a little-endian
+    /// u32 byte count, then that many bytes of NFIT structures ([`crate::nfit_structures`]).
+    /// It must lie in memory the guest does not use as RAM (an E820 reserved range).
+    pub fit_addr: u64,
+    /// Bytes after the count that `_FIT` may read: at least the FIT of [`MAX_NVDIMMS`] DIMMs.
+    pub fit_max: u32,
+    /// The Generic Event Device interrupt that means "the NVDIMM set changed".
+    pub gsi: u32,
 }
 
 /// The single IOAPIC.
@@ -117,6 +136,11 @@ pub struct PowerDesc {
     pub sleep_status_port: u16,
     pub reset_port: u16,
     pub reset_value: u8,
+    /// The ACPI power button, on a hardware-reduced platform (which has no fixed power-button
+    /// event): a Generic Event Device (`GED0`, `_HID "ACPI0013"`) whose `_CRS` is this
+    /// edge-triggered, active-high GSI and whose `_EVT` does `Notify (\_SB.PWRB, 0x80)`, and
+    /// `PWRB` (`_HID "PNP0C0C"`), the power button device. None: neither is emitted.
+    pub power_button_gsi: Option<u32>,
 }
 
 impl Default for PowerDesc {
@@ -129,6 +153,7 @@ impl Default for PowerDesc {
             sleep_status_port: 0x3c1,
             reset_port: 0xcf9,
             reset_value: 0x06,
+            power_button_gsi: None,
         }
     }
 }

@@ -4,6 +4,11 @@
 //! Name (\_S5_, Package () { 5, 0, 0, 0 })     // SLP_TYP for power off
 //! Scope (\_SB_) {
 //!     Device (COM1) { _HID EisaId("PNP0501"), _UID 1, _CRS { IO 0x3f8/8, IRQNoFlags {4} } }
+//!     Device (PWRB) { _HID EisaId("PNP0C0C"), _UID 0 }          // with a power button
+//!     Device (GED0) {                                            // with a power button
+//!         _HID "ACPI0013", _UID 0, _CRS { Interrupt (Edge, ActiveHigh, Exclusive) {GSI} }
+//!         Method (_EVT, 1) { Notify (\_SB.PWRB, 0x80) }
+//!     }
 //!     Device (NVDR) {                          // only with NVDIMMs
 //!         Name (_HID, "ACPI0012")
 //!         Device (NV00) { Name (_ADR, 0x00000001) }   // = NFIT device handle of DIMM 0
@@ -17,10 +22,14 @@
 //! (`acpi_nfit_add_dimm()`), and without a root `_DSM` ARS fails and `ars_register()`
 //! registers the region anyway. No `_STA` either: an absent `_STA` means present and enabled.
 
-use acpi_tables::aml::{Device, EISAName, Name, Package, Path, ResourceTemplate, Scope, IO};
+use acpi_tables::aml::{
+    Arg, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
+    FieldUpdateRule, If, Interrupt, Local, Method, Mid, Name, Notify, OpRegion, OpRegionSpace,
+    Package, Path, ResourceTemplate, Return, Scope, IO,
+};
 use acpi_tables::{Aml, AmlSink};
 
-use crate::desc::{NvdimmDesc, PlatformDesc, SerialDesc};
+use crate::desc::{NvdimmHotplugDesc, PlatformDesc, SerialDesc, MAX_NVDIMMS};
 use crate::nfit::nfit_handle;
 use crate::power::S5_SLEEP_TYPE;
 use crate::sdt::new_table;
@@ -71,11 +80,21 @@ pub(crate) fn build(desc: &PlatformDesc) -> Vec<u8> {
         .enumerate()
         .map(|(i, s)| serial_device(i, s))
         .collect();
-    let nvdimm_root = (!desc.nvdimms.is_empty()).then(|| nvdimm_root_device(&desc.nvdimms));
+    let nvdimm_root = (!desc.nvdimms.is_empty() || desc.nvdimm_hotplug.is_some())
+        .then(|| nvdimm_root_device(desc.nvdimms.len(), desc.nvdimm_hotplug.as_ref()));
+    let ged = (desc.power.power_button_gsi.is_some() || desc.nvdimm_hotplug.is_some()).then(|| {
+        event_devices(
+            desc.power.power_button_gsi,
+            desc.nvdimm_hotplug.as_ref().map(|h| h.gsi),
+        )
+    });
 
     let mut sb_children: Vec<&dyn Aml> = Vec::new();
     for dev in &serial_devices {
         sb_children.push(dev);
+    }
+    if let Some(devs) = &ged {
+        sb_children.push(devs);
     }
     if let Some(root) = &nvdimm_root {
         sb_children.push(root);
@@ -110,11 +129,73 @@ fn serial_device(i: usize, s: &SerialDesc) -> RawAml {
     RawAml(bytes)
 }
 
+/// `Device (PWRB)`, the ACPI power button (`PNP0C0C`), when there is one, and `Device (GED0)`,
+/// the Generic Event Device (`ACPI0013`, ACPI 6.x §5.6.9) that signals the power button and
+/// NVDIMM hot-add: Linux's `evged` driver requests each interrupt of the GED's `_CRS` and, when
+/// one fires, runs `_EVT` with its GSI. A power-button GSI notifies `PWRB` with 0x80 ("button
+/// pressed"), which the button driver (`CONFIG_ACPI_BUTTON`) turns into a `KEY_POWER` input
+/// event and an ACPI netlink event for acpid or systemd-logind; the hot-add GSI notifies the
+/// NVDIMM root device with 0x80, on which Linux re-reads `_FIT`. One GSI per event, so no
+/// selector register is needed.
+fn event_devices(power_button_gsi: Option<u32>, nvdimm_gsi: Option<u32>) -> RawAml {
+    let mut bytes = Vec::new();
+    if power_button_gsi.is_some() {
+        let hid = Name::new("_HID".into(), &EISAName::new("PNP0C0C"));
+        let uid = Name::new("_UID".into(), &0u8);
+        Device::new(Path::new("PWRB"), vec![&hid, &uid]).to_aml_bytes(&mut bytes);
+    }
+    let ged_hid = Name::new("_HID".into(), &"ACPI0013");
+    let ged_uid = Name::new("_UID".into(), &0u8);
+    let irqs: Vec<Interrupt> = [power_button_gsi, nvdimm_gsi]
+        .into_iter()
+        .flatten()
+        .map(|gsi| Interrupt::new(true, true, false, false, gsi))
+        .collect();
+    let crs_items: Vec<&dyn Aml> = irqs.iter().map(|i| i as &dyn Aml).collect();
+    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(crs_items));
+    let pressed = 0x80u8;
+    let pwrb = Path::new("\\_SB_.PWRB");
+    let nvdr = Path::new(&format!("\\_SB_.{NVDIMM_ROOT}"));
+    let notify_pwrb = Notify::new(&pwrb, &pressed);
+    let notify_nvdr = Notify::new(&nvdr, &pressed);
+    let arg0 = Arg(0);
+    let pwr_gsi = power_button_gsi.unwrap_or(0);
+    let nvd_gsi = nvdimm_gsi.unwrap_or(0);
+    let is_pwr = Equal::new(&arg0, &pwr_gsi);
+    let is_nvd = Equal::new(&arg0, &nvd_gsi);
+    let if_pwr = If::new(&is_pwr, vec![&notify_pwrb]);
+    let if_nvd = If::new(&is_nvd, vec![&notify_nvdr]);
+    let mut evt_body: Vec<&dyn Aml> = Vec::new();
+    if power_button_gsi.is_some() {
+        evt_body.push(&if_pwr);
+    }
+    if nvdimm_gsi.is_some() {
+        evt_body.push(&if_nvd);
+    }
+    let evt = Method::new("_EVT".into(), 1, true, evt_body);
+    Device::new(Path::new("GED0"), vec![&ged_hid, &ged_uid, &crs, &evt]).to_aml_bytes(&mut bytes);
+    RawAml(bytes)
+}
+
 /// `Device (NVDR)` with `_HID "ACPI0012"` (the device Linux's NFIT driver binds to) and one
-/// child `NVxx` per DIMM whose `_ADR` is the DIMM's NFIT device handle.
-fn nvdimm_root_device(nvdimms: &[NvdimmDesc]) -> RawAml {
+/// child `NVxx` per DIMM whose `_ADR` is the DIMM's NFIT device handle: for the `count` DIMMs
+/// there are, or with hot-add for every DIMM there may be ([`MAX_NVDIMMS`], as QEMU declares
+/// one per memory slot), since the guest finds a DIMM's device by its `_ADR` when the DIMM
+/// appears and the namespace cannot change. With hot-add also the FIT buffer and `_FIT`:
+///
+/// ```text
+/// OperationRegion (NFTR, SystemMemory, fit_addr, 4 + fit_max)
+/// Field (NFTR, DWordAcc, NoLock, Preserve) { FLEN, 32, FBUF, fit_max * 8 }
+/// Method (_FIT, 0, Serialized) { Mid (FBUF, Zero, FLEN, Local0)  Return (Local0) }
+/// ```
+fn nvdimm_root_device(count: usize, hotplug: Option<&NvdimmHotplugDesc>) -> RawAml {
     let hid = Name::new("_HID".into(), &"ACPI0012");
-    let children: Vec<RawAml> = (0..nvdimms.len())
+    let children_count = if hotplug.is_some() {
+        MAX_NVDIMMS
+    } else {
+        count
+    };
+    let children: Vec<RawAml> = (0..children_count)
         .map(|i| {
             let adr = Name::new("_ADR".into(), &DWordConst(nfit_handle(i)));
             let mut bytes = Vec::new();
@@ -123,9 +204,40 @@ fn nvdimm_root_device(nvdimms: &[NvdimmDesc]) -> RawAml {
         })
         .collect();
     let mut members: Vec<&dyn Aml> = vec![&hid];
+    let fit = hotplug.map(fit_method);
+    if let Some(fit) = &fit {
+        members.push(fit);
+    }
     members.extend(children.iter().map(|c| c as &dyn Aml));
     let mut bytes = Vec::new();
     Device::new(Path::new(NVDIMM_ROOT), members).to_aml_bytes(&mut bytes);
+    RawAml(bytes)
+}
+
+/// The FIT buffer's operation region, its fields and `_FIT` (see [`nvdimm_root_device`]).
+fn fit_method(h: &NvdimmHotplugDesc) -> RawAml {
+    let mut bytes = Vec::new();
+    let addr = h.fit_addr;
+    let len = 4 + u64::from(h.fit_max);
+    OpRegion::new("NFTR".into(), OpRegionSpace::SystemMemory, &addr, &len).to_aml_bytes(&mut bytes);
+    Field::new(
+        "NFTR".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            FieldEntry::Named(*b"FLEN", 32),
+            FieldEntry::Named(*b"FBUF", h.fit_max as usize * 8),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+    let fbuf = Path::new("FBUF");
+    let flen = Path::new("FLEN");
+    let zero = 0u8;
+    let local0 = Local(0);
+    let mid = Mid::new(&fbuf, &zero, &flen, &local0);
+    let ret = Return::new(&local0);
+    Method::new("_FIT".into(), 0, true, vec![&mid, &ret]).to_aml_bytes(&mut bytes);
     RawAml(bytes)
 }
 
@@ -144,6 +256,30 @@ mod tests {
         // ACPI 6.x §6.4.2.1: byte 0 = 0x22 (IRQ descriptor, length 2), bytes 1-2 = mask.
         assert_eq!(aml(&IrqNoFlags(4)), [0x22, 0x10, 0x00]);
         assert_eq!(aml(&IrqNoFlags(12)), [0x22, 0x00, 0x10]);
+    }
+
+    #[test]
+    fn power_button_only_when_asked_for() {
+        let mut desc = PlatformDesc {
+            num_cpus: 1,
+            ioapic: Default::default(),
+            serial: vec![SerialDesc::COM1],
+            power: Default::default(),
+            nvdimms: Vec::new(),
+            ram: vec![(0, 512 << 20)],
+            nvdimm_hotplug: None,
+        };
+        let without = build(&desc);
+        assert!(!without.windows(4).any(|w| w == b"GED0"));
+        desc.power.power_button_gsi = Some(5);
+        let with = build(&desc);
+        for name in [&b"GED0"[..], b"PWRB", b"_EVT", b"ACPI0013"] {
+            assert!(with.windows(name.len()).any(|w| w == name), "{name:?}");
+        }
+        // The extended interrupt descriptor: tag 0x89, length 6, flags 0x03 (consumer, edge,
+        // active high, exclusive), one interrupt, GSI 5.
+        let irq = [0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00];
+        assert!(with.windows(irq.len()).any(|w| w == irq));
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //!         flush_hint: Some(0xfe00_0000),
 //!     }],
 //!     ram: vec![(0, 2 << 30)],
+//!     nvdimm_hotplug: None,
 //! };
 //! let tables = build_tables(&desc, 0xe0000, 0x20000)?;
 //! assert_eq!(tables.rsdp_addr, 0xe0000);
@@ -55,14 +56,14 @@ mod srat;
 mod tables;
 
 pub use desc::{
-    IoApicDesc, NvdimmDesc, PlatformDesc, PowerDesc, SerialDesc, MAX_CPUS, MAX_NVDIMMS,
-    MAX_PROXIMITY_DOMAIN, MAX_SERIAL_PORTS, NVDIMM_ALIGN,
+    IoApicDesc, NvdimmDesc, NvdimmHotplugDesc, PlatformDesc, PowerDesc, SerialDesc, MAX_CPUS,
+    MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN, MAX_SERIAL_PORTS, NVDIMM_ALIGN,
 };
 pub use dsdt::NVDIMM_ROOT;
 pub use error::AcpiError;
 pub use fadt::IAPC_BOOT_ARCH;
 pub use madt::LOCAL_APIC_ADDRESS;
-pub use nfit::nfit_handle;
+pub use nfit::{nfit_handle, nfit_structures, MAX_FIT_LEN};
 pub use power::{
     decode_sleep_control, sleep_control_value, S5_SLEEP_CONTROL, S5_SLEEP_TYPE, SLP_EN, WAK_STS,
 };

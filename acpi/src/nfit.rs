@@ -99,6 +99,17 @@ const fn structure_index(index: usize) -> u16 {
     index as u16 + 1
 }
 
+/// The NFIT's structures without its header: what `_FIT` returns (Linux's
+/// `acpi_nfit_update_notify()` parses the buffer as a series of NFIT structures).
+pub fn nfit_structures(nvdimms: &[NvdimmDesc]) -> Vec<u8> {
+    build(nvdimms)[HEADER_LEN as usize..].to_vec()
+}
+
+/// The largest [`nfit_structures`]: [`MAX_NVDIMMS`] DIMMs, each with a flush hint.
+pub const MAX_FIT_LEN: usize = MAX_NVDIMMS
+    * (SPA_LEN as usize + MEMDEV_LEN as usize + DCR_LEN as usize + FLUSH_HINT_LEN as usize)
+    + CAPABILITIES_LEN as usize;
+
 /// The complete NFIT for `nvdimms` (validated, non-empty).
 pub(crate) fn build(nvdimms: &[NvdimmDesc]) -> Vec<u8> {
     let mut table = new_table(SIGNATURE, HEADER_LEN, REVISION);

@@ -425,3 +425,98 @@ fn acpiexec_evaluates_namespace() {
         );
     }
 }
+
+/// The power button: acpiexec runs the GED's `_EVT` and sees the notify on `PWRB`.
+#[test]
+fn acpiexec_runs_the_power_button_event() {
+    let dir = Scratch::new("acpiexec-pwrb");
+    let mut p = platform(1, Vec::new());
+    p.power.power_button_gsi = Some(5);
+    let t = build_tables(&p, BASE, MAX_LEN).unwrap();
+    let mut files = Vec::new();
+    for info in &t.tables {
+        if &info.signature == b"XSDT" {
+            continue;
+        }
+        let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
+        std::fs::write(
+            dir.path().join(&name),
+            &t.bytes[info.offset..info.offset + info.len],
+        )
+        .unwrap();
+        files.push(name);
+    }
+    let commands = "evaluate \\_SB.PWRB._HID; evaluate \\_SB.GED0._HID; \
+                    evaluate \\_SB.GED0._CRS; evaluate \\_SB.GED0._EVT 5";
+    let mut args = vec!["-b", commands];
+    args.extend(files.iter().map(String::as_str));
+    let out = run("acpiexec", &args, dir.path());
+    let log = text(&out);
+    assert!(out.status.success(), "acpiexec failed:\n{log}");
+    assert_clean("acpiexec output", &log);
+    for needle in [
+        "[String] Length 08 = \"ACPI0013\"",
+        // EisaId("PNP0C0C")
+        "[Integer] = 000000000C0CD041",
+        // Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {5}, EndTag
+        "89 06 00 03 01 05 00 00 00 79 00",
+        "Notify on [PWRB]",
+    ] {
+        assert!(
+            log.contains(needle),
+            "acpiexec output lacks {needle:?}:\n{log}"
+        );
+    }
+}
+
+/// NVDIMM hot-add: `_FIT` runs (acpiexec's simulated memory reads a zero length, so an empty
+/// buffer), every possible DIMM has its device, and the GED's second interrupt notifies NVDR.
+#[test]
+fn acpiexec_runs_fit_and_the_hotplug_event() {
+    let dir = Scratch::new("acpiexec-fit");
+    let mut p = platform(1, dimms(1));
+    p.power.power_button_gsi = Some(5);
+    p.nvdimm_hotplug = Some(acpi::NvdimmHotplugDesc {
+        fit_addr: 0xfc000,
+        fit_max: acpi::MAX_FIT_LEN as u32,
+        gsi: 6,
+    });
+    let t = build_tables(&p, BASE, MAX_LEN).unwrap();
+    let mut files = Vec::new();
+    for info in &t.tables {
+        if &info.signature == b"XSDT" {
+            continue;
+        }
+        let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
+        std::fs::write(
+            dir.path().join(&name),
+            &t.bytes[info.offset..info.offset + info.len],
+        )
+        .unwrap();
+        files.push(name);
+    }
+    let commands = "evaluate \\_SB.NVDR._FIT; evaluate \\_SB.NVDR.NV3F._ADR; \
+                    evaluate \\_SB.GED0._CRS; evaluate \\_SB.GED0._EVT 6; \
+                    evaluate \\_SB.GED0._EVT 5";
+    let mut args = vec!["-b", commands];
+    args.extend(files.iter().map(String::as_str));
+    let out = run("acpiexec", &args, dir.path());
+    let log = text(&out);
+    assert!(out.status.success(), "acpiexec failed:\n{log}");
+    assert_clean("acpiexec output", &log);
+    for needle in [
+        "Evaluation of \\_SB.NVDR._FIT returned object",
+        "[Buffer] Length 00",
+        // NFIT handle of DIMM 63
+        "[Integer] = 0000000000000040",
+        // Two interrupts, GSI 5 and 6.
+        "89 06 00 03 01 05 00 00 00 89 06 00 03 01 06 00",
+        "Notify on [NVDR]",
+        "Notify on [PWRB]",
+    ] {
+        assert!(
+            log.contains(needle),
+            "acpiexec output lacks {needle:?}:\n{log}"
+        );
+    }
+}

@@ -14,7 +14,7 @@
 //! over data that is gone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 
@@ -48,16 +48,50 @@ pub struct FlushFailed {
 /// The flush-hint pages of all DIMMs: one MMIO range on the [`MmioBus`](crate::bus::MmioBus),
 /// DIMM `i`'s page at offset `i * FLUSH_HINT_STRIDE`.
 pub struct FlushHints {
-    targets: Vec<Option<Arc<dyn FlushTarget>>>,
+    /// One entry per DIMM slot the MMIO range covers; a hot-added DIMM fills its slot.
+    targets: RwLock<Vec<Option<Arc<dyn FlushTarget>>>>,
     flushes: AtomicU64,
+    /// Per DIMM: guest writes to its hint, and host flushes (`msync`s) that succeeded.
+    counters: Vec<DimmCounters>,
+}
+
+/// One DIMM's flush counters.
+#[derive(Default)]
+struct DimmCounters {
+    requests: AtomicU64,
+    host_flushes: AtomicU64,
 }
 
 impl FlushHints {
     /// `targets[i]` is DIMM `i`'s mapping, or None when there is nothing to flush (read-only).
     pub fn new(targets: Vec<Option<Arc<dyn FlushTarget>>>) -> Self {
+        let capacity = targets.len();
+        Self::with_capacity(targets, capacity)
+    }
+
+    /// As [`new`](Self::new), with pages for `capacity` DIMMs (at least `targets.len()`), so
+    /// DIMMs added later ([`set_target`](Self::set_target)) have their hint in the same range.
+    pub fn with_capacity(mut targets: Vec<Option<Arc<dyn FlushTarget>>>, capacity: usize) -> Self {
+        let capacity = capacity.max(targets.len());
+        targets.resize_with(capacity, || None);
+        let counters = (0..capacity).map(|_| DimmCounters::default()).collect();
         FlushHints {
-            targets,
+            targets: RwLock::new(targets),
             flushes: AtomicU64::new(0),
+            counters,
+        }
+    }
+
+    /// Gives DIMM `index` (a hot-added one) its flush target. False when `index` is beyond
+    /// the range.
+    pub fn set_target(&self, index: usize, target: Option<Arc<dyn FlushTarget>>) -> bool {
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        match targets.get_mut(index) {
+            Some(slot) => {
+                *slot = target;
+                true
+            }
+            None => false,
         }
     }
 
@@ -68,17 +102,28 @@ impl FlushHints {
 
     /// Bytes of MMIO the hints take: the length of their bus range.
     pub fn len(&self) -> u64 {
-        self.targets.len() as u64 * FLUSH_HINT_STRIDE
+        self.counters.len() as u64 * FLUSH_HINT_STRIDE
     }
 
     /// No DIMMs, no hints. (For clippy's `len_without_is_empty`.)
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+        self.counters.is_empty()
     }
 
     /// How many guest flushes were served.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// DIMM `index`'s counters: guest flush requests (writes to its hint, including those that
+    /// failed) and host flushes that succeeded (none for a read-only DIMM).
+    pub fn counters(&self, index: usize) -> (u64, u64) {
+        self.counters.get(index).map_or((0, 0), |c| {
+            (
+                c.requests.load(Ordering::Relaxed),
+                c.host_flushes.load(Ordering::Relaxed),
+            )
+        })
     }
 }
 
@@ -93,10 +138,24 @@ impl MmioDevice for FlushHints {
     /// fault ([`FlushFailed`]): the guest's write must not complete.
     fn write(&self, offset: u64, _data: &[u8]) -> Result<(), DeviceFault> {
         let index = (offset / FLUSH_HINT_STRIDE) as usize;
-        if let Some(Some(target)) = self.targets.get(index) {
+        let counters = self.counters.get(index);
+        if let Some(c) = counters {
+            c.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let target = self
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(index)
+            .cloned()
+            .flatten();
+        if let Some(target) = target {
             target
                 .flush()
                 .map_err(|source| DeviceFault::new(FlushFailed { index, source }))?;
+            if let Some(c) = counters {
+                c.host_flushes.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -136,6 +195,13 @@ mod tests {
             .write(FlushHints::address(0xfe00_0000, 1) + 8, &[1])
             .unwrap());
         assert_eq!(hints.flush_count(), 2);
+        assert_eq!(
+            hints.counters(0),
+            (1, 0),
+            "read-only: asked, nothing to flush"
+        );
+        assert_eq!(hints.counters(1), (1, 1));
+        assert_eq!(hints.counters(7), (0, 0));
         assert_eq!(std::fs::read(&path).unwrap()[100], 0x5a);
     }
 
@@ -170,5 +236,6 @@ mod tests {
             0,
             "a failed flush is not counted as served"
         );
+        assert_eq!(hints.counters(1), (1, 0));
     }
 }

@@ -19,6 +19,8 @@ pub enum StopReason {
     TripleFault,
     /// The host asked the monitor to stop (SIGTERM, SIGINT); the value is the signal number.
     Signal(i32),
+    /// The host asked through the control API (`vm.shutdown`, `vm.delete`, `vmm.shutdown`).
+    Shutdown,
     /// A vCPU failed in a way the guest cannot recover from; the text says how.
     Error,
 }

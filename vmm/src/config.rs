@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use thiserror::Error;
 
+use crate::api::socket::{parse_api_socket, ApiSocketOption};
 use crate::layout::MIB;
 use crate::pmem_option::{parse_pmem, PmemConfig};
 
@@ -32,7 +33,11 @@ Exit status:
 Output files (--report, --serial file=) must be regular files or new paths in a writable
 directory (--serial file= also takes /dev/null or a terminal), and never a --pmem backing, the
 kernel, the initramfs or the other output, however reached (links, bind mounts, loop devices).
-They are created or truncated only after every check has passed.
+They are created or truncated only after every check has passed. --api-socket path= follows
+the same rules and may also be a stale socket (replaced), not a live one.
+
+Control API: --api-socket serves cloud-hypervisor's HTTP endpoints (ch-remote works); without
+--kernel the monitor starts empty and waits for vm.create and vm.boot.
 
 Sizes take a K, M, G or T suffix (powers of 1024); a bare --memory number is MiB, as in QEMU.
 The serial console is COM1 (0x3f8, IRQ 4): give the guest console=ttyS0.";
@@ -45,33 +50,44 @@ The serial console is COM1 (0x3f8, IRQ 4): give the guest console=ttyS0.";
     after_help = EXIT_STATUS_HELP
 )]
 pub struct Cli {
-    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry note
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry note. Without it (and with
+    /// --api-socket) the monitor starts empty and waits for vm.create and vm.boot
+    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk loaded for the kernel
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "kernel")]
     pub initramfs: Option<PathBuf>,
     /// Kernel command line
-    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE, requires = "kernel")]
     pub cmdline: String,
     /// Number of vCPUs (1 to 254)
-    #[arg(long, value_name = "N", default_value = "1")]
+    #[arg(long, value_name = "N", default_value = "1", requires = "kernel")]
     pub cpus: String,
     /// Guest RAM, e.g. 512M or 2G (at least 64M)
-    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    #[arg(long, value_name = "SIZE", default_value = "512M", requires = "kernel")]
     pub memory: String,
     /// Where the guest's COM1 goes: stdio, file=PATH or off
-    #[arg(long, value_name = "MODE", default_value = "stdio")]
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "stdio",
+        requires = "kernel"
+    )]
     pub serial: String,
     /// Write a JSON description of the guest's pmem namespaces (addresses, modes, memmap cost,
     /// capacity) to PATH before the guest starts
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "kernel")]
     pub report: Option<PathBuf>,
     /// A persistent memory device (repeatable): path=PATH[,size=SIZE][,readonly=on|off][,id=NAME]
     /// [,numa=NODE][,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G]
     /// [,format=keep|init|force]
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC", requires = "kernel")]
     pub pmem: Vec<String>,
+    /// Serve the HTTP control API (cloud-hypervisor's endpoints) on a Unix socket:
+    /// path=PATH (created; a stale socket there is replaced) or fd=N (an inherited listening
+    /// socket)
+    #[arg(long, value_name = "path=PATH|fd=N")]
+    pub api_socket: Option<String>,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -142,7 +158,84 @@ pub fn parse_size(text: &str, bare_unit: u64) -> Result<u64, String> {
         .ok_or_else(|| "the size is too large".to_string())
 }
 
-fn host_memory_bytes() -> Option<u64> {
+/// The monitor's start: a VM from the command line, an API socket, or both.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The VM the command line describes (`--kernel` given); None: wait for `vm.create`.
+    pub vm: Option<VmConfig>,
+    pub api_socket: Option<ApiSocketOption>,
+}
+
+/// A VM's settings as text, before validation: what `--kernel`, `--cpus`, ... give, and what
+/// the API's `vm.create` translates its JSON into. [`VmConfig::validate`] is the one validation
+/// both go through.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: String,
+    pub memory: String,
+    pub serial: String,
+    pub report: Option<PathBuf>,
+    /// Each device as validated by `pmem_option::pmem_from_pairs`, with the text that names
+    /// it in messages (the `--pmem` value, or `pmem[i]` in the API).
+    pub pmem: Vec<(String, PmemConfig)>,
+}
+
+impl Launch {
+    /// Validates the parsed command line (see [`VmConfig::validate`]).
+    pub fn from_cli(cli: Cli, host_memory: Option<u64>) -> Result<Self, ConfigError> {
+        let api_socket = match &cli.api_socket {
+            Some(text) => Some(parse_api_socket(text).map_err(|r| invalid("api-socket", text, r))?),
+            None => None,
+        };
+        let vm = match cli.kernel {
+            Some(kernel) => {
+                if cli.pmem.len() > MAX_PMEM_DEVICES {
+                    return Err(invalid(
+                        "pmem",
+                        &cli.pmem[MAX_PMEM_DEVICES],
+                        format!("at most {MAX_PMEM_DEVICES} devices per guest"),
+                    ));
+                }
+                let mut pmem = Vec::with_capacity(cli.pmem.len());
+                for (index, spec) in cli.pmem.iter().enumerate() {
+                    let dev = parse_pmem(spec, index).map_err(|r| invalid("pmem", spec, r))?;
+                    pmem.push((spec.clone(), dev));
+                }
+                Some(VmConfig::validate(
+                    VmSpec {
+                        kernel,
+                        initramfs: cli.initramfs,
+                        cmdline: cli.cmdline,
+                        cpus: cli.cpus,
+                        memory: cli.memory,
+                        serial: cli.serial,
+                        report: cli.report,
+                        pmem,
+                    },
+                    host_memory,
+                )?)
+            }
+            None => None,
+        };
+        Ok(Launch { vm, api_socket })
+    }
+
+    /// Parses and validates `args` (including the program name).
+    pub fn parse_args<I, T>(args: I) -> Result<Self, CliFailure>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args).map_err(CliFailure::Clap)?;
+        Launch::from_cli(cli, host_memory_bytes()).map_err(CliFailure::Config)
+    }
+}
+
+/// The host's RAM in bytes, when known: the bound for guest RAM.
+pub fn host_memory_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -150,9 +243,10 @@ fn host_memory_bytes() -> Option<u64> {
 }
 
 impl VmConfig {
-    /// Validates the parsed command line. `host_memory` is the host's RAM in bytes (None when
-    /// unknown), the bound for guest RAM: more than the host has could never be backed.
-    pub fn from_cli(cli: Cli, host_memory: Option<u64>) -> Result<Self, ConfigError> {
+    /// Validates a VM's settings, from the command line or from `vm.create`. `host_memory` is
+    /// the host's RAM in bytes (None when unknown), the bound for guest RAM: more than the host
+    /// has could never be backed.
+    pub fn validate(cli: VmSpec, host_memory: Option<u64>) -> Result<Self, ConfigError> {
         let cpus: u32 = cli.cpus.trim().parse().map_err(|_| {
             invalid(
                 "cpus",
@@ -229,13 +323,13 @@ impl VmConfig {
         if cli.pmem.len() > MAX_PMEM_DEVICES {
             return Err(invalid(
                 "pmem",
-                &cli.pmem[MAX_PMEM_DEVICES],
+                &cli.pmem[MAX_PMEM_DEVICES].0,
                 format!("at most {MAX_PMEM_DEVICES} devices per guest"),
             ));
         }
         let mut pmem = Vec::with_capacity(cli.pmem.len());
-        for (index, spec) in cli.pmem.iter().enumerate() {
-            let dev = parse_pmem(spec, index).map_err(|r| invalid("pmem", spec, r))?;
+        for (spec, dev) in cli.pmem {
+            let spec = &spec;
             if let Some(other) = pmem.iter().find(|p: &&PmemConfig| p.id == dev.id) {
                 return Err(invalid(
                     "pmem",
@@ -261,16 +355,6 @@ impl VmConfig {
             report: cli.report,
         })
     }
-
-    /// Parses and validates `args` (including the program name).
-    pub fn parse_args<I, T>(args: I) -> Result<Self, CliFailure>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let cli = Cli::try_parse_from(args).map_err(CliFailure::Clap)?;
-        VmConfig::from_cli(cli, host_memory_bytes()).map_err(CliFailure::Config)
-    }
 }
 
 /// Why the command line did not produce a configuration.
@@ -288,7 +372,8 @@ mod tests {
     fn parse(extra: &[&str]) -> Result<VmConfig, ConfigError> {
         let mut args = vec!["vmm", "--kernel", "/k"];
         args.extend_from_slice(extra);
-        VmConfig::from_cli(Cli::try_parse_from(args).unwrap(), Some(8 << 30))
+        Launch::from_cli(Cli::try_parse_from(args).unwrap(), Some(8 << 30))
+            .map(|l| l.vm.expect("--kernel gives a VM"))
     }
 
     #[test]
@@ -358,5 +443,24 @@ mod tests {
     fn unknown_option_is_a_clap_error() {
         assert!(Cli::try_parse_from(["vmm", "--kernel", "/k", "--frobnicate"]).is_err());
         assert!(Cli::try_parse_from(["vmm"]).is_err());
+    }
+
+    #[test]
+    fn api_socket_alone_starts_empty() {
+        let cli = Cli::try_parse_from(["vmm", "--api-socket", "path=/run/v.sock"]).unwrap();
+        let launch = Launch::from_cli(cli, None).unwrap();
+        assert!(launch.vm.is_none());
+        assert_eq!(
+            launch.api_socket,
+            Some(ApiSocketOption::Path("/run/v.sock".into()))
+        );
+        // VM options need --kernel: with the API the VM comes from vm.create.
+        assert!(
+            Cli::try_parse_from(["vmm", "--api-socket", "path=/s", "--pmem", "path=/a"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["vmm", "--api-socket", "path=/s", "--memory", "1G"]).is_err());
+        let cli = Cli::try_parse_from(["vmm", "--api-socket", "/s"]).unwrap();
+        let e = Launch::from_cli(cli, None).unwrap_err().to_string();
+        assert!(e.contains("--api-socket \"/s\""), "{e}");
     }
 }

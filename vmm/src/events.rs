@@ -206,3 +206,27 @@ impl MutEventSubscriber for SignalWatcher {
         }
     }
 }
+
+/// Wakes the event loop when another thread has work for it (an NVDIMM hot-add request): the
+/// loop looks for that work after every wake-up; this only drains the eventfd.
+pub struct Waker {
+    event: Arc<EventFd>,
+}
+
+impl Waker {
+    pub fn new(event: Arc<EventFd>) -> Self {
+        Waker { event }
+    }
+}
+
+impl MutEventSubscriber for Waker {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.event.as_ref(), EventSet::IN)) {
+            warn!("event loop: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.event.read();
+    }
+}

@@ -221,18 +221,20 @@ pub enum Role {
     },
     Report,
     SerialFile,
+    /// `--api-socket path=`: created by the monitor.
+    ApiSocket,
 }
 
 impl Role {
     fn writes(self) -> bool {
         matches!(
             self,
-            Role::Pmem { writable: true } | Role::Report | Role::SerialFile
+            Role::Pmem { writable: true } | Role::Report | Role::SerialFile | Role::ApiSocket
         )
     }
 
     fn is_output(self) -> bool {
-        matches!(self, Role::Report | Role::SerialFile)
+        matches!(self, Role::Report | Role::SerialFile | Role::ApiSocket)
     }
 }
 
@@ -252,6 +254,7 @@ impl std::fmt::Display for Named {
             Role::Pmem { .. } => write!(f, "--pmem path={p}"),
             Role::Report => write!(f, "--report {p}"),
             Role::SerialFile => write!(f, "--serial file={p}"),
+            Role::ApiSocket => write!(f, "--api-socket path={p}"),
         }
     }
 }

@@ -37,6 +37,14 @@ pub const LOW_RAM_END: u64 = 0x9fc00;
 /// ACPI tables live in the BIOS ROM area Linux scans for the RSDP.
 pub const ACPI_ADDR: u64 = 0xe0000;
 pub const ACPI_MAX_SIZE: usize = 0x20000;
+/// The FIT buffer for NVDIMM hot-add (`acpi::NvdimmHotplugDesc`): the last 16 KiB of the
+/// reserved ACPI area, a u32 byte count and then the current NFIT structures, which the DSDT's
+/// `_FIT` returns. The tables take the area below it.
+pub const FIT_ADDR: u64 = 0xfc000;
+pub const FIT_MAX: u32 = 0x4000 - 4;
+pub const ACPI_TABLES_MAX_SIZE: usize = (FIT_ADDR - ACPI_ADDR) as usize;
+const _: () = assert!(acpi::MAX_FIT_LEN <= FIT_MAX as usize);
+const _: () = assert!(FIT_ADDR + 4 + FIT_MAX as u64 == ACPI_ADDR + ACPI_MAX_SIZE as u64);
 /// Where bzImage and vmlinux kernels are loaded ("high memory" in the boot protocol).
 pub const HIMEM_START: u64 = 0x100000;
 
@@ -243,6 +251,18 @@ pub fn place_pmem(
     devices: &[PmemSpan],
     phys_limit: u64,
 ) -> Result<Vec<PmemWindow>, PmemLayoutError> {
+    place_pmem_from(memory, 0, devices, phys_limit)
+}
+
+/// As [`place_pmem`], with the first window at or above `start` too: a device hot-added to a
+/// running guest goes above the windows in use (`start` = the end of the highest one), by the
+/// same rules and limits.
+pub fn place_pmem_from(
+    memory: u64,
+    start: u64,
+    devices: &[PmemSpan],
+    phys_limit: u64,
+) -> Result<Vec<PmemWindow>, PmemLayoutError> {
     let ram_top = ram_end(memory);
     let kaslr_limit = ram_top.saturating_add(KASLR_PADDING);
     let (limit, reason) = if phys_limit <= kaslr_limit {
@@ -253,7 +273,7 @@ pub fn place_pmem(
             "RAM plus the 10 TiB a KASLR kernel leaves for hotplug",
         )
     };
-    let mut next = ram_top.max(MMIO_HOLE_END);
+    let mut next = ram_top.max(MMIO_HOLE_END).max(start);
     let mut windows = Vec::with_capacity(devices.len());
     for (index, span) in devices.iter().enumerate() {
         let size = span.size;

@@ -8,6 +8,7 @@
 //! threads and the event loop → a stop reason. [`VmmError::exit_status`] is the one rule from an
 //! error to an exit status.
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod cpu;
@@ -23,6 +24,7 @@ pub mod vcpu;
 pub mod vm;
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::PioBus;
@@ -48,6 +50,11 @@ pub const SLEEP_STATUS_PORT: u16 = 0x3c1;
 pub const RESET_PORT: u16 = 0xcf9;
 pub const RESET_VALUE: u8 = 0x06;
 pub const I8042_PORT: u16 = 0x60;
+/// The interrupt of the ACPI Generic Event Device that signals the power button
+/// (`vm.power-button`): an ISA line nothing else uses.
+pub const GED_GSI: u32 = 5;
+/// The Generic Event Device's second interrupt: the NVDIMM set changed (re-read `_FIT`).
+pub const NVDIMM_HOTPLUG_GSI: u32 = 6;
 
 /// The monitor's exit statuses (`vmm --help` and the README list them).
 pub mod exit {
@@ -79,6 +86,8 @@ pub enum VmmError {
     Output(#[from] output::OutputError),
     #[error(transparent)]
     Alias(#[from] identity::AliasError),
+    #[error(transparent)]
+    ApiSocket(#[from] api::socket::ApiSocketError),
     #[error("--memory: cannot map {size} bytes of guest RAM: {detail}")]
     GuestMemory { size: u64, detail: String },
     #[error("building ACPI tables: {0}")]
@@ -126,6 +135,7 @@ impl VmmError {
                 pmem::PmemError::Uuid { .. } | pmem::PmemError::Appeared { .. } => false,
             },
             VmmError::Output(e) => !matches!(e, output::OutputError::Write { .. }),
+            VmmError::ApiSocket(e) => e.is_usage(),
             VmmError::Alias(_) | VmmError::GuestMemory { .. } => true,
             VmmError::Vm(vm::VmError::TooManyCpus { .. } | vm::VmError::NoReadonlySlots) => true,
             VmmError::Signal(n) => return exit::SIGNAL_BASE.saturating_add(*n as u8),
@@ -169,9 +179,15 @@ fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDes
             sleep_status_port: SLEEP_STATUS_PORT,
             reset_port: RESET_PORT,
             reset_value: RESET_VALUE,
+            power_button_gsi: Some(GED_GSI),
         },
         ram: layout::ram_regions(cfg.memory),
         nvdimms,
+        nvdimm_hotplug: Some(acpi::NvdimmHotplugDesc {
+            fit_addr: layout::FIT_ADDR,
+            fit_max: layout::FIT_MAX,
+            gsi: NVDIMM_HOTPLUG_GSI,
+        }),
     }
 }
 
@@ -188,10 +204,11 @@ pub fn prepare_guest_memory(
         size: cfg.memory,
         detail: e.to_string(),
     })?;
+    write_fit(&mem, &nvdimms)?;
     let tables = acpi::build_tables(
         &platform(cfg, nvdimms),
         layout::ACPI_ADDR,
-        layout::ACPI_MAX_SIZE,
+        layout::ACPI_TABLES_MAX_SIZE,
     )?;
     boot::write_bytes(&mem, tables.base, &tables.bytes)?;
     cpu::write_boot_tables(&mem)?;
@@ -206,6 +223,16 @@ pub fn prepare_guest_memory(
     Ok((mem, entry))
 }
 
+/// Writes the FIT buffer `_FIT` returns (see `layout::FIT_ADDR`): the structures first, then
+/// their byte count, so a guest reading the count sees complete structures.
+pub fn write_fit(mem: &GuestMemoryMmap, nvdimms: &[acpi::NvdimmDesc]) -> Result<(), VmmError> {
+    let fit = acpi::nfit_structures(nvdimms);
+    debug_assert!(fit.len() <= layout::FIT_MAX as usize);
+    boot::write_bytes(mem, layout::FIT_ADDR + 4, &fit)?;
+    boot::write_bytes(mem, layout::FIT_ADDR, &(fit.len() as u32).to_le_bytes())?;
+    Ok(())
+}
+
 /// Stops the run at a step boundary when a stop signal is pending.
 fn stop_if_signalled() -> Result<(), VmmError> {
     match events::take_pending_stop_signal() {
@@ -217,6 +244,9 @@ fn stop_if_signalled() -> Result<(), VmmError> {
 /// Everything checked and planned, nothing written: the result of [`check`].
 struct Checked {
     pmem: pmem::PmemPlan,
+    /// Every path of the run that is not a pmem backing (kernel, initramfs, outputs, API
+    /// socket), kept for the identity checks of devices hot-added later.
+    claims: Vec<(Role, PathBuf, Extents)>,
     report: Option<Output>,
     serial: Option<Output>,
     mem: GuestMemoryMmap,
@@ -227,8 +257,10 @@ struct Checked {
 /// Every check of the run, in an order that finds all usage errors before anything is written:
 /// inputs, outputs, backings (opened, locked and mapped, new files only checked), identities,
 /// format plans, guest memory with the kernel; then the host check and what only KVM can answer.
-/// Nothing is created, truncated or written to a backing here.
-fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
+/// Nothing is created, truncated or written to a backing here. `api_socket` is the checked
+/// `--api-socket` path, one more output the identities are compared with. The command line and
+/// the API's `vm.create` both come through here.
+fn check(cfg: &VmConfig, api_socket: Option<&api::socket::ApiSocket>) -> Result<Checked, VmmError> {
     stop_if_signalled()?;
     let sysfs = std::path::Path::new(identity::SYSFS_ROOT);
     let input = |option, path: &std::path::Path| -> Result<Extents, VmmError> {
@@ -289,7 +321,21 @@ fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
                 });
             }
         }
+        if let Some(sock) = api_socket {
+            if let (Some(path), Some(extents)) = (sock.path(), sock.extents()) {
+                claims.push(Claim {
+                    role: Role::ApiSocket,
+                    path,
+                    extents,
+                });
+            }
+        }
         identity::check_claims(&claims)?;
+        let kept: Vec<(Role, PathBuf, Extents)> = claims
+            .iter()
+            .filter(|c| !matches!(c.role, Role::Pmem { .. }))
+            .map(|c| (c.role, c.path.to_path_buf(), c.extents.clone()))
+            .collect();
         stop_if_signalled()?;
         pmem.plan(cfg.memory)?;
         stop_if_signalled()?;
@@ -297,11 +343,12 @@ fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
         host::check_host()?;
         let kvm = vm::Vm::probe(cfg.cpus, cfg.pmem.iter().any(|p| p.readonly))?;
         stop_if_signalled()?;
-        Ok((mem, entry, kvm))
+        Ok((mem, entry, kvm, kept))
     })();
     match rest {
-        Ok((mem, entry, kvm)) => Ok(Checked {
+        Ok((mem, entry, kvm, claims)) => Ok(Checked {
             pmem,
+            claims,
             report,
             serial,
             mem,
@@ -317,16 +364,256 @@ fn check(cfg: &VmConfig) -> Result<Checked, VmmError> {
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
+    let checked = check(cfg, None)?;
+    run_checked(cfg, checked, None)
+}
+
+/// What a run tells the API: the state to keep current, and a call once the guest runs.
+pub struct RunHooks<'a> {
+    pub api: &'a api::ApiState,
+    pub on_started: &'a mut dyn FnMut(),
+}
+
+/// Starts the monitor as `launch` says: a command-line VM (with or without the API), or an
+/// empty monitor that waits for `vm.create`. Returns the exit status.
+pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
+    let socket = match &launch.api_socket {
+        Some(option) => Some(api::socket::ApiSocket::prepare(option)?),
+        None => None,
+    };
+    match (launch.vm, socket) {
+        (Some(cfg), None) => run(&cfg).map(exit_status),
+        (Some(cfg), Some(socket)) => {
+            let checked = check(&cfg, Some(&socket))?;
+            let bound = match socket.bind() {
+                Ok(b) => b,
+                Err(e) => {
+                    checked.pmem.abandon();
+                    return Err(e.into());
+                }
+            };
+            let state = api::ApiState::new(false);
+            // No command is served: the monitor exits when the command line's guest stops.
+            let (commands, _) = std::sync::mpsc::channel();
+            let mut listener = Some(bound.listener.try_clone().map_err(io_err("API socket"))?);
+            let mut spawn_failed = None;
+            let mut on_started = || {
+                if let Some(l) = listener.take() {
+                    let controller = api::Controller {
+                        state: state.clone(),
+                        commands: commands.clone(),
+                        host_memory: config::host_memory_bytes(),
+                    };
+                    if let Err(e) = api::server::spawn(l, controller) {
+                        spawn_failed = Some(e);
+                    }
+                }
+            };
+            let result = run_checked(
+                &cfg,
+                checked,
+                Some(RunHooks {
+                    api: &state,
+                    on_started: &mut on_started,
+                }),
+            );
+            if let Some(e) = spawn_failed {
+                log::error!("the API thread could not start: {e}");
+            }
+            state.stopped(describe_stop(&result));
+            state.drain();
+            drop(bound);
+            result.map(exit_status)
+        }
+        (None, Some(socket)) => serve_api(socket),
+        (None, None) => unreachable!("clap requires --kernel without --api-socket"),
+    }
+}
+
+/// One line on why a guest stopped, for the log and `vm.info`'s `last_stop`.
+fn describe_stop(result: &Result<StopReason, VmmError>) -> String {
+    match result {
+        Ok(reason) => format!("{reason:?}"),
+        Err(e) => format!("Error: {e}"),
+    }
+}
+
+/// The monitor started without `--kernel`: serves the API until `vmm.shutdown` or a stop
+/// signal. `vm.create` runs the check phase ([`check`], as for the command line) and holds
+/// what it opened; `vm.boot` runs the guest on this thread; a guest reboot boots it again
+/// (re-checked from its configuration); anything else that stops it leaves the VM `Shutdown`.
+fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
+    use api::{AfterStop, CommandKind, VmState};
+    use std::sync::mpsc::RecvTimeoutError;
+    let bound = socket.bind()?;
+    // The check of later vm.create calls compares their paths with the socket's.
+    let checked_socket = api::socket::ApiSocket::prepare_bound(&bound);
+    let state = api::ApiState::new(true);
+    let (commands, incoming) = std::sync::mpsc::channel::<api::Command>();
+    api::server::spawn(
+        bound.listener.try_clone().map_err(io_err("API socket"))?,
+        api::Controller {
+            state: state.clone(),
+            commands,
+            host_memory: config::host_memory_bytes(),
+        },
+    )
+    .map_err(io_err("starting the API thread"))?;
+    info!("API ready; waiting for vm.create");
+    let mut created: Option<(VmConfig, Checked)> = None;
+    let signalled = |n: i32| exit::SIGNAL_BASE.saturating_add(n as u8);
+    loop {
+        let cmd = match incoming.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(cmd) => cmd,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(n) = events::take_pending_stop_signal() {
+                    if let Some((_, c)) = created.take() {
+                        c.pmem.abandon();
+                    }
+                    return Ok(signalled(n));
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(VmmError::Guest("the API thread stopped".into()))
+            }
+        };
+        match cmd.kind {
+            CommandKind::ExitVmm => {
+                if let Some((_, c)) = created.take() {
+                    c.pmem.abandon();
+                }
+                return Ok(exit::POWEROFF);
+            }
+            CommandKind::Delete => {
+                if let Some((_, c)) = created.take() {
+                    c.pmem.abandon();
+                }
+                state.update(|s| {
+                    s.state = VmState::NotCreated;
+                    s.config = None;
+                });
+                let _ = cmd.reply.send(Ok(()));
+            }
+            CommandKind::Create(cfg) => match check(&cfg, Some(&checked_socket)) {
+                Ok(c) => {
+                    state.update(|s| {
+                        s.state = VmState::Created;
+                        s.config = Some((*cfg).clone());
+                    });
+                    created = Some((*cfg, c));
+                    let _ = cmd.reply.send(Ok(()));
+                }
+                Err(VmmError::Signal(n)) => {
+                    let _ = cmd
+                        .reply
+                        .send(Err(api::ApiError::new(500, "stopped by a signal")));
+                    return Ok(signalled(n));
+                }
+                Err(e) => {
+                    let _ = cmd.reply.send(Err(api::ApiError::from_vmm_for_api(&e)));
+                }
+            },
+            CommandKind::Boot => {
+                let mut reply = Some(cmd.reply);
+                loop {
+                    let (cfg, checked) = match created.take() {
+                        Some(x) => x,
+                        None => {
+                            // Booting again (after a shutdown or a reboot): check again.
+                            let Some(cfg) = state.lock().config.clone() else {
+                                if let Some(r) = reply.take() {
+                                    let _ =
+                                        r.send(Err(api::ApiError::new(404, "no VM is created")));
+                                }
+                                break;
+                            };
+                            match check(&cfg, Some(&checked_socket)) {
+                                Ok(c) => (cfg, c),
+                                Err(e) => {
+                                    log::error!("booting again: {e}");
+                                    if let Some(r) = reply.take() {
+                                        let _ = r.send(Err(api::ApiError::from_vmm_for_api(&e)));
+                                    }
+                                    state.update(|s| {
+                                        s.state = VmState::Shutdown;
+                                        s.last_stop = Some(format!("Error: {e}"));
+                                    });
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    let mut on_started = || {
+                        if let Some(r) = reply.take() {
+                            let _ = r.send(Ok(()));
+                        }
+                    };
+                    let result = run_checked(
+                        &cfg,
+                        checked,
+                        Some(RunHooks {
+                            api: &state,
+                            on_started: &mut on_started,
+                        }),
+                    );
+                    if let Some(r) = reply.take() {
+                        // It never started: nothing was left behind (see run_checked).
+                        let e = match &result {
+                            Err(e) => api::ApiError::from_vmm_for_api(e),
+                            Ok(reason) => api::ApiError::new(
+                                500,
+                                format!("the guest stopped before it started: {reason:?}"),
+                            ),
+                        };
+                        let _ = r.send(Err(e));
+                        state.update(|s| {
+                            s.state = VmState::Shutdown;
+                            s.last_stop = Some(describe_stop(&result));
+                        });
+                        break;
+                    }
+                    let why = describe_stop(&result);
+                    if let Err(e) = &result {
+                        log::error!("guest stopped: {e}");
+                    }
+                    let after = state.stopped(why);
+                    if after == AfterStop::ExitVmm {
+                        state.drain();
+                    }
+                    match (after, &result) {
+                        (AfterStop::ExitVmm, Ok(_)) => return Ok(exit::POWEROFF),
+                        (AfterStop::ExitVmm, Err(e)) => return Ok(e.exit_status()),
+                        (_, Ok(StopReason::Signal(n))) => return Ok(signalled(*n)),
+                        (AfterStop::Nothing, Ok(StopReason::Reboot)) => {
+                            info!("the guest rebooted; booting it again");
+                            continue;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The run phase of a checked configuration: writes, builds the VM and runs it until it stops.
+fn run_checked(
+    cfg: &VmConfig,
+    checked: Checked,
+    hooks: Option<RunHooks>,
+) -> Result<StopReason, VmmError> {
     let Checked {
         pmem,
+        claims,
         report,
         serial,
         mem,
         entry,
         kvm,
-    } = check(cfg)?;
+    } = checked;
     // From here on the run writes: new files, info blocks, outputs.
-    let pmem = pmem.commit()?;
+    let mut pmem = pmem.commit()?;
     // Outputs this run creates, removed again if the guest never starts.
     let mut created: Vec<std::path::PathBuf> = Vec::new();
     let started = (|| {
@@ -366,7 +653,7 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
             return Err(e);
         }
     };
-    let result = run_with_pmem(cfg, &pmem, vm, mem, serial);
+    let result = run_with_pmem(cfg, &mut pmem, vm, mem, serial, hooks, &claims);
     // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk; a flush
     // that fails here turns any other outcome into a failure (the first error is kept).
     let flushed = pmem.flush();
@@ -379,10 +666,12 @@ pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
 
 fn run_with_pmem(
     cfg: &VmConfig,
-    pmem: &pmem::PmemDevices,
-    vm: vm::Vm,
+    pmem: &mut pmem::PmemDevices,
+    mut vm: vm::Vm,
     mem: GuestMemoryMmap,
     serial_out: devices::serial::Output,
+    hooks: Option<RunHooks>,
+    claims: &[(Role, PathBuf, Extents)],
 ) -> Result<StopReason, VmmError> {
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
@@ -393,6 +682,24 @@ fn run_with_pmem(
             what: "register the COM1 irqfd",
             source,
         })?;
+    // The power button's interrupt: a write to this eventfd is an edge on GED_GSI.
+    let power_button = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
+    vm.fd
+        .register_irqfd(&power_button, GED_GSI)
+        .map_err(|source| vm::VmError::Kvm {
+            what: "register the power button's irqfd",
+            source,
+        })?;
+    // NVDIMM hot-add: a write is an edge on NVDIMM_HOTPLUG_GSI (the guest re-reads _FIT).
+    let hotplug_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
+    vm.fd
+        .register_irqfd(&hotplug_irq, NVDIMM_HOTPLUG_GSI)
+        .map_err(|source| vm::VmError::Kvm {
+            what: "register the NVDIMM hot-add irqfd",
+            source,
+        })?;
+    let (hot_add_requests, hot_add_queue) = std::sync::mpsc::channel::<api::HotAddRequest>();
+    let hot_add_wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
     let serial = Arc::new(Mutex::new(SerialPort::new(
         irq,
         input_ready
@@ -432,10 +739,8 @@ fn run_with_pmem(
         devices::pci::CONFIG_DATA_LEN,
         Arc::new(Mutex::new(pci.data_port())),
     )?;
-    let bus = Arc::new(vcpu::Devices {
-        pio: bus,
-        mmio: pmem.mmio_bus()?,
-    });
+    let (mmio, hints) = pmem.mmio_bus()?;
+    let bus = Arc::new(vcpu::Devices { pio: bus, mmio });
 
     // Signals: stop signals only through the signalfd, in every thread spawned from here on.
     events::block_stop_signals().map_err(io_err("blocking signals"))?;
@@ -445,6 +750,9 @@ fn run_with_pmem(
     manager.add_subscriber(Arc::new(Mutex::new(
         events::SignalWatcher::new(stop.clone()).map_err(io_err("creating a signalfd"))?,
     )));
+    manager.add_subscriber(Arc::new(Mutex::new(events::Waker::new(
+        hot_add_wake.clone(),
+    ))));
     // Console input only makes sense when a person is typing at the console.
     let _raw_terminal = if cfg.serial == SerialMode::Stdio {
         let raw = terminal::RawTerminal::enter(libc::STDIN_FILENO)
@@ -463,7 +771,7 @@ fn run_with_pmem(
 
     let error: vcpu::ErrorSlot = Arc::new(Mutex::new(None));
     let mut threads = Vec::new();
-    for (id, fd) in vm.vcpus.into_iter().enumerate() {
+    for (id, fd) in std::mem::take(&mut vm.vcpus).into_iter().enumerate() {
         match vcpu::spawn(id as u32, fd, bus.clone(), stop.clone(), error.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -481,6 +789,44 @@ fn run_with_pmem(
         cfg.cpus,
         cfg.memory >> 20
     );
+    let api_state = hooks.as_ref().map(|h| h.api);
+    if let Some(hooks) = hooks {
+        hooks.api.started(
+            cfg,
+            api::RunningVm {
+                stop: stop.clone(),
+                power_button: power_button.clone(),
+                pmem_report: pmem.report_json()["pmem"].clone(),
+                hints: hints.clone(),
+                formatted: pmem
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        let bytes = if d.wrote_info_block {
+                            devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
+                        } else {
+                            0
+                        };
+                        (d.config.id.clone(), bytes)
+                    })
+                    .collect(),
+                hot_add: api::HotAdd {
+                    requests: hot_add_requests.clone(),
+                    wake: hot_add_wake.clone(),
+                },
+            },
+        );
+        (hooks.on_started)();
+    }
+    drop(hot_add_requests);
+    let mut hot = HotAddContext {
+        cfg,
+        claims,
+        mem: &mem,
+        hints: &hints,
+        irq: &hotplug_irq,
+        api: api_state,
+    };
 
     let reason = loop {
         if let Some(reason) = stop.reason() {
@@ -491,7 +837,20 @@ fn run_with_pmem(
             *error.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(vcpu::VcpuFailure::Vcpu(format!("event loop failed: {e:?}")));
         }
+        while let Ok(request) = hot_add_queue.try_recv() {
+            let result = if stop.reason().is_some() {
+                Err(api::ApiError::new(
+                    409,
+                    "vm.add-pmem: the guest is stopping; nothing was added",
+                ))
+            } else {
+                hot.add(pmem, &mut vm, request.config)
+            };
+            let _ = request.reply.send(result);
+        }
     };
+    // Requests still queued are answered "not added" as their senders see the queue go.
+    drop(hot_add_queue);
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
     let failure = error.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -516,6 +875,155 @@ fn run_with_pmem(
     Ok(reason)
 }
 
+/// What an NVDIMM hot-add needs from the run loop.
+struct HotAddContext<'a> {
+    cfg: &'a VmConfig,
+    claims: &'a [(Role, PathBuf, Extents)],
+    mem: &'a GuestMemoryMmap,
+    hints: &'a devices::flush_hint::FlushHints,
+    irq: &'a EventFd,
+    api: Option<&'a api::ApiState>,
+}
+
+/// A path's identity as it is now: what it resolves to, or the planned identity of a new file.
+fn current_extents(path: &std::path::Path) -> io::Result<Extents> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Extents::of(&m, std::path::Path::new(identity::SYSFS_ROOT))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Extents::planned(identity::Identity::planned(path)?))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl HotAddContext<'_> {
+    /// `vm.add-pmem` on the running guest: the checks of a command-line device (the `--pmem`
+    /// validation already ran in the API thread; here: identity against every backing, input
+    /// and output, the layout above the windows in use, the format plan), all before anything
+    /// is written; then the file is created and the info block written (`PmemPlan::commit`),
+    /// the KVM slot and the flush hint added, the FIT rewritten and the guest notified. Any
+    /// refusal before the commit leaves nothing behind; a failed commit removes what it created.
+    fn add(
+        &mut self,
+        pmem: &mut pmem::PmemDevices,
+        vm: &mut vm::Vm,
+        config: pmem_option::PmemConfig,
+    ) -> Result<serde_json::Value, api::ApiError> {
+        let bad = |status, message: String| Err(api::ApiError::new(status, message));
+        let index = pmem.devices.len();
+        if index >= geometry::MAX_PMEM_DEVICES {
+            return bad(
+                409,
+                format!("vm.add-pmem: the guest has {index} devices, the most it can have"),
+            );
+        }
+        if let Some(d) = pmem.devices.iter().find(|d| d.config.id == config.id) {
+            return bad(
+                409,
+                format!(
+                    "pmem id={}: already used by file={}",
+                    config.id,
+                    d.config.path.display()
+                ),
+            );
+        }
+        if config.numa.is_some() {
+            return bad(
+                400,
+                "pmem numa: a hot-added device cannot have a NUMA node (the SRAT is fixed at boot)"
+                    .into(),
+            );
+        }
+        let extents = current_extents(&config.path).map_err(|e| {
+            api::ApiError::new(400, format!("pmem file={}: {e}", config.path.display()))
+        })?;
+        if let Some(d) = pmem.devices.iter().find(|d| d.extents.aliases(&extents)) {
+            return bad(
+                409,
+                format!(
+                    "pmem file={}: it is the backing of {} (file={}), compared by identity; give each backing once",
+                    config.path.display(),
+                    d.config.id,
+                    d.config.path.display()
+                ),
+            );
+        }
+        let mut all: Vec<Claim> = self
+            .claims
+            .iter()
+            .map(|(role, path, extents)| Claim {
+                role: *role,
+                path,
+                extents,
+            })
+            .collect();
+        all.push(Claim {
+            role: Role::Pmem {
+                writable: !config.readonly,
+            },
+            path: &config.path,
+            extents: &extents,
+        });
+        identity::check_claims(&all)
+            .map_err(|e| api::ApiError::from_vmm_for_api(&VmmError::Alias(e)))?;
+        let start = pmem
+            .devices
+            .iter()
+            .map(|d| d.window.base + d.window.size)
+            .max()
+            .unwrap_or(0);
+        let memory = self.cfg.memory;
+        let mut plan = pmem::PmemPlan::open_from(std::slice::from_ref(&config), memory, start)
+            .map_err(|e| api::ApiError::from_vmm_for_api(&VmmError::Pmem(e)))?;
+        if let Err(e) = plan.plan(memory) {
+            plan.abandon();
+            return Err(api::ApiError::from_vmm_for_api(&VmmError::Pmem(e)));
+        }
+        // From here on the add writes.
+        let mut committed = plan
+            .commit()
+            .map_err(|e| api::ApiError::from_vmm_for_api(&VmmError::Pmem(e)))?;
+        let Some(dev) = committed.devices.pop() else {
+            return bad(500, "vm.add-pmem: the device vanished".into());
+        };
+        if let Err(e) = vm.add_pmem_slot(index, &dev) {
+            pmem::PmemDevices { devices: vec![dev] }.abandon();
+            return bad(500, format!("vm.add-pmem: {e}"));
+        }
+        let target = (!dev.config.readonly)
+            .then(|| dev.mapping.clone() as Arc<dyn devices::flush_hint::FlushTarget>);
+        self.hints.set_target(index, target);
+        let id = dev.config.id.clone();
+        let formatted = if dev.wrote_info_block {
+            devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
+        } else {
+            0
+        };
+        pmem.devices.push(dev);
+        if let Err(e) = write_fit(self.mem, &pmem.nvdimm_descs()) {
+            return bad(500, format!("vm.add-pmem: writing the FIT: {e}"));
+        }
+        if let Some(api) = self.api {
+            let report = pmem.report_json()["pmem"].clone();
+            api.update(|s| {
+                if let Some(c) = &mut s.config {
+                    c.pmem.push(config.clone());
+                }
+                if let Some(r) = &mut s.running {
+                    r.pmem_report = report;
+                    r.formatted.push((id.clone(), formatted));
+                }
+            });
+        }
+        info!("{id}: hot-added; notifying the guest");
+        self.irq.write(1).map_err(|e| {
+            api::ApiError::new(500, format!("vm.add-pmem: notifying the guest: {e}"))
+        })?;
+        // NVDIMMs are not PCI devices: the bdf is a placeholder in cloud-hypervisor's shape.
+        Ok(serde_json::json!({ "id": id, "bdf": "0000:00:00.0" }))
+    }
+}
+
 /// The monitor's exit status for a stop reason (see `vmm --help`).
 pub fn exit_status(reason: StopReason) -> u8 {
     match reason {
@@ -523,6 +1031,7 @@ pub fn exit_status(reason: StopReason) -> u8 {
         StopReason::Reboot => exit::REBOOT,
         StopReason::TripleFault => exit::TRIPLE_FAULT,
         StopReason::Signal(n) => exit::SIGNAL_BASE.saturating_add(n as u8),
+        StopReason::Shutdown => exit::POWEROFF,
         StopReason::Error => exit::FAILURE,
     }
 }

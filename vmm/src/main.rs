@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use vmm::config::{CliFailure, VmConfig};
+use vmm::config::{CliFailure, Launch};
 
 /// One line for a command-line syntax error: clap's first line, or for a missing option the
 /// option's name (clap's first line alone would not say which).
@@ -28,8 +28,8 @@ fn main() -> ExitCode {
     )
     .format_timestamp_millis()
     .init();
-    let cfg = match VmConfig::parse_args(std::env::args_os()) {
-        Ok(cfg) => cfg,
+    let launch = match Launch::parse_args(std::env::args_os()) {
+        Ok(launch) => launch,
         Err(CliFailure::Clap(e)) if !e.use_stderr() => {
             // --help and --version
             let _ = e.print();
@@ -44,8 +44,8 @@ fn main() -> ExitCode {
             return ExitCode::from(vmm::exit::USAGE);
         }
     };
-    match vmm::run(&cfg) {
-        Ok(reason) => ExitCode::from(vmm::exit_status(reason)),
+    match vmm::launch(launch) {
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("vmm: {e}");
             ExitCode::from(e.exit_status())

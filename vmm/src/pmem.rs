@@ -61,6 +61,8 @@ pub struct PmemDevice {
     pub wrote_info_block: bool,
     /// Shared with the flush-hint device, which flushes it from vCPU threads.
     pub mapping: Arc<PmemMapping>,
+    /// What the backing's bytes are, for identity checks of devices added later.
+    pub extents: Extents,
 }
 
 #[derive(Default)]
@@ -192,6 +194,8 @@ fn check_new_file(config: &PmemConfig) -> Result<Option<u64>, BackingError> {
             path: path.to_path_buf(),
         });
     };
+    // The file is created only later; its size is checked now, as Backing::open would.
+    devices::pmem::backing::check_size_option(path, size)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
@@ -218,6 +222,16 @@ impl PmemPlan {
     /// Step 2 and 3 without writing: opens, locks and maps every existing backing, checks every
     /// new one, and places all of them in guest physical memory.
     pub fn open(configs: &[PmemConfig], memory: u64) -> Result<PmemPlan, PmemError> {
+        Self::open_from(configs, memory, 0)
+    }
+
+    /// As [`open`](Self::open), placing the windows at or above guest address `start` (for a
+    /// device hot-added above the windows in use).
+    pub fn open_from(
+        configs: &[PmemConfig],
+        memory: u64,
+        start: u64,
+    ) -> Result<PmemPlan, PmemError> {
         if configs.is_empty() {
             return Ok(PmemPlan::default());
         }
@@ -336,14 +350,15 @@ impl PmemPlan {
             .map(|((_, s), c)| span(c, s))
             .collect();
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let windows = match layout::place_pmem(memory, &spans, guest_phys_limit(&cpuinfo)) {
-            Ok(w) => w,
-            Err(source) => {
-                let path = configs[source.index()].path.display().to_string();
-                abandon_sources(mapped);
-                return Err(PmemError::Layout { path, source });
-            }
-        };
+        let windows =
+            match layout::place_pmem_from(memory, start, &spans, guest_phys_limit(&cpuinfo)) {
+                Ok(w) => w,
+                Err(source) => {
+                    let path = configs[source.index()].path.display().to_string();
+                    abandon_sources(mapped);
+                    return Err(PmemError::Layout { path, source });
+                }
+            };
         let devices = configs
             .iter()
             .zip(windows)
@@ -496,6 +511,14 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
         }
     };
     let kind = *backing.kind();
+    // A file created just now had only its planned identity; devices added later compare
+    // against what it is now.
+    let extents = match (&d.extents.0[..], backing.file().metadata()) {
+        ([e], Ok(m)) if matches!(e.id, Identity::Planned(_)) => {
+            Extents::of(&m, std::path::Path::new(SYSFS_ROOT))
+        }
+        _ => d.extents,
+    };
     for note in &plan.notes {
         info!("{}: {note}", d.config.id);
     }
@@ -525,6 +548,7 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
         wrote_info_block: plan.action.bytes().is_some(),
         report: plan.report,
         mapping,
+        extents,
     })
 }
 
@@ -596,19 +620,21 @@ impl PmemDevices {
         serde_json::json!({ "pmem": devices })
     }
 
-    /// The MMIO bus with the NFIT flush hints of these devices at `layout::FLUSH_HINT_BASE`.
-    pub fn mmio_bus(&self) -> Result<MmioBus, BusError> {
+    /// The MMIO bus with the NFIT flush hints of these devices at `layout::FLUSH_HINT_BASE`,
+    /// and the hints themselves (their counters are the API's `vm.counters`).
+    pub fn mmio_bus(&self) -> Result<(MmioBus, Arc<FlushHints>), BusError> {
         let targets = self
             .devices
             .iter()
             .map(|d| (!d.config.readonly).then(|| d.mapping.clone() as Arc<dyn FlushTarget>))
             .collect();
-        let hints = FlushHints::new(targets);
+        let hints = Arc::new(FlushHints::with_capacity(
+            targets,
+            geometry::MAX_PMEM_DEVICES,
+        ));
         let mut bus = MmioBus::new();
-        if !hints.is_empty() {
-            bus.insert(layout::FLUSH_HINT_BASE, hints.len(), Arc::new(hints))?;
-        }
-        Ok(bus)
+        bus.insert(layout::FLUSH_HINT_BASE, hints.len(), hints.clone())?;
+        Ok((bus, hints))
     }
 
     /// Writes every dirty page of file and block-device backings to the host's storage.

@@ -50,14 +50,25 @@ fn on_off(key: &str, value: &str) -> Result<bool, String> {
 
 /// Parses one `--pmem` value; `index` numbers the default id.
 pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, String> {
-    let mut seen = HashSet::new();
-    let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
-    let (mut memmap, mut mode, mut align, mut format) =
-        (Memmap::default(), None, None, FormatPolicy::default());
+    let mut pairs = Vec::new();
     for item in text.split(',') {
         let (key, value) = item
             .split_once('=')
             .ok_or_else(|| format!("{item:?} is not key=value; expected {PMEM_SYNTAX}"))?;
+        pairs.push((key, value));
+    }
+    pmem_from_pairs(&pairs, index)
+}
+
+/// Validates one device given as `key=value` pairs with the keys of `--pmem`: the one
+/// validation of a pmem device, used by the command line and by the API (`vm.create`'s `pmem`
+/// entries and `vm.add-pmem`, whose JSON fields are translated to these keys).
+pub fn pmem_from_pairs(pairs: &[(&str, &str)], index: usize) -> Result<PmemConfig, String> {
+    let mut seen = HashSet::new();
+    let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
+    let (mut memmap, mut mode, mut align, mut format) =
+        (Memmap::default(), None, None, FormatPolicy::default());
+    for &(key, value) in pairs {
         if !KEYS.contains(&key) {
             return Err(format!(
                 "unknown key {key:?}; expected one of {}",

@@ -16,7 +16,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use crate::boot::Entry;
 use crate::cpu::{self, CpuError};
 use crate::layout;
-use crate::pmem::PmemDevices;
+use crate::pmem::{PmemDevice, PmemDevices};
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -48,6 +48,8 @@ pub struct Vm {
     /// whole closes the VM (and with it every slot) before it lets go of them; code that moves
     /// `fd` out drops it first anyway. Either way no slot outlives its mapping.
     pub pmem_mappings: Vec<Arc<PmemMapping>>,
+    /// Slot number of pmem device 0; device `i` has slot `first_pmem_slot + i`.
+    pub first_pmem_slot: u32,
 }
 
 impl Vm {
@@ -161,6 +163,30 @@ impl Vm {
             fd,
             vcpus,
             pmem_mappings,
+            first_pmem_slot,
         })
+    }
+
+    /// Adds device `index`'s slot to the running VM (NVDIMM hot-add).
+    pub fn add_pmem_slot(&mut self, index: usize, dev: &PmemDevice) -> Result<(), VmError> {
+        let desc = kvm_userspace_memory_region {
+            slot: self.first_pmem_slot + index as u32,
+            flags: if dev.config.readonly {
+                KVM_MEM_READONLY
+            } else {
+                0
+            },
+            guest_phys_addr: dev.window.base,
+            memory_size: dev.window.size,
+            userspace_addr: dev.mapping.as_ptr() as u64,
+        };
+        // SAFETY: as in `create`: the mapping covers [as_ptr, as_ptr + window.size) and stays
+        // mapped while the VM exists, because `self.pmem_mappings` takes a reference to it right
+        // below (and `fd` is dropped before `pmem_mappings`). The window was placed above every
+        // window in use and above RAM, so the new slot overlaps no other; its slot number is
+        // new because devices are only ever appended.
+        unsafe { self.fd.set_user_memory_region(desc) }.map_err(kvm_err("add pmem slot"))?;
+        self.pmem_mappings.push(Arc::clone(&dev.mapping));
+        Ok(())
     }
 }

@@ -28,9 +28,11 @@ pub fn platform(num_cpus: u32, nvdimms: Vec<NvdimmDesc>) -> PlatformDesc {
             sleep_status_port: 0x3c1,
             reset_port: 0xcf9,
             reset_value: 0x06,
+            power_button_gsi: None,
         },
         nvdimms,
         ram: RAM.to_vec(),
+        nvdimm_hotplug: None,
     }
 }
 

@@ -265,7 +265,7 @@ fn open_in(
 }
 
 /// The user's `size=` on its own: above zero and a multiple of 2 MiB.
-fn check_size_option(path: &Path, size: u64) -> Result<(), BackingError> {
+pub fn check_size_option(path: &Path, size: u64) -> Result<(), BackingError> {
     if size == 0 {
         return Err(BackingError::ZeroSize {
             path: path.to_path_buf(),

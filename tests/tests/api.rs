@@ -1,0 +1,673 @@
+//! The control API (`--api-socket`) driven by real clients: cloud-hypervisor's own `ch-remote`
+//! and Debian's `curl --unix-socket`.
+//!
+//! `ch-remote` is `PMEMVMM_CH_REMOTE` when set (a path that does not exist fails the test), else
+//! `../shared/peers/ch-remote` beside the repository; without it the tests fail and say so.
+//!
+//! - `refusals_on_this_machine` boots nothing: the monitor starts empty on this machine (no KVM
+//!   is needed until a VM boots) and every malformed request gets a 4xx and changes nothing.
+//! - `boot_through_the_api` boots a guest on the testbed with `vm.create` and `vm.boot` and
+//!   stops it with `vm.shutdown` and `vmm.shutdown`, after checking `vm.info`'s pmem report,
+//!   `vm.counters` (the guest's fsync reached the flush hint, the host flushed) and that
+//!   `vm.power-button` raised the Generic Event Device's interrupt in the guest.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::markers::marker_values;
+use testbed::shell::sh_quote;
+use testbed::{run_on_kvm_host, vmm, HostOpts, ScratchDir};
+
+fn ch_remote() -> PathBuf {
+    if let Some(p) = std::env::var_os("PMEMVMM_CH_REMOTE") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "PMEMVMM_CH_REMOTE={} does not exist",
+            p.display()
+        );
+        return p;
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/ch-remote");
+    assert!(
+        p.is_file(),
+        "ch-remote not found at {}; set PMEMVMM_CH_REMOTE to cloud-hypervisor's ch-remote",
+        p.display()
+    );
+    p
+}
+
+fn curl() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/curl");
+    assert!(
+        p.is_file(),
+        "curl is needed (apt-get install curl; scripts/install-deps.sh installs it)"
+    );
+    p
+}
+
+/// What a directory holds: name → (size, mtime, content).
+fn snapshot(dir: &Path) -> BTreeMap<String, (u64, i64, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let content = if m.is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000, content),
+            )
+        })
+        .collect()
+}
+
+struct Monitor {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Monitor {
+    fn start(socket: &Path) -> Monitor {
+        let child = Command::new(vmm().expect("build the vmm"))
+            .arg("--api-socket")
+            .arg(format!("path={}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while UnixStream::connect(socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the API socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Monitor {
+            child,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    fn ch_remote(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(ch_remote())
+            .arg("--api-socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// `curl -X METHOD` with `body`: the status code and the body.
+    fn curl(&self, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
+        let mut cmd = Command::new(curl());
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-X", method])
+            .arg(format!("http://localhost/api/v1/{endpoint}"));
+        // Bodies go through a file elsewhere: a large one does not fit in argv.
+        let bodies = ScratchDir::new("api-body").unwrap();
+        if let Some(b) = body {
+            let file = bodies.path().join("body.json");
+            std::fs::write(&file, b).unwrap();
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+                .arg(format!("@{}", file.display()));
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// A raw request, for what curl will not send.
+    fn raw(&self, bytes: &[u8]) -> String {
+        let mut s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    fn wait(mut self) -> (i32, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("the monitor did not exit after vmm.shutdown");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code().unwrap_or(-1), err)
+    }
+}
+
+fn refused_at_start(args: &[String]) -> (i32, String) {
+    let out = Command::new(vmm().expect("build the vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn refusals_on_this_machine() {
+    let dir = ScratchDir::new("api").unwrap();
+    let d = dir.path();
+    let kernel = d.join("bzImage");
+    std::fs::write(&kernel, vec![0u8; 4096]).unwrap();
+    let backing = d.join("backing.img");
+    std::fs::write(&backing, vec![0u8; 2 << 20]).unwrap();
+
+    // The socket path is an output: an existing file there is a usage error and stays.
+    let file = d.join("not-a-socket");
+    std::fs::write(&file, b"keep").unwrap();
+    let (code, err) =
+        refused_at_start(&["--api-socket".into(), format!("path={}", file.display())]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--api-socket path=") && err.contains("a regular file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    // ... and with a command-line VM it may not be a backing.
+    let (code, err) = refused_at_start(&[
+        "--kernel".into(),
+        kernel.display().to_string(),
+        "--pmem".into(),
+        format!("path={},size=2M", d.join("new.img").display()),
+        "--api-socket".into(),
+        format!("path={}", d.join("new.img").display()),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--api-socket path="), "{err}");
+    assert!(!d.join("new.img").exists());
+    // A live socket is someone else's.
+    let live = d.join("live.sock");
+    let _listener = UnixListener::bind(&live).unwrap();
+    let (code, err) =
+        refused_at_start(&["--api-socket".into(), format!("path={}", live.display())]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another process"), "{err}");
+
+    let socket = d.join("api.sock");
+    let before = snapshot(d);
+    let m = Monitor::start(&socket);
+
+    let (ok, out) = m.ch_remote(&["ping"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"version\""), "{out}");
+    let (ok, out) = m.ch_remote(&["info"]);
+    assert!(!ok && out.contains("no VM is created"), "{out}");
+    let (ok, out) = m.ch_remote(&["boot"]);
+    assert!(!ok && out.contains("no VM is created"), "{out}");
+
+    let k = kernel.display().to_string();
+    let b = backing.display().to_string();
+    let s = socket.display().to_string();
+    let huge = format!(
+        "{{\"payload\":{{\"kernel\":\"{}\"}}}}",
+        "a".repeat(300 * 1024)
+    );
+    let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
+        (
+            "PUT",
+            "vm.create",
+            Some("{".into()),
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some("[1,2]".into()),
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(r#"{{"payload":{{"kernel":"{k}"}},"net":[]}}"#)),
+            400,
+            "unknown field `net`",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}","firmware":"x"}}}}"#
+            )),
+            400,
+            "payload.firmware",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"cpus":{{"boot_vcpus":"two"}}}}"#
+            )),
+            400,
+            "cpus.boot_vcpus",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"memory":{{"size":1}}}}"#
+            )),
+            400,
+            "memory.size",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"pmem":[{{"file":"{b}","size":0}}]}}"#
+            )),
+            400,
+            "pmem[0]: size=0",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"pmem":[{{"file":"{b}","mode":"sector"}}]}}"#
+            )),
+            400,
+            "pmem[0]: mode=sector",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"pmem":[{{"file":"{}","size":3145728}}]}}"#,
+                d.join("new3m.img").display()
+            )),
+            400,
+            "not a multiple of 2 MiB",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"pmem":[{{"file":"{b}"}},{{"file":"{b}"}}]}}"#
+            )),
+            400,
+            "pmem",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{b}"}},"pmem":[{{"file":"{b}"}}]}}"#
+            )),
+            400,
+            "payload.kernel",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"serial":{{"mode":"File","file":"{b}"}},"pmem":[{{"file":"{b}"}}]}}"#
+            )),
+            400,
+            "serial.file=",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{k}"}},"serial":{{"mode":"File","file":"{s}"}}}}"#
+            )),
+            400,
+            "serial.file=",
+        ),
+        (
+            "PUT",
+            "vm.create",
+            Some(format!(
+                r#"{{"payload":{{"kernel":"{}"}}}}"#,
+                d.join("missing").display()
+            )),
+            400,
+            "payload.kernel",
+        ),
+        ("PUT", "vm.create", Some(huge), 413, "exceeds the limit"),
+        ("GET", "vm.create", None, 405, "use PUT"),
+        ("POST", "vm.boot", None, 405, "use PUT"),
+        ("PUT", "vm.info", None, 405, "use GET"),
+        ("GET", "vm.nonsense", None, 404, "no such endpoint"),
+        ("PUT", "vm.pause", None, 404, "not supported"),
+        ("PUT", "vm.boot", None, 404, "no VM is created"),
+        ("PUT", "vm.shutdown", None, 404, "no VM is created"),
+        (
+            "PUT",
+            "vm.add-pmem",
+            Some(format!(r#"{{"file":"{b}"}}"#)),
+            404,
+            "no VM is created",
+        ),
+    ];
+    for (method, endpoint, body, status, needle) in &cases {
+        let (got, text) = m.curl(method, endpoint, body.as_deref());
+        assert_eq!(got, *status, "{method} {endpoint}: {text}");
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let msg = v[0].as_str().unwrap_or_else(|| panic!("{text}"));
+        assert!(msg.contains(needle), "{method} {endpoint}: {msg}");
+    }
+    // What curl will not send: headers without end, a bad request line, chunked bodies.
+    let mut long = b"GET /api/v1/vmm.ping HTTP/1.1\r\nX: ".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 9000));
+    long.extend_from_slice(b"\r\n\r\n");
+    assert!(m.raw(&long).starts_with("HTTP/1.1 431 "));
+    assert!(m.raw(b"HELLO\r\n\r\n").starts_with("HTTP/1.1 400 "));
+    assert!(m
+        .raw(b"PUT /api/v1/vm.create HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .starts_with("HTTP/1.1 411 "));
+    // A client that connects and says nothing is dropped after the I/O timeout; the API
+    // still answers meanwhile-queued clients afterwards.
+    let _silent = UnixStream::connect(&socket).unwrap();
+    let (ok, out) = m.ch_remote(&["ping"]);
+    assert!(ok, "{out}");
+
+    let mut after = snapshot(d);
+    after.remove("api.sock");
+    assert_eq!(
+        before, after,
+        "a refused request wrote or created something"
+    );
+
+    let (ok, out) = m.ch_remote(&["shutdown-vmm"]);
+    assert!(ok, "{out}");
+    let (code, err) = m.wait();
+    assert_eq!(code, 0, "{err}");
+    assert!(!socket.exists(), "the monitor removes its socket");
+}
+
+#[test]
+fn boot_through_the_api() -> testbed::Result<()> {
+    let ch =
+        testbed::nested::visible_in_l1(&ch_remote(), "ch-remote").map_err(testbed::Error::setup)?;
+    let curl = curl();
+    let ch_q = sh_quote(&ch.display().to_string());
+    let script = format!(
+        r#"
+set -u
+cat > vm.json <<EOF
+{{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"ls /dev/pmem0 && printf APIMARK-5151 | dd of=/dev/pmem0 conv=fsync 2>/dev/null && echo @@GUEST-WROTE@@ && while sleep 1; do grep ACPI:Ged /proc/interrupts | tr -s ' ' | sed s/^/GEDIRQ:/; done\\""}},
+ "cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":536870912}},
+ "serial":{{"mode":"File","file":"$WORK/console.log"}},
+ "pmem":[{{"file":"$WORK/data.img","size":268435456,"id":"data","memmap":"ram","mode":"fsdax"}}]}}
+EOF
+CH={ch_q}
+api() {{ "$CH" --api-socket "$WORK/api.sock" "$@"; }}
+"$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
+pid=$!
+i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+api ping && echo @@PING-OK@@
+api create vm.json && echo @@CREATE-OK@@
+echo "@@STATE-CREATED $(api info | tr -d ' \n' | grep -o '"state":"[A-Za-z]*"')@@"
+api boot && echo @@BOOT-OK@@
+i=0; while ! grep -q '@@GUEST-WROTE@@' console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+grep -q '@@GUEST-WROTE@@' console.log && echo @@GUEST-WROTE-SEEN@@
+api info > info.json; echo "--- info ---"; cat info.json; echo
+echo "@@STATE-RUNNING $(tr -d ' \n' < info.json | grep -o '"state":"[A-Za-z]*"')@@"
+{curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters > counters.json
+echo "--- counters ---"; cat counters.json; echo
+# The power button: our guest kernel has no ACPI button driver, so it cannot power off on
+# it; what it shows is that the GED's interrupt arrived (evged then ran _EVT).
+i=0; while ! grep -q 'GEDIRQ:' console.log && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+grep -q 'GEDIRQ: [0-9]*: 0 .*ACPI:Ged' console.log && echo @@GED-IDLE@@
+api power-button && echo @@POWER-BUTTON-OK@@
+i=0; while ! grep -q 'GEDIRQ: [0-9]*: 1 ' console.log && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+grep -q 'GEDIRQ: [0-9]*: 1 .*ACPI:Ged' console.log && echo @@GED-FIRED@@
+api shutdown && echo @@SHUTDOWN-OK@@
+echo "@@STATE-AFTER $(api info | tr -d ' \n' | grep -o '"state":"[A-Za-z]*"')@@"
+api shutdown-vmm && echo @@SHUTDOWN-VMM-OK@@
+wait $pid
+echo "@@VMM-EXIT $?@@"
+grep -c APIMARK-5151 data.img | sed 's/^/@@HOST-MARK /; s/$/@@/'
+echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
+"#,
+        curl = curl.display(),
+    );
+    let host = HostOpts::default()
+        .with_host_bin(ch)
+        .with_host_bin(curl)
+        .with_timeout(Duration::from_secs(300));
+    let run = run_on_kvm_host(&script, &host)?;
+    eprintln!(
+        "{} host: run {:.2?}\n{}",
+        run.mode, run.duration, run.output
+    );
+    run.expect_success()?;
+    for marker in [
+        "PING-OK",
+        "CREATE-OK",
+        "BOOT-OK",
+        "GUEST-WROTE-SEEN",
+        "GED-IDLE",
+        "POWER-BUTTON-OK",
+        "GED-FIRED",
+        "SHUTDOWN-OK",
+        "SHUTDOWN-VMM-OK",
+    ] {
+        if !run.output.contains(&format!("@@{marker}@@")) {
+            return Err(run.error(format!("missing @@{marker}@@")));
+        }
+    }
+    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
+    let expect = |m: &str, want: &str| -> testbed::Result<()> {
+        match value(m) {
+            Some(s) if s.contains(want) => Ok(()),
+            other => Err(run.error(format!("{m}: {other:?}, expected {want}"))),
+        }
+    };
+    expect("STATE-CREATED", "\"state\":\"Created\"")?;
+    expect("STATE-RUNNING", "\"state\":\"Running\"")?;
+    expect("STATE-AFTER", "\"state\":\"Shutdown\"")?;
+    expect("VMM-EXIT", "0")?;
+    let info = section(&run.output, "--- info ---");
+    let info: serde_json::Value = serde_json::from_str(info.trim())
+        .map_err(|e| run.error(format!("vm.info is not JSON ({e}): {info}")))?;
+    let dev = &info["pmem"][0];
+    if dev["id"] != "data"
+        || dev["mode"] != "fsdax"
+        || dev["memmap"] != "ram"
+        || dev["capacity"].as_u64().unwrap_or(0) == 0
+    {
+        return Err(run.error(format!("vm.info's pmem report: {dev}")));
+    }
+    let counters = section(&run.output, "--- counters ---");
+    let counters: serde_json::Value = serde_json::from_str(counters.trim())
+        .map_err(|e| run.error(format!("vm.counters is not JSON ({e}): {counters}")))?;
+    let c = &counters["data"];
+    if c["flush_requests"].as_u64().unwrap_or(0) == 0
+        || c["host_flushes"].as_u64().unwrap_or(0) == 0
+        || c["bytes_formatted"].as_u64() != Some(4096)
+    {
+        return Err(run.error(format!("vm.counters: {counters}")));
+    }
+    expect("HOST-MARK", "1")?;
+    Ok(())
+}
+
+/// NVDIMM hot-add: a guest booted through the API without pmem gets four devices at runtime,
+/// one through `ch-remote add-pmem` and three through curl with our keys (fsdax with its memmap
+/// in the device, devdax with its memmap in RAM, raw); the guest finds each namespace in its
+/// mode, `vm.info` reports them, and adding a backing again is refused with nothing changed.
+#[test]
+fn hot_add_through_the_api() -> testbed::Result<()> {
+    let ch =
+        testbed::nested::visible_in_l1(&ch_remote(), "ch-remote").map_err(testbed::Error::setup)?;
+    let curl = curl();
+    let script = format!(
+        r#"
+set -u
+cat > vm.json <<EOF
+{{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; done\\""}},
+ "cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":536870912}},
+ "serial":{{"mode":"File","file":"$WORK/console.log"}}}}
+EOF
+CH={ch}
+api() {{ "$CH" --api-socket "$WORK/api.sock" "$@"; }}
+add() {{ {curl} -s -o add.out -w '%{{http_code}}' --unix-socket api.sock -X PUT -H 'Content-Type: application/json' --data-binary "$1" http://localhost/api/v1/vm.add-pmem; echo " $(cat add.out)"; }}
+"$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
+pid=$!
+i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+api create vm.json && api boot && echo @@BOOT-OK@@
+i=0; while ! grep -q 'GUESTDEV:' console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+api add-pmem file=$WORK/a.img,size=268435456,id=hot-a && echo @@ADD-A-OK@@
+echo "@@ADD-B $(add '{{"file":"'$WORK'/b.img","size":268435456,"id":"hot-b","mode":"fsdax","memmap":"pmem"}}')@@"
+echo "@@ADD-C $(add '{{"file":"'$WORK'/c.img","size":268435456,"id":"hot-c","mode":"devdax","memmap":"ram"}}')@@"
+echo "@@ADD-D $(add '{{"file":"'$WORK'/d.img","size":134217728,"id":"hot-d","mode":"raw"}}')@@"
+echo "@@ADD-AGAIN $(add '{{"file":"'$WORK'/b.img","id":"hot-e"}}')@@"
+echo "@@ADD-SAMEID $(add '{{"file":"'$WORK'/e.img","size":134217728,"id":"hot-a"}}')@@"
+echo "@@ADD-KERNEL $(add '{{"file":"'$KERNEL'","id":"hot-k"}}')@@"
+ls e.img 2>/dev/null && echo @@E-CREATED@@
+i=0; while ! tail -n 1 console.log | grep -q 'MODES: dax memory memory raw END' && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
+echo "@@GUEST-LAST $(grep GUESTDEV: console.log | tail -n 1)@@"
+i=0; while ! grep -q '@@GUEST-WROTE-HOT@@' console.log && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+{curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters | sed 's/^/@@COUNTERS /; s/$/@@/'; echo
+api info > info.json; echo "--- info ---"; cat info.json; echo
+api shutdown-vmm && echo @@SHUTDOWN-VMM-OK@@
+wait $pid
+echo "@@VMM-EXIT $?@@"
+grep -c HOTMARK-77 d.img | sed 's/^/@@HOST-MARK /; s/$/@@/'
+echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.log | tail -n 3; echo "--- vmm ---"; cat vmm.log
+"#,
+        ch = sh_quote(&ch.display().to_string()),
+        curl = curl.display(),
+    );
+    let host = HostOpts::default()
+        .with_host_bin(ch)
+        .with_host_bin(curl)
+        .with_timeout(Duration::from_secs(300));
+    let run = run_on_kvm_host(&script, &host)?;
+    eprintln!(
+        "{} host: run {:.2?}\n{}",
+        run.mode, run.duration, run.output
+    );
+    run.expect_success()?;
+    for marker in ["BOOT-OK", "ADD-A-OK", "SHUTDOWN-VMM-OK"] {
+        if !run.output.contains(&format!("@@{marker}@@")) {
+            return Err(run.error(format!("missing @@{marker}@@")));
+        }
+    }
+    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
+    let expect = |m: &str, want: &str| -> testbed::Result<()> {
+        match value(m) {
+            Some(s) if s.contains(want) => Ok(()),
+            other => Err(run.error(format!("{m}: {other:?}, expected {want}"))),
+        }
+    };
+    expect("ADD-B", "200 {\"bdf\":\"0000:00:00.0\",\"id\":\"hot-b\"}")?;
+    expect("ADD-C", "200 ")?;
+    expect("ADD-D", "200 ")?;
+    expect("ADD-AGAIN", "409 ")?;
+    expect("ADD-KERNEL", "400 [\"pmem file=")?;
+    expect("ADD-SAMEID", "409 ")?;
+    if run.output.contains("@@E-CREATED@@") {
+        return Err(run.error("a refused add created its file"));
+    }
+    expect("GUEST-LAST", "MODES: dax memory memory raw END")?;
+    let last = value("GUEST-LAST").unwrap_or_default();
+    let devs = last.split("MODES:").next().unwrap_or("");
+    let pmems = devs.matches("pmem").count();
+    let daxes = devs.matches("dax").count();
+    if pmems != 3 || daxes != 1 {
+        return Err(run.error(format!("guest devices: {last}")));
+    }
+    expect("VMM-EXIT", "0")?;
+    // The guest's write to the hot-added raw device reached the host file, through a flush
+    // hint that was added with the device.
+    expect("HOST-MARK", "1")?;
+    let counters = value("COUNTERS").unwrap_or_default();
+    let counters: serde_json::Value = serde_json::from_str(counters.trim())
+        .map_err(|e| run.error(format!("vm.counters is not JSON ({e}): {counters}")))?;
+    let d = &counters["hot-d"];
+    if d["flush_requests"].as_u64().unwrap_or(0) == 0
+        || d["host_flushes"].as_u64().unwrap_or(0) == 0
+        || d["bytes_formatted"].as_u64() != Some(0)
+        || counters["hot-b"]["bytes_formatted"].as_u64() != Some(4096)
+    {
+        return Err(run.error(format!("vm.counters: {counters}")));
+    }
+    let info = section(&run.output, "--- info ---");
+    let info: serde_json::Value = serde_json::from_str(info.trim())
+        .map_err(|e| run.error(format!("vm.info is not JSON ({e}): {info}")))?;
+    let report: Vec<(String, String, String)> = info["pmem"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["id"].as_str().unwrap_or("").to_string(),
+                        d["mode"].as_str().unwrap_or("").to_string(),
+                        d["memmap"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let want =
+        |id: &str, mode: &str, memmap: &str| (id.to_string(), mode.to_string(), memmap.to_string());
+    if report.len() != 4
+        || report[1] != want("hot-b", "fsdax", "pmem")
+        || report[2] != want("hot-c", "devdax", "ram")
+        || report[3].1 != "raw"
+        || report[0].0 != "hot-a"
+    {
+        return Err(run.error(format!("vm.info's pmem report: {report:?}")));
+    }
+    Ok(())
+}
+
+/// The text after `header` up to the next line starting with `---` or `@@`.
+fn section<'a>(output: &'a str, header: &str) -> &'a str {
+    let Some(start) = output.find(header) else {
+        return "";
+    };
+    let rest = &output[start + header.len()..];
+    let end = rest
+        .find("\n---")
+        .into_iter()
+        .chain(rest.find("\n@@"))
+        .min()
+        .unwrap_or(rest.len());
+    &rest[..end]
+}

@@ -1,0 +1,81 @@
+//! The API thread: accepts one connection at a time, reads one bounded request (with read and
+//! write timeouts, so a client that stalls costs at most [`IO_TIMEOUT`]), answers it and closes
+//! the connection. It sleeps in `accept` while nobody calls: no wake-ups when idle.
+
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::{debug, warn};
+
+use super::http::{self, ReadError};
+use super::{Command, CommandKind, Controller, Then};
+
+/// How long one connection may take to send its request or read the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the API thread on `listener`.
+pub fn spawn(listener: UnixListener, controller: Controller) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || serve(listener, controller))
+}
+
+fn serve(listener: UnixListener, controller: Controller) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Then::ExitVmm = serve_one(stream, &controller) {
+                    let (reply, _answer) = mpsc::channel();
+                    let _ = controller.commands.send(Command {
+                        kind: CommandKind::ExitVmm,
+                        reply,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and the like: wait a little rather than spin.
+                warn!("API socket: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn serve_one(mut stream: UnixStream, controller: &Controller) -> Then {
+    if let Err(e) = stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+    {
+        warn!("API connection: {e}");
+        return Then::Nothing;
+    }
+    let (response, then) = match http::read_request(&mut stream) {
+        Ok(req) => {
+            controller.state.update(|s| s.in_flight = true);
+            let (response, then) = controller.handle(&req);
+            debug!(
+                "API {} {} -> {}",
+                req.method_text, req.path, response.status
+            );
+            (response, then)
+        }
+        Err(ReadError::Bad { status, message }) => {
+            debug!("API request refused: {status} {message}");
+            (http::Response::error(status, &message), Then::Nothing)
+        }
+        Err(ReadError::Io(e)) => {
+            debug!("API connection: {e}");
+            return Then::Nothing;
+        }
+    };
+    if let Err(e) = response.write_to(&mut stream) {
+        debug!("API connection: writing the answer: {e}");
+    }
+    drop(stream);
+    controller.state.update(|s| s.in_flight = false);
+    then
+}
