@@ -3,14 +3,15 @@
 //! Everything a user can get wrong in the arguments is found here, before any KVM object exists,
 //! and reported as one line naming the option and the value.
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use clap::Parser;
 use thiserror::Error;
 
-use crate::api::socket::{parse_api_socket, ApiSocketOption};
 use crate::layout::MIB;
 use crate::pmem_option::{parse_pmem, PmemConfig};
+use crate::size::parse_size;
 
 /// The guest needs this much to boot a kernel and a small initramfs.
 pub const MIN_MEMORY: u64 = 64 * MIB;
@@ -78,10 +79,15 @@ pub struct Cli {
     /// capacity) to PATH before the guest starts
     #[arg(long, value_name = "PATH", requires = "kernel")]
     pub report: Option<PathBuf>,
-    /// A persistent memory device (repeatable): path=PATH[,size=SIZE][,readonly=on|off][,id=NAME]
-    /// [,numa=NODE][,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G]
-    /// [,format=keep|init|force]
-    #[arg(long, value_name = "SPEC", requires = "kernel")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        requires = "kernel",
+        help = concat!(
+            "A persistent memory device (repeatable): ",
+            crate::pmem_option::pmem_syntax!()
+        )
+    )]
     pub pmem: Vec<String>,
     /// Serve the HTTP control API (cloud-hypervisor's endpoints) on a Unix socket:
     /// path=PATH (created; a stale socket there is replaced) or fd=N (an inherited listening
@@ -132,30 +138,32 @@ fn invalid(option: &'static str, value: &str, reason: impl Into<String>) -> Conf
     }
 }
 
-/// Parses a size such as `512M`, `2G`, `4096K`, `1T` or a bare number of `bare_unit` bytes.
-/// Suffixes are binary (K = 1024); `KiB`, `MiB`, ... and `B` are accepted too.
-pub fn parse_size(text: &str, bare_unit: u64) -> Result<u64, String> {
-    let t = text.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(digits_end);
-    if digits.is_empty() {
-        return Err("expected a number with an optional K, M, G or T suffix".into());
+/// The value of `--api-socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiSocketOption {
+    Path(PathBuf),
+    Fd(RawFd),
+}
+
+pub const API_SOCKET_SYNTAX: &str = "path=PATH or fd=N";
+
+/// Parses `path=PATH` or `fd=N`.
+pub fn parse_api_socket(text: &str) -> Result<ApiSocketOption, String> {
+    if let Some(p) = text.strip_prefix("path=") {
+        if p.is_empty() {
+            return Err(format!("path= needs a value; expected {API_SOCKET_SYNTAX}"));
+        }
+        return Ok(ApiSocketOption::Path(PathBuf::from(p)));
     }
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| "the number is too large".to_string())?;
-    let unit = match suffix.to_ascii_uppercase().as_str() {
-        "" => bare_unit,
-        "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        _ => return Err(format!("unknown size suffix {suffix:?}; use K, M, G or T")),
-    };
-    number
-        .checked_mul(unit)
-        .ok_or_else(|| "the size is too large".to_string())
+    if let Some(n) = text.strip_prefix("fd=") {
+        let fd: RawFd = n
+            .parse()
+            .ok()
+            .filter(|fd| *fd >= 3)
+            .ok_or_else(|| format!("fd={n}: expected a descriptor number of 3 or more"))?;
+        return Ok(ApiSocketOption::Fd(fd));
+    }
+    Err(format!("expected {API_SOCKET_SYNTAX}"))
 }
 
 /// The monitor's start: a VM from the command line, an API socket, or both.
@@ -201,7 +209,8 @@ impl Launch {
                 }
                 let mut pmem = Vec::with_capacity(cli.pmem.len());
                 for (index, spec) in cli.pmem.iter().enumerate() {
-                    let dev = parse_pmem(spec, index).map_err(|r| invalid("pmem", spec, r))?;
+                    let dev = parse_pmem(spec, index)
+                        .map_err(|r| invalid("pmem", spec, r.to_string()))?;
                     pmem.push((spec.clone(), dev));
                 }
                 Some(VmConfig::validate(
@@ -262,7 +271,8 @@ impl VmConfig {
             ));
         }
 
-        let memory = parse_size(&cli.memory, MIB).map_err(|r| invalid("memory", &cli.memory, r))?;
+        let memory = parse_size(&cli.memory, MIB)
+            .map_err(|r| invalid("memory", &cli.memory, r.to_string()))?;
         if memory < MIN_MEMORY {
             return Err(invalid(
                 "memory",
@@ -377,18 +387,21 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512M", 1), Ok(512 << 20));
-        assert_eq!(parse_size("2G", 1), Ok(2 << 30));
-        assert_eq!(parse_size("3584MiB", 1), Ok(3584 << 20));
-        assert_eq!(parse_size("64k", 1), Ok(64 << 10));
-        assert_eq!(parse_size("1T", 1), Ok(1 << 40));
-        assert_eq!(parse_size("256", MIB), Ok(256 << 20));
-        assert!(parse_size("", 1).is_err());
-        assert!(parse_size("12Q", 1).is_err());
-        assert!(parse_size("-1G", 1).is_err());
-        assert!(parse_size("99999999999999999999", 1).is_err());
-        assert!(parse_size("99999999999T", 1).is_err());
+    fn api_socket_syntax() {
+        assert_eq!(
+            parse_api_socket("path=/run/x.sock"),
+            Ok(ApiSocketOption::Path("/run/x.sock".into()))
+        );
+        assert_eq!(parse_api_socket("fd=7"), Ok(ApiSocketOption::Fd(7)));
+        for (bad, needle) in [
+            ("path=", "path= needs a value"),
+            ("fd=x", "fd=x"),
+            ("fd=1", "fd=1"),
+            ("/run/x.sock", "expected path=PATH or fd=N"),
+        ] {
+            let e = parse_api_socket(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

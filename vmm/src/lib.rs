@@ -19,6 +19,7 @@ pub mod layout;
 pub mod output;
 pub mod pmem;
 pub mod pmem_option;
+pub mod size;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
@@ -340,7 +341,7 @@ fn check(cfg: &VmConfig, api_socket: Option<&api::socket::ApiSocket>) -> Result<
         pmem.plan(cfg.memory)?;
         stop_if_signalled()?;
         let (mem, entry) = prepare_guest_memory(cfg, pmem.nvdimm_descs())?;
-        host::check_host()?;
+        host::HostInfo::get().check_kvm()?;
         let kvm = vm::Vm::probe(cfg.cpus, cfg.pmem.iter().any(|p| p.readonly))?;
         stop_if_signalled()?;
         Ok((mem, entry, kvm, kept))

@@ -148,20 +148,6 @@ fn plan_namespace(
     })
 }
 
-/// The first guest physical address the guest's CPUs cannot address: KVM gives guests the
-/// host's physical address width, which /proc/cpuinfo reports as "address sizes".
-pub fn guest_phys_limit(cpuinfo: &str) -> u64 {
-    let bits = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("address sizes"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|b| (32..=52).contains(b))
-        .unwrap_or(36);
-    1u64 << bits
-}
-
 /// The checks `Backing::open` makes on a path that does not exist, made without creating it:
 /// `size=` given, not read-only, not a dangling symbolic link, a directory that exists and that
 /// this process may create files in.
@@ -349,16 +335,15 @@ impl PmemPlan {
             .zip(configs)
             .map(|((_, s), c)| span(c, s))
             .collect();
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let windows =
-            match layout::place_pmem_from(memory, start, &spans, guest_phys_limit(&cpuinfo)) {
-                Ok(w) => w,
-                Err(source) => {
-                    let path = configs[source.index()].path.display().to_string();
-                    abandon_sources(mapped);
-                    return Err(PmemError::Layout { path, source });
-                }
-            };
+        let limit = crate::host::HostInfo::get().guest_phys_limit();
+        let windows = match layout::place_pmem_from(memory, start, &spans, limit) {
+            Ok(w) => w,
+            Err(source) => {
+                let path = configs[source.index()].path.display().to_string();
+                abandon_sources(mapped);
+                return Err(PmemError::Layout { path, source });
+            }
+        };
         let devices = configs
             .iter()
             .zip(windows)
@@ -783,12 +768,5 @@ mod tests {
         plan.plan(512 << 20).unwrap();
         assert_eq!(plan.nvdimm_descs()[1].base, 5 << 30);
         plan.abandon();
-    }
-
-    #[test]
-    fn phys_limit_from_cpuinfo() {
-        let c = "processor\t: 0\naddress sizes\t: 40 bits physical, 48 bits virtual\n";
-        assert_eq!(guest_phys_limit(c), 1 << 40);
-        assert_eq!(guest_phys_limit("nothing"), 1 << 36);
     }
 }

@@ -7,11 +7,49 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use devices::pmem::format::{parse_align, FormatPolicy, Memmap, NsMode};
+use devices::pmem::options::OptionValueError;
+use thiserror::Error;
 
-use crate::config::parse_size;
+use crate::size::{parse_size, SizeError};
 
-pub const PMEM_SYNTAX: &str = "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]\
-[,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]";
+/// The `--pmem` grammar, as a macro so `--help` (`config.rs`, which needs a literal) and the
+/// parser's messages ([`PMEM_SYNTAX`]) use the one text.
+macro_rules! pmem_syntax {
+    () => {
+        "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]\
+[,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]"
+    };
+}
+pub(crate) use pmem_syntax;
+
+pub const PMEM_SYNTAX: &str = pmem_syntax!();
+
+/// What is wrong with one `--pmem` value (or an API `pmem` entry, through the same keys).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PmemOptionError {
+    #[error("{item:?} is not key=value; expected {PMEM_SYNTAX}")]
+    NotKeyValue { item: String },
+    #[error("unknown key {key:?}; expected one of {}", KEYS.join(", "))]
+    UnknownKey { key: String },
+    #[error("key {key:?} given twice")]
+    Duplicate { key: String },
+    #[error("{key}= needs a value; expected {PMEM_SYNTAX}")]
+    Empty { key: String },
+    #[error("size={value}: {source}")]
+    Size { value: String, source: SizeError },
+    #[error("size=0: the device needs a size above zero")]
+    ZeroSize,
+    #[error("{key}={value}: expected on or off")]
+    NotOnOff { key: String, value: String },
+    #[error("id={value}: expected letters, digits, '-' or '_'")]
+    BadId { value: String },
+    #[error("numa={value}: expected a node number from 0 to {MAX_NUMA_NODE}")]
+    BadNuma { value: String },
+    #[error(transparent)]
+    Value(#[from] OptionValueError),
+    #[error("path= is required; expected {PMEM_SYNTAX}")]
+    NoPath,
+}
 
 const KEYS: &[&str] = &[
     "path", "size", "readonly", "id", "numa", "memmap", "mode", "align", "format",
@@ -40,21 +78,24 @@ pub struct PmemConfig {
 /// Largest proximity domain we accept: Linux discards an SRAT that names a larger one.
 pub const MAX_NUMA_NODE: u32 = acpi::MAX_PROXIMITY_DOMAIN;
 
-fn on_off(key: &str, value: &str) -> Result<bool, String> {
+fn on_off(key: &str, value: &str) -> Result<bool, PmemOptionError> {
     match value {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(format!("{key}={value}: expected on or off")),
+        _ => Err(PmemOptionError::NotOnOff {
+            key: key.into(),
+            value: value.into(),
+        }),
     }
 }
 
 /// Parses one `--pmem` value; `index` numbers the default id.
-pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, String> {
+pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, PmemOptionError> {
     let mut pairs = Vec::new();
     for item in text.split(',') {
         let (key, value) = item
             .split_once('=')
-            .ok_or_else(|| format!("{item:?} is not key=value; expected {PMEM_SYNTAX}"))?;
+            .ok_or_else(|| PmemOptionError::NotKeyValue { item: item.into() })?;
         pairs.push((key, value));
     }
     pmem_from_pairs(&pairs, index)
@@ -63,30 +104,33 @@ pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, String> {
 /// Validates one device given as `key=value` pairs with the keys of `--pmem`: the one
 /// validation of a pmem device, used by the command line and by the API (`vm.create`'s `pmem`
 /// entries and `vm.add-pmem`, whose JSON fields are translated to these keys).
-pub fn pmem_from_pairs(pairs: &[(&str, &str)], index: usize) -> Result<PmemConfig, String> {
+pub fn pmem_from_pairs(
+    pairs: &[(&str, &str)],
+    index: usize,
+) -> Result<PmemConfig, PmemOptionError> {
     let mut seen = HashSet::new();
     let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
     let (mut memmap, mut mode, mut align, mut format) =
         (Memmap::default(), None, None, FormatPolicy::default());
     for &(key, value) in pairs {
         if !KEYS.contains(&key) {
-            return Err(format!(
-                "unknown key {key:?}; expected one of {}",
-                KEYS.join(", ")
-            ));
+            return Err(PmemOptionError::UnknownKey { key: key.into() });
         }
         if !seen.insert(key) {
-            return Err(format!("key {key:?} given twice"));
+            return Err(PmemOptionError::Duplicate { key: key.into() });
         }
         if value.is_empty() {
-            return Err(format!("{key}= needs a value; expected {PMEM_SYNTAX}"));
+            return Err(PmemOptionError::Empty { key: key.into() });
         }
         match key {
             "path" => path = Some(PathBuf::from(value)),
             "size" => {
-                let bytes = parse_size(value, 1).map_err(|e| format!("size={value}: {e}"))?;
+                let bytes = parse_size(value, 1).map_err(|source| PmemOptionError::Size {
+                    value: value.into(),
+                    source,
+                })?;
                 if bytes == 0 {
-                    return Err("size=0: the device needs a size above zero".into());
+                    return Err(PmemOptionError::ZeroSize);
                 }
                 size = Some(bytes);
             }
@@ -96,7 +140,9 @@ pub fn pmem_from_pairs(pairs: &[(&str, &str)], index: usize) -> Result<PmemConfi
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 {
-                    return Err(format!("id={value}: expected letters, digits, '-' or '_'"));
+                    return Err(PmemOptionError::BadId {
+                        value: value.into(),
+                    });
                 }
                 id = Some(value.to_string());
             }
@@ -105,19 +151,19 @@ pub fn pmem_from_pairs(pairs: &[(&str, &str)], index: usize) -> Result<PmemConfi
                     .parse()
                     .ok()
                     .filter(|n| *n <= MAX_NUMA_NODE)
-                    .ok_or_else(|| {
-                        format!("numa={value}: expected a node number from 0 to {MAX_NUMA_NODE}")
+                    .ok_or_else(|| PmemOptionError::BadNuma {
+                        value: value.into(),
                     })?;
                 numa = Some(node);
             }
-            "memmap" => memmap = value.parse().map_err(|e| format!("{e}"))?,
-            "mode" => mode = Some(value.parse().map_err(|e| format!("{e}"))?),
-            "align" => align = Some(parse_align(value).map_err(|e| format!("{e}"))?),
-            "format" => format = value.parse().map_err(|e| format!("{e}"))?,
+            "memmap" => memmap = value.parse()?,
+            "mode" => mode = Some(value.parse()?),
+            "align" => align = Some(parse_align(value)?),
+            "format" => format = value.parse()?,
             _ => unreachable!("key checked against KEYS"),
         }
     }
-    let path = path.ok_or_else(|| format!("path= is required; expected {PMEM_SYNTAX}"))?;
+    let path = path.ok_or(PmemOptionError::NoPath)?;
     Ok(PmemConfig {
         path,
         size,
@@ -172,7 +218,7 @@ mod tests {
             ("path=/a,align=3M", "align=3M"),
             ("path=/a,format=always", "format=always"),
         ] {
-            let e = parse_pmem(text, 0).unwrap_err();
+            let e = parse_pmem(text, 0).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
     }

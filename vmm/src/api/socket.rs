@@ -16,36 +16,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::config::ApiSocketOption;
 use crate::identity::{Extents, Identity, SYSFS_ROOT};
 use crate::output::may_create_in;
-
-/// The value of `--api-socket`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiSocketOption {
-    Path(PathBuf),
-    Fd(RawFd),
-}
-
-pub const API_SOCKET_SYNTAX: &str = "path=PATH or fd=N";
-
-/// Parses `path=PATH` or `fd=N`.
-pub fn parse_api_socket(text: &str) -> Result<ApiSocketOption, String> {
-    if let Some(p) = text.strip_prefix("path=") {
-        if p.is_empty() {
-            return Err(format!("path= needs a value; expected {API_SOCKET_SYNTAX}"));
-        }
-        return Ok(ApiSocketOption::Path(PathBuf::from(p)));
-    }
-    if let Some(n) = text.strip_prefix("fd=") {
-        let fd: RawFd = n
-            .parse()
-            .ok()
-            .filter(|fd| *fd >= 3)
-            .ok_or_else(|| format!("fd={n}: expected a descriptor number of 3 or more"))?;
-        return Ok(ApiSocketOption::Fd(fd));
-    }
-    Err(format!("expected {API_SOCKET_SYNTAX}"))
-}
 
 #[derive(Debug, Error)]
 pub enum ApiSocketError {
@@ -309,24 +282,6 @@ impl Drop for BoundSocket {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
-
-    #[test]
-    fn option_syntax() {
-        assert_eq!(
-            parse_api_socket("path=/run/x.sock"),
-            Ok(ApiSocketOption::Path("/run/x.sock".into()))
-        );
-        assert_eq!(parse_api_socket("fd=7"), Ok(ApiSocketOption::Fd(7)));
-        for (bad, needle) in [
-            ("path=", "path= needs a value"),
-            ("fd=x", "fd=x"),
-            ("fd=1", "fd=1"),
-            ("/run/x.sock", "expected path=PATH or fd=N"),
-        ] {
-            let e = parse_api_socket(bad).unwrap_err();
-            assert!(e.contains(needle), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn existing_non_sockets_are_refused_and_left_alone() {

@@ -136,10 +136,11 @@ impl PmemJson {
         }
         pmem_from_pairs(&pairs, index).map_err(|reason| {
             // The --pmem keys that are named differently in the JSON.
-            let reason =
-                reason
-                    .replacen("path=", "file=", 1)
-                    .replacen("readonly=", "discard_writes=", 1);
+            let reason = reason.to_string().replacen("path=", "file=", 1).replacen(
+                "readonly=",
+                "discard_writes=",
+                1,
+            );
             BadConfig(format!("{field}: {reason}"))
         })
     }
