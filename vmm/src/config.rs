@@ -63,6 +63,14 @@ pub struct Cli {
     /// [,format=keep|init|force]
     #[arg(long, value_name = "SPEC")]
     pub pmem: Vec<String>,
+    /// Seccomp filters on the monitor's threads: true (a system call outside the allow list
+    /// kills the monitor), false (none) or log (allowed and logged by the host kernel)
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: crate::seccomp::SeccompMode,
+    /// Test hook: the named thread (main or vcpu) makes a forbidden system call once the
+    /// filters are in place
+    #[arg(long, value_name = "THREAD", hide = true)]
+    pub seccomp_selftest: Option<crate::seccomp::SelftestThread>,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -84,6 +92,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     pub pmem: Vec<PmemConfig>,
     pub report: Option<PathBuf>,
+    pub seccomp: crate::seccomp::SeccompMode,
+    pub seccomp_selftest: Option<crate::seccomp::SelftestThread>,
 }
 
 /// How many `--pmem` devices one guest may have (NFIT handles and ACPI names are sized for it).
@@ -250,6 +260,8 @@ impl VmConfig {
             serial,
             pmem,
             report: cli.report,
+            seccomp: cli.seccomp,
+            seccomp_selftest: cli.seccomp_selftest,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod host;
 pub mod layout;
 pub mod pmem;
 pub mod pmem_option;
+pub mod seccomp;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
@@ -64,6 +65,8 @@ pub enum VmmError {
     },
     #[error("{0}")]
     Guest(String),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("--report {path:?}: {source}")]
     Report {
         path: std::path::PathBuf,
@@ -285,10 +288,28 @@ fn run_with_pmem(
         None
     };
 
+    // Seccomp: compiled here, installed by each vCPU thread before it waits at `gate`, and by
+    // this thread below before it opens the gate; no guest instruction runs before both.
+    let main_filter = seccomp::filter(seccomp::ThreadKind::Main, cfg.seccomp)?;
+    let vcpu_filter = Arc::new(seccomp::filter(seccomp::ThreadKind::Vcpu, cfg.seccomp)?);
+    let gate = Arc::new(vcpu::StartGate::default());
+    let start = vcpu::Start {
+        filter: vcpu_filter,
+        gate: gate.clone(),
+        selftest: cfg.seccomp_selftest == Some(seccomp::SelftestThread::Vcpu),
+    };
+
     let error: vcpu::ErrorSlot = Arc::new(Mutex::new(None));
     let mut threads = Vec::new();
     for (id, fd) in vm.vcpus.into_iter().enumerate() {
-        match vcpu::spawn(id as u32, fd, bus.clone(), stop.clone(), error.clone()) {
+        match vcpu::spawn(
+            id as u32,
+            fd,
+            bus.clone(),
+            stop.clone(),
+            error.clone(),
+            start.clone(),
+        ) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 stop.request(StopReason::Error);
@@ -300,11 +321,21 @@ fn run_with_pmem(
             }
         }
     }
+    if let Err(e) = seccomp::apply(seccomp::ThreadKind::Main, main_filter.as_ref()) {
+        stop.request(StopReason::Error);
+        vcpu::stop_all(threads);
+        return Err(e.into());
+    }
+    gate.open();
     info!(
-        "guest started with {} vCPUs and {} MiB",
+        "guest started with {} vCPUs and {} MiB (seccomp {})",
         cfg.cpus,
-        cfg.memory >> 20
+        cfg.memory >> 20,
+        cfg.seccomp
     );
+    if cfg.seccomp_selftest == Some(seccomp::SelftestThread::Main) {
+        seccomp::selftest_violation();
+    }
 
     let reason = loop {
         if let Some(reason) = stop.reason() {
