@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! cargo run -p testbed --example run-guest -- [--cpus N] [--memory SIZE] [--vmlinux] [--loud]
-//!     [--param WORD]... [--vmm-arg ARG]... [--timeout SECS] [-- GUEST COMMAND...]
+//!     [--param WORD]... [--vmm-arg ARG]... [--timeout SECS] [--host-bin PATH]
+//!     [--before SCRIPT] [--after SCRIPT] [-- GUEST COMMAND...]
 //! ```
-//! `--loud` drops `quiet` from the guest kernel command line. Exits with the vmm's status.
+//! `--loud` drops `quiet` from the guest kernel command line. `--before`/`--after` are host shell
+//! commands around the vmm (the host script's `$VMM` may be redefined in `--before`, e.g. to
+//! run it under strace staged with `--host-bin /usr/bin/strace`). Prints the guest console, or
+//! with `--after` the whole host output. Exits with the vmm's status.
 
 use std::time::Duration;
 
@@ -28,6 +32,9 @@ fn main() {
             "--loud" => opts.kernel_params.retain(|p| p != "quiet"),
             "--param" => opts.kernel_params.push(value()),
             "--vmm-arg" => opts.vmm_args.push(value()),
+            "--host-bin" => opts.host.host_bins.push(value().into()),
+            "--before" => opts.before = value(),
+            "--after" => opts.after = value(),
             "--timeout" => {
                 let secs = value().parse().expect("--timeout takes seconds");
                 opts.host.timeout = Duration::from_secs(secs);
@@ -46,7 +53,11 @@ fn main() {
     }
     match boot_guest(&opts) {
         Ok(run) => {
-            print!("{}", run.console());
+            if opts.after.is_empty() {
+                print!("{}", run.console());
+            } else {
+                print!("{}", run.host.output);
+            }
             eprintln!(
                 "run-guest: {} host, run {:.2?}, host ready after {:?}, vmm {:?}, vmm exit {}, \
                  guest exit {:?}, cpus {:?}, MemTotal {:?} kB",

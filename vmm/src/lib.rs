@@ -19,6 +19,7 @@ pub mod layout;
 pub mod output;
 pub mod pmem;
 pub mod pmem_option;
+pub mod seccomp;
 pub mod size;
 pub mod terminal;
 pub mod vcpu;
@@ -106,6 +107,8 @@ pub enum VmmError {
     },
     #[error("{0}")]
     Guest(String),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The guest asked for a flush the host could not make durable; the guest was stopped
     /// before its flush completed.
     #[error("{id} ({}): the host could not make a guest flush durable, so the guest was stopped before its flush completed; data written since its last successful flush may be lost: {}", .path.display(), .source.source)]
@@ -144,6 +147,7 @@ impl VmmError {
                 return exit::FLUSH_FAILED
             }
             VmmError::Acpi(_)
+            | VmmError::Seccomp(_)
             | VmmError::HostUnsuitable(_)
             | VmmError::Bus(_)
             | VmmError::Vm(_)
@@ -770,10 +774,28 @@ fn run_with_pmem(
         None
     };
 
+    // Seccomp: compiled here, installed by each vCPU thread before it waits at `gate`, and by
+    // this thread below before it opens the gate; no guest instruction runs before both.
+    let main_filter = seccomp::filter(seccomp::ThreadKind::Main, cfg.seccomp)?;
+    let vcpu_filter = Arc::new(seccomp::filter(seccomp::ThreadKind::Vcpu, cfg.seccomp)?);
+    let gate = Arc::new(vcpu::StartGate::default());
+    let start = vcpu::Start {
+        filter: vcpu_filter,
+        gate: gate.clone(),
+        selftest: cfg.seccomp_selftest == Some(seccomp::SelftestThread::Vcpu),
+    };
+
     let error: vcpu::ErrorSlot = Arc::new(Mutex::new(None));
     let mut threads = Vec::new();
     for (id, fd) in std::mem::take(&mut vm.vcpus).into_iter().enumerate() {
-        match vcpu::spawn(id as u32, fd, bus.clone(), stop.clone(), error.clone()) {
+        match vcpu::spawn(
+            id as u32,
+            fd,
+            bus.clone(),
+            stop.clone(),
+            error.clone(),
+            start.clone(),
+        ) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 stop.request(StopReason::Error);
@@ -785,11 +807,21 @@ fn run_with_pmem(
             }
         }
     }
+    if let Err(e) = seccomp::apply(seccomp::ThreadKind::Main, main_filter.as_ref()) {
+        stop.request(StopReason::Error);
+        vcpu::stop_all(threads);
+        return Err(e.into());
+    }
+    gate.open();
     info!(
-        "guest started with {} vCPUs and {} MiB",
+        "guest started with {} vCPUs and {} MiB (seccomp {})",
         cfg.cpus,
-        cfg.memory >> 20
+        cfg.memory >> 20,
+        cfg.seccomp
     );
+    if cfg.seccomp_selftest == Some(seccomp::SelftestThread::Main) {
+        seccomp::selftest_violation();
+    }
     let api_state = hooks.as_ref().map(|h| h.api);
     if let Some(hooks) = hooks {
         hooks.api.started(

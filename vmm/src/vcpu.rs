@@ -2,7 +2,7 @@
 //! stop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,10 @@ use devices::lifecycle::{StopReason, StopSignal};
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, warn};
+use seccompiler::BpfProgram;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::seccomp::{self, ThreadKind};
 
 /// The signal used to pull a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -65,19 +68,70 @@ pub struct Devices {
     pub mmio: MmioBus,
 }
 
+/// Held shut by the main thread until it has installed its own seccomp filter; vCPU threads
+/// wait here (after installing theirs) before their first `KVM_RUN`.
+#[derive(Default)]
+pub struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate opens (true) or a stop is requested (false).
+    fn wait(&self, stop: &StopSignal) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            if stop.reason().is_some() {
+                return false;
+            }
+            open = self
+                .opened
+                .wait_timeout(open, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// How a vCPU thread starts: its seccomp filter, the gate, and whether to run the
+/// `--seccomp-selftest vcpu` hook.
+#[derive(Clone)]
+pub struct Start {
+    pub filter: Arc<Option<BpfProgram>>,
+    pub gate: Arc<StartGate>,
+    pub selftest: bool,
+}
+
 pub fn spawn(
     id: u32,
     vcpu: VcpuFd,
     bus: Arc<Devices>,
     stop: Arc<StopSignal>,
     error: ErrorSlot,
+    start: Start,
 ) -> std::io::Result<VcpuThread> {
     let done = Arc::new(AtomicBool::new(false));
     let done_in_thread = done.clone();
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            run(id, vcpu, &bus, &stop, &error);
+            match seccomp::apply(ThreadKind::Vcpu, start.filter.as_ref().as_ref()) {
+                Ok(()) => {
+                    if start.gate.wait(&stop) {
+                        if start.selftest {
+                            seccomp::selftest_violation();
+                        }
+                        run(id, vcpu, &bus, &stop, &error);
+                    }
+                }
+                Err(e) => fail(&stop, &error, format!("vCPU {id}: {e}")),
+            }
             done_in_thread.store(true, Ordering::SeqCst);
         })?;
     Ok(VcpuThread { handle, done })
