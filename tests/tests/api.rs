@@ -657,6 +657,70 @@ echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.lo
     Ok(())
 }
 
+/// Two devices added at once, while the guest is still booting: both adds answer 200 (the API
+/// thread takes them one after the other), and the guest finds both: a notify that comes
+/// before its NFIT driver is up is not needed, because the driver reads `_FIT` when it starts.
+#[test]
+fn hot_add_while_the_guest_boots() -> testbed::Result<()> {
+    let curl = curl();
+    let script = format!(
+        r#"
+set -u
+cat > vm.json <<EOF
+{{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"i=0; while [ \$i -lt 120 ]; do [ -e /dev/pmem0 ] && [ -e /dev/pmem1 ] && break; sleep 1; i=\$((i+1)); done; echo GUESTDEV: \$(ls /dev | grep pmem) END\\""}},
+ "memory":{{"size":536870912}},"serial":{{"mode":"File","file":"$WORK/console.log"}}}}
+EOF
+# req NAME ENDPOINT [BODY]: the status code; the answer goes to NAME.out
+req() {{ {curl} -s -o "$1.out" -w '%{{http_code}}' --unix-socket api.sock -X PUT -H 'Content-Type: application/json' --data-binary "${{3:-}}" "http://localhost/api/v1/$2"; }}
+"$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
+pid=$!
+i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "@@CREATE $(req create vm.create "$(cat vm.json)")@@"
+echo "@@BOOT $(req boot vm.boot)@@"
+req x vm.add-pmem '{{"file":"'$WORK'/x.img","size":134217728,"id":"x"}}' > x.code &
+ax=$!
+req y vm.add-pmem '{{"file":"'$WORK'/y.img","size":134217728,"id":"y"}}' > y.code &
+ay=$!
+wait $ax; wait $ay
+echo "@@ADD-X $(cat x.code) $(cat x.out)@@"
+echo "@@ADD-Y $(cat y.code) $(cat y.out)@@"
+i=0; while ! grep -q GUESTDEV: console.log && [ $i -lt 600 ]; do sleep 0.25; i=$((i+1)); done
+echo "@@GUEST-SAW $(grep GUESTDEV: console.log)@@"
+echo "@@EXIT-VMM $(req exit vmm.shutdown)@@"
+wait $pid
+echo "@@VMM-EXIT $?@@"
+echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
+"#,
+        curl = curl.display(),
+    );
+    let host = HostOpts::default()
+        .with_host_bin(curl)
+        .with_timeout(Duration::from_secs(300));
+    let run = run_on_kvm_host(&script, &host)?;
+    eprintln!(
+        "{} host: run {:.2?}\n{}",
+        run.mode, run.duration, run.output
+    );
+    run.expect_success()?;
+    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
+    for (m, want) in [
+        ("CREATE", "204"),
+        ("BOOT", "204"),
+        ("ADD-X", "200 {"),
+        ("ADD-Y", "200 {"),
+        ("GUEST-SAW", "GUESTDEV: pmem0 pmem1 END"),
+        ("EXIT-VMM", "204"),
+        ("VMM-EXIT", "0"),
+    ] {
+        match value(m) {
+            Some(s) if s.contains(want) => {}
+            other => return Err(run.error(format!("{m}: {other:?}, expected {want}"))),
+        }
+    }
+    Ok(())
+}
+
 /// The text after `header` up to the next line starting with `---` or `@@`.
 fn section<'a>(output: &'a str, header: &str) -> &'a str {
     let Some(start) = output.find(header) else {
