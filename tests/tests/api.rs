@@ -539,7 +539,7 @@ fn hot_add_through_the_api() -> testbed::Result<()> {
 set -u
 cat > vm.json <<EOF
 {{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
-  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; done\\""}},
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; echo MEMMAP: \$(cat /sys/bus/nd/devices/pfn*/memmap_location /sys/bus/nd/devices/dax*/memmap_location 2>/dev/null | sort) END; done\\""}},
  "cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":536870912}},
  "serial":{{"mode":"File","file":"$WORK/console.log"}}}}
 EOF
@@ -562,13 +562,14 @@ ls e.img 2>/dev/null && echo @@E-CREATED@@
 i=0; while ! tail -n 1 console.log | grep -q 'MODES: dax memory memory raw END' && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
 echo "@@GUEST-LAST $(grep GUESTDEV: console.log | tail -n 1)@@"
 i=0; while ! grep -q '@@GUEST-WROTE-HOT@@' console.log && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+sleep 2; echo "@@GUEST-MEMMAP $(grep MEMMAP: console.log | tail -n 1)@@"
 {curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters | sed 's/^/@@COUNTERS /; s/$/@@/'; echo
 api info > info.json; echo "--- info ---"; cat info.json; echo
 api shutdown-vmm && echo @@SHUTDOWN-VMM-OK@@
 wait $pid
 echo "@@VMM-EXIT $?@@"
 grep -c HOTMARK-77 d.img | sed 's/^/@@HOST-MARK /; s/$/@@/'
-echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.log | tail -n 3; echo "--- vmm ---"; cat vmm.log
+echo "--- console ---"; grep -v -e GUESTDEV: -e MEMMAP: console.log; grep GUESTDEV: console.log | tail -n 3; echo "--- vmm ---"; cat vmm.log
 "#,
         ch = sh_quote(&ch.display().to_string()),
         curl = curl.display(),
@@ -605,6 +606,10 @@ echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.lo
         return Err(run.error("a refused add created its file"));
     }
     expect("GUEST-LAST", "MODES: dax memory memory raw END")?;
+    // The guest kernel's own account of where each memmap lives (pfnX.Y and daxX.Y
+    // memmap_location, from our patch series) matches vm.info: hot-a and hot-c in RAM, hot-b
+    // in the device.
+    expect("GUEST-MEMMAP", "MEMMAP: pmem ram ram END")?;
     let last = value("GUEST-LAST").unwrap_or_default();
     let devs = last.split("MODES:").next().unwrap_or("");
     let pmems = devs.matches("pmem").count();
