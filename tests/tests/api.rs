@@ -539,7 +539,7 @@ fn hot_add_through_the_api() -> testbed::Result<()> {
 set -u
 cat > vm.json <<EOF
 {{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
-  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; done\\""}},
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; echo MEMMAP: \$(cat /sys/bus/nd/devices/pfn*/memmap_location /sys/bus/nd/devices/dax*/memmap_location 2>/dev/null | sort) END; done\\""}},
  "cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":536870912}},
  "serial":{{"mode":"File","file":"$WORK/console.log"}}}}
 EOF
@@ -562,13 +562,14 @@ ls e.img 2>/dev/null && echo @@E-CREATED@@
 i=0; while ! tail -n 1 console.log | grep -q 'MODES: dax memory memory raw END' && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
 echo "@@GUEST-LAST $(grep GUESTDEV: console.log | tail -n 1)@@"
 i=0; while ! grep -q '@@GUEST-WROTE-HOT@@' console.log && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+sleep 2; echo "@@GUEST-MEMMAP $(grep MEMMAP: console.log | tail -n 1)@@"
 {curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters | sed 's/^/@@COUNTERS /; s/$/@@/'; echo
 api info > info.json; echo "--- info ---"; cat info.json; echo
 api shutdown-vmm && echo @@SHUTDOWN-VMM-OK@@
 wait $pid
 echo "@@VMM-EXIT $?@@"
 grep -c HOTMARK-77 d.img | sed 's/^/@@HOST-MARK /; s/$/@@/'
-echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.log | tail -n 3; echo "--- vmm ---"; cat vmm.log
+echo "--- console ---"; grep -v -e GUESTDEV: -e MEMMAP: console.log; grep GUESTDEV: console.log | tail -n 3; echo "--- vmm ---"; cat vmm.log
 "#,
         ch = sh_quote(&ch.display().to_string()),
         curl = curl.display(),
@@ -605,6 +606,10 @@ echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.lo
         return Err(run.error("a refused add created its file"));
     }
     expect("GUEST-LAST", "MODES: dax memory memory raw END")?;
+    // The guest kernel's own account of where each memmap lives (pfnX.Y and daxX.Y
+    // memmap_location, from our patch series) matches vm.info: hot-a and hot-c in RAM, hot-b
+    // in the device.
+    expect("GUEST-MEMMAP", "MEMMAP: pmem ram ram END")?;
     let last = value("GUEST-LAST").unwrap_or_default();
     let devs = last.split("MODES:").next().unwrap_or("");
     let pmems = devs.matches("pmem").count();
@@ -653,6 +658,70 @@ echo "--- console ---"; grep -v GUESTDEV: console.log; grep GUESTDEV: console.lo
         || report[0].0 != "hot-a"
     {
         return Err(run.error(format!("vm.info's pmem report: {report:?}")));
+    }
+    Ok(())
+}
+
+/// Two devices added at once, while the guest is still booting: both adds answer 200 (the API
+/// thread takes them one after the other), and the guest finds both: a notify that comes
+/// before its NFIT driver is up is not needed, because the driver reads `_FIT` when it starts.
+#[test]
+fn hot_add_while_the_guest_boots() -> testbed::Result<()> {
+    let curl = curl();
+    let script = format!(
+        r#"
+set -u
+cat > vm.json <<EOF
+{{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"i=0; while [ \$i -lt 120 ]; do [ -e /dev/pmem0 ] && [ -e /dev/pmem1 ] && break; sleep 1; i=\$((i+1)); done; echo GUESTDEV: \$(ls /dev | grep pmem) END\\""}},
+ "memory":{{"size":536870912}},"serial":{{"mode":"File","file":"$WORK/console.log"}}}}
+EOF
+# req NAME ENDPOINT [BODY]: the status code; the answer goes to NAME.out
+req() {{ {curl} -s -o "$1.out" -w '%{{http_code}}' --unix-socket api.sock -X PUT -H 'Content-Type: application/json' --data-binary "${{3:-}}" "http://localhost/api/v1/$2"; }}
+"$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
+pid=$!
+i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "@@CREATE $(req create vm.create "$(cat vm.json)")@@"
+echo "@@BOOT $(req boot vm.boot)@@"
+req x vm.add-pmem '{{"file":"'$WORK'/x.img","size":134217728,"id":"x"}}' > x.code &
+ax=$!
+req y vm.add-pmem '{{"file":"'$WORK'/y.img","size":134217728,"id":"y"}}' > y.code &
+ay=$!
+wait $ax; wait $ay
+echo "@@ADD-X $(cat x.code) $(cat x.out)@@"
+echo "@@ADD-Y $(cat y.code) $(cat y.out)@@"
+i=0; while ! grep -q GUESTDEV: console.log && [ $i -lt 600 ]; do sleep 0.25; i=$((i+1)); done
+echo "@@GUEST-SAW $(grep GUESTDEV: console.log)@@"
+echo "@@EXIT-VMM $(req exit vmm.shutdown)@@"
+wait $pid
+echo "@@VMM-EXIT $?@@"
+echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
+"#,
+        curl = curl.display(),
+    );
+    let host = HostOpts::default()
+        .with_host_bin(curl)
+        .with_timeout(Duration::from_secs(300));
+    let run = run_on_kvm_host(&script, &host)?;
+    eprintln!(
+        "{} host: run {:.2?}\n{}",
+        run.mode, run.duration, run.output
+    );
+    run.expect_success()?;
+    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
+    for (m, want) in [
+        ("CREATE", "204"),
+        ("BOOT", "204"),
+        ("ADD-X", "200 {"),
+        ("ADD-Y", "200 {"),
+        ("GUEST-SAW", "GUESTDEV: pmem0 pmem1 END"),
+        ("EXIT-VMM", "204"),
+        ("VMM-EXIT", "0"),
+    ] {
+        match value(m) {
+            Some(s) if s.contains(want) => {}
+            other => return Err(run.error(format!("{m}: {other:?}, expected {want}"))),
+        }
     }
     Ok(())
 }

@@ -163,17 +163,49 @@ pub struct SignalWatcher {
     stop: Arc<StopSignal>,
 }
 
+/// A non-blocking signalfd for the stop signals (which must be blocked, see
+/// [`block_stop_signals`]): readable while one is pending.
+pub fn stop_signalfd() -> io::Result<File> {
+    let set = sigset(&STOP_SIGNALS);
+    // SAFETY: creates a new signalfd for a valid set; the result is checked.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Sleeps until one of `fds` is readable (no timeout: no wake-ups while nothing happens).
+pub fn wait_readable(fds: &[RawFd]) -> io::Result<()> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `polls` is a live array of `polls.len()` initialised pollfd structures that
+        // poll may write `revents` into; the descriptors belong to the caller.
+        let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 impl SignalWatcher {
     pub fn new(stop: Arc<StopSignal>) -> io::Result<Self> {
-        let set = sigset(&STOP_SIGNALS);
-        // SAFETY: creates a new signalfd for a valid set; the result is checked.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let signals = unsafe { File::from_raw_fd(fd) };
-        Ok(SignalWatcher { signals, stop })
+        Ok(SignalWatcher {
+            signals: stop_signalfd()?,
+            stop,
+        })
     }
 }
 

@@ -400,6 +400,8 @@ pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
             let state = api::ApiState::new(false);
             // No command is served: the monitor exits when the command line's guest stops.
             let (commands, _) = std::sync::mpsc::channel();
+            let commands_wake =
+                Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
             let mut listener = Some(bound.listener.try_clone().map_err(io_err("API socket"))?);
             let mut spawn_failed = None;
             let mut on_started = || {
@@ -407,6 +409,7 @@ pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
                     let controller = api::Controller {
                         state: state.clone(),
                         commands: commands.clone(),
+                        commands_wake: commands_wake.clone(),
                         host_memory: config::host_memory_bytes(),
                     };
                     if let Err(e) = api::server::spawn(l, controller) {
@@ -449,17 +452,21 @@ fn describe_stop(result: &Result<StopReason, VmmError>) -> String {
 /// (re-checked from its configuration); anything else that stops it leaves the VM `Shutdown`.
 fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
     use api::{AfterStop, CommandKind, VmState};
-    use std::sync::mpsc::RecvTimeoutError;
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc::TryRecvError;
     let bound = socket.bind()?;
     // The check of later vm.create calls compares their paths with the socket's.
     let checked_socket = api::socket::ApiSocket::prepare_bound(&bound);
     let state = api::ApiState::new(true);
     let (commands, incoming) = std::sync::mpsc::channel::<api::Command>();
+    let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
+    let signals = events::stop_signalfd().map_err(io_err("creating a signalfd"))?;
     api::server::spawn(
         bound.listener.try_clone().map_err(io_err("API socket"))?,
         api::Controller {
             state: state.clone(),
             commands,
+            commands_wake: wake.clone(),
             host_memory: config::host_memory_bytes(),
         },
     )
@@ -468,18 +475,22 @@ fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
     let mut created: Option<(VmConfig, Checked)> = None;
     let signalled = |n: i32| exit::SIGNAL_BASE.saturating_add(n as u8);
     loop {
-        let cmd = match incoming.recv_timeout(std::time::Duration::from_millis(500)) {
+        if let Some(n) = events::take_pending_stop_signal() {
+            if let Some((_, c)) = created.take() {
+                c.pmem.abandon();
+            }
+            return Ok(signalled(n));
+        }
+        let cmd = match incoming.try_recv() {
             Ok(cmd) => cmd,
-            Err(RecvTimeoutError::Timeout) => {
-                if let Some(n) = events::take_pending_stop_signal() {
-                    if let Some((_, c)) = created.take() {
-                        c.pmem.abandon();
-                    }
-                    return Ok(signalled(n));
-                }
+            Err(TryRecvError::Empty) => {
+                // Sleep until a command or a stop signal: no wake-ups while idle.
+                events::wait_readable(&[signals.as_raw_fd(), wake.as_raw_fd()])
+                    .map_err(io_err("waiting for API commands"))?;
+                let _ = wake.read();
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => {
+            Err(TryRecvError::Disconnected) => {
                 return Err(VmmError::Guest("the API thread stopped".into()))
             }
         };

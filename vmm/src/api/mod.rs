@@ -247,6 +247,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Controller {
     pub state: Arc<ApiState>,
     pub commands: mpsc::Sender<Command>,
+    /// Written after each command, so the main thread can sleep without a timeout.
+    pub commands_wake: Arc<vmm_sys_util::eventfd::EventFd>,
     pub host_memory: Option<u64>,
 }
 
@@ -395,12 +397,18 @@ impl Controller {
     /// Sends a command to the main thread and waits for its answer.
     fn command(&self, kind: CommandKind) -> Result<(), ApiError> {
         let (reply, answer) = mpsc::channel();
-        self.commands
-            .send(Command { kind, reply })
+        self.send(Command { kind, reply })
             .map_err(|_| ApiError::new(500, "the monitor is shutting down"))?;
         answer
             .recv_timeout(COMMAND_TIMEOUT)
             .map_err(|_| ApiError::new(500, "the monitor did not answer in time"))?
+    }
+
+    /// Queues a command for the main thread and wakes it.
+    pub fn send(&self, command: Command) -> Result<(), mpsc::SendError<Command>> {
+        self.commands.send(command)?;
+        let _ = self.commands_wake.write(1);
+        Ok(())
     }
 
     fn vmm_shutdown(&self) -> Result<(http::Response, Then), ApiError> {

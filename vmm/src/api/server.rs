@@ -29,7 +29,7 @@ fn serve(listener: UnixListener, controller: Controller) {
             Ok((stream, _)) => {
                 if let Then::ExitVmm = serve_one(stream, &controller) {
                     let (reply, _answer) = mpsc::channel();
-                    let _ = controller.commands.send(Command {
+                    let _ = controller.send(Command {
                         kind: CommandKind::ExitVmm,
                         reply,
                     });

@@ -46,6 +46,9 @@ fn fixture() -> Fixture {
         controller: Controller {
             state,
             commands,
+            commands_wake: Arc::new(
+                vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
+            ),
             host_memory: Some(8 << 30),
         },
         seen,
