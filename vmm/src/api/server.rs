@@ -45,6 +45,28 @@ fn serve(listener: UnixListener, controller: Controller) {
     }
 }
 
+/// After refusing a request whose body was not read (413, say), reads and discards what the
+/// client is still sending, at most [`LINGER_BYTES`] and [`LINGER_TIME`], so that closing the
+/// socket does not make the client's write fail before it reads the answer.
+fn linger(stream: &mut UnixStream) {
+    use std::io::Read;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(LINGER_TIME));
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0;
+    while total < LINGER_BYTES && start.elapsed() < LINGER_TIME {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// Bounds of [`linger`].
+const LINGER_BYTES: usize = 4 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
 fn serve_one(mut stream: UnixStream, controller: &Controller) -> Then {
     if let Err(e) = stream
         .set_read_timeout(Some(IO_TIMEOUT))
@@ -53,6 +75,8 @@ fn serve_one(mut stream: UnixStream, controller: &Controller) -> Then {
         warn!("API connection: {e}");
         return Then::Nothing;
     }
+    // A refused request may have bytes the server did not read.
+    let mut unread = false;
     let (response, then) = match http::read_request(&mut stream) {
         Ok(req) => {
             controller.state.update(|s| s.in_flight = true);
@@ -65,6 +89,7 @@ fn serve_one(mut stream: UnixStream, controller: &Controller) -> Then {
         }
         Err(ReadError::Bad { status, message }) => {
             debug!("API request refused: {status} {message}");
+            unread = true;
             (http::Response::error(status, &message), Then::Nothing)
         }
         Err(ReadError::Io(e)) => {
@@ -74,6 +99,9 @@ fn serve_one(mut stream: UnixStream, controller: &Controller) -> Then {
     };
     if let Err(e) = response.write_to(&mut stream) {
         debug!("API connection: writing the answer: {e}");
+    }
+    if unread {
+        linger(&mut stream);
     }
     drop(stream);
     controller.state.update(|s| s.in_flight = false);
