@@ -5,7 +5,9 @@
 //! multiples) so the builders are exercised past validation; a `raw` choice passes the fields
 //! through unchanged, so validation itself is fuzzed too.
 
-use acpi::{AcpiTables, IoApicDesc, NvdimmDesc, PlatformDesc, PowerDesc, SerialDesc};
+use acpi::{
+    AcpiTables, IoApicDesc, NvdimmDesc, NvdimmHotplugDesc, PlatformDesc, PowerDesc, SerialDesc,
+};
 use arbitrary::{Arbitrary, Unstructured};
 
 /// Where the monitor puts the blob, and the room it gives it.
@@ -33,6 +35,11 @@ struct Platform {
     power: (u16, u16, u16, u8),
     ram_mib: u32,
     nvdimms: Vec<Nvdimm>,
+    // Last, so inputs written before these existed decode as they did (with both off).
+    /// The power button's GED interrupt.
+    power_button_gsi: Option<u8>,
+    /// NVDIMM hot-add: (FIT buffer address in pages, FIT room in pages, GED interrupt).
+    nvdimm_hotplug: Option<(u32, u16, u8)>,
 }
 
 /// The description `data` decodes to (an empty input gives a one-CPU platform).
@@ -47,6 +54,8 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
         power: (0x3c0, 0x3c1, 0xcf9, 6),
         ram_mib: 256,
         nvdimms: vec![],
+        power_button_gsi: None,
+        nvdimm_hotplug: None,
     });
     let raw = p.raw;
     let num_cpus = if raw {
@@ -121,9 +130,25 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
             sleep_status_port: p.power.1,
             reset_port: p.power.2,
             reset_value: p.power.3,
+            power_button_gsi: p.power_button_gsi.map(|g| {
+                if raw {
+                    u32::from(g)
+                } else {
+                    u32::from(g) % 24
+                }
+            }),
         },
         nvdimms,
         ram,
+        nvdimm_hotplug: p.nvdimm_hotplug.map(|(addr, room, gsi)| NvdimmHotplugDesc {
+            fit_addr: u64::from(addr) << 12,
+            fit_max: u32::from(room) << 12,
+            gsi: if raw {
+                u32::from(gsi)
+            } else {
+                u32::from(gsi) % 24
+            },
+        }),
     }
 }
 

@@ -105,8 +105,18 @@ pub enum VmmError {
         what: &'static str,
         source: io::Error,
     },
-    #[error("{0}")]
-    Guest(String),
+    /// A vCPU stopped the guest (KVM could not run it, a device fault, ...).
+    #[error(transparent)]
+    Vcpu(vcpu::VcpuFailure),
+    /// The guest stopped with an error no vCPU recorded.
+    #[error("the guest stopped after an error")]
+    StoppedAfterError,
+    /// The event loop could not be set up.
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+    /// The API thread went away while the monitor waited for its commands.
+    #[error("the API thread stopped")]
+    ApiThreadStopped,
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     /// The guest asked for a flush the host could not make durable; the guest was stopped
@@ -152,7 +162,10 @@ impl VmmError {
             | VmmError::Bus(_)
             | VmmError::Vm(_)
             | VmmError::Io { .. }
-            | VmmError::Guest(_) => false,
+            | VmmError::Vcpu(_)
+            | VmmError::StoppedAfterError
+            | VmmError::EventLoop(_)
+            | VmmError::ApiThreadStopped => false,
         };
         if usage {
             exit::USAGE
@@ -490,9 +503,7 @@ fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
                 let _ = wake.read();
                 continue;
             }
-            Err(TryRecvError::Disconnected) => {
-                return Err(VmmError::Guest("the API thread stopped".into()))
-            }
+            Err(TryRecvError::Disconnected) => return Err(VmmError::ApiThreadStopped),
         };
         match cmd.kind {
             CommandKind::ExitVmm => {
@@ -762,7 +773,7 @@ fn run_with_pmem(
     events::block_stop_signals().map_err(io_err("blocking signals"))?;
     vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().map_err(|e| VmmError::Guest(format!("event loop: {e:?}")))?;
+        EventManager::new().map_err(VmmError::EventLoop)?;
     manager.add_subscriber(Arc::new(Mutex::new(
         events::SignalWatcher::new(stop.clone()).map_err(io_err("creating a signalfd"))?,
     )));
@@ -879,7 +890,7 @@ fn run_with_pmem(
         if let Err(e) = manager.run_with_timeout(1000) {
             stop.request(StopReason::Error);
             *error.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(vcpu::VcpuFailure::Vcpu(format!("event loop failed: {e:?}")));
+                Some(vcpu::VcpuFailure::EventLoop(e));
         }
         while let Ok(request) = hot_add_queue.try_recv() {
             let result = if stop.reason().is_some() {
@@ -910,8 +921,8 @@ fn run_with_pmem(
                     source: Box::new(f),
                 }
             }
-            Some(vcpu::VcpuFailure::Vcpu(message)) => VmmError::Guest(message),
-            None => VmmError::Guest("the guest stopped after an error".into()),
+            Some(other) => VmmError::Vcpu(other),
+            None => VmmError::StoppedAfterError,
         });
     }
     drop(vm.fd);

@@ -33,11 +33,11 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 
 impl From<DeviceFault> for VcpuFailure {
     /// A flush hint's fault keeps its type (the monitor names the DIMM and exits with its own
-    /// status); any other device's fault is described.
+    /// status); any other device's fault stays a device fault.
     fn from(fault: DeviceFault) -> Self {
         match fault.0.downcast::<FlushFailed>() {
             Ok(flush) => VcpuFailure::Flush(*flush),
-            Err(other) => VcpuFailure::Vcpu(format!("device fault: {other}")),
+            Err(other) => VcpuFailure::Device(DeviceFault(other)),
         }
     }
 }
@@ -49,9 +49,40 @@ pub enum VcpuFailure {
     /// hint was never completed.
     #[error(transparent)]
     Flush(#[from] FlushFailed),
-    /// KVM could not run the vCPU, or the guest did something it cannot recover from.
-    #[error("{0}")]
-    Vcpu(String),
+    /// Another device could not complete a guest write.
+    #[error("device fault: {0}")]
+    Device(DeviceFault),
+    /// The vCPU thread could not install its seccomp filter.
+    #[error("vCPU {id}: {source}")]
+    Seccomp {
+        id: u32,
+        source: seccomp::SeccompError,
+    },
+    /// `KVM_RUN` itself failed.
+    #[error("vCPU {id}: KVM_RUN failed: {source}")]
+    Run { id: u32, source: kvm_ioctls::Error },
+    /// A HLT reached the monitor although the local APIC is in the kernel: nothing will wake
+    /// this vCPU.
+    #[error("vCPU {id} halted with no interrupt source")]
+    HaltedForever { id: u32 },
+    /// KVM could not emulate the guest's instructions.
+    #[error(
+        "KVM could not execute vCPU {id}'s instructions (internal error, suberror {suberror}, \
+         RIP {rip:#x}, after {exits} exits); if this host has no hardware virtualization, run \
+         the guest in the nested testbed (see the README)"
+    )]
+    Internal {
+        id: u32,
+        suberror: u32,
+        rip: u64,
+        exits: u64,
+    },
+    /// VM entry failed.
+    #[error("KVM failed to enter vCPU {id} (hardware reason {reason:#x}, cpu {cpu})")]
+    FailEntry { id: u32, reason: u64, cpu: u32 },
+    /// The monitor's event loop failed while the guest ran.
+    #[error("event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
 }
 
 /// The first error a vCPU hit, for the monitor's exit message.
@@ -130,15 +161,15 @@ pub fn spawn(
                         run(id, vcpu, &bus, &stop, &error);
                     }
                 }
-                Err(e) => fail(&stop, &error, format!("vCPU {id}: {e}")),
+                Err(source) => fail(&stop, &error, VcpuFailure::Seccomp { id, source }),
             }
             done_in_thread.store(true, Ordering::SeqCst);
         })?;
     Ok(VcpuThread { handle, done })
 }
 
-fn fail(stop: &StopSignal, error: &ErrorSlot, message: String) {
-    fail_with(stop, error, VcpuFailure::Vcpu(message));
+fn fail(stop: &StopSignal, error: &ErrorSlot, failure: VcpuFailure) {
+    fail_with(stop, error, failure);
 }
 
 /// Records the first failure and stops the guest; the calling vCPU leaves its loop without
@@ -197,7 +228,7 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                     VcpuExit::Hlt => {
                         // The in-kernel local APIC handles HLT; seeing it means nothing else
                         // will wake this vCPU.
-                        fail(stop, error, format!("vCPU {id} halted with no interrupt source"));
+                        fail(stop, error, VcpuFailure::HaltedForever { id });
                     }
                     VcpuExit::InternalError => {
                         let suberror = internal_suberror(&mut vcpu);
@@ -205,19 +236,17 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                         fail(
                             stop,
                             error,
-                            format!(
-                                "KVM could not execute vCPU {id}'s instructions (internal error, \
-                                 suberror {suberror}, RIP {rip:#x}, after {exits} exits); if this \
-                                 host has no hardware virtualization, run the guest in the nested \
-                                 testbed (see the README)"
-                            ),
+                            VcpuFailure::Internal {
+                                id,
+                                suberror,
+                                rip,
+                                exits,
+                            },
                         );
                     }
-                    VcpuExit::FailEntry(reason, cpu) => fail(
-                        stop,
-                        error,
-                        format!("KVM failed to enter vCPU {id} (hardware reason {reason:#x}, cpu {cpu})"),
-                    ),
+                    VcpuExit::FailEntry(reason, cpu) => {
+                        fail(stop, error, VcpuFailure::FailEntry { id, reason, cpu })
+                    }
                     other => {
                         warn!("vCPU {id}: unhandled exit {other:?}");
                     }
@@ -226,7 +255,7 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
             }
-            Err(e) => fail(stop, error, format!("vCPU {id}: KVM_RUN failed: {e}")),
+            Err(source) => fail(stop, error, VcpuFailure::Run { id, source }),
         }
     }
 }
