@@ -908,6 +908,17 @@ fn run_with_pmem(
     drop(hot_add_queue);
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
+    for (i, d) in pmem.devices.iter().enumerate() {
+        let s = hints.stats(i);
+        info!(
+            "{}: {} guest flush requests, {} host flushes ({} failed, at most {} requests per flush)",
+            d.config.id,
+            s.requests,
+            s.host_flushes,
+            s.failed_host_flushes,
+            s.largest_batch
+        );
+    }
     let failure = error.lock().unwrap_or_else(|e| e.into_inner()).take();
     // A failed flush wins over any stop reason recorded first (a poweroff racing with it): the
     // guest's data is not durable, whatever else happened.
@@ -1108,11 +1119,11 @@ mod tests {
             path: "/dev/pmem0".into(),
             source: Box::new(FlushFailed {
                 index: 0,
-                source: BackingError::Io {
+                source: std::sync::Arc::new(BackingError::Io {
                     path: "/dev/pmem0".into(),
                     op: "msync",
                     source: eio(),
-                },
+                }),
             }),
         };
         assert_eq!(flush.exit_status(), exit::FLUSH_FAILED);

@@ -450,12 +450,14 @@ impl Controller {
         match &s.running {
             Some(r) => {
                 for (i, (id, formatted)) in r.formatted.iter().enumerate() {
-                    let (requests, flushes) = r.hints.counters(i);
+                    let s = r.hints.stats(i);
                     out.insert(
                         id.clone(),
                         json!({
-                            "flush_requests": requests,
-                            "host_flushes": flushes,
+                            "flush_requests": s.requests,
+                            "host_flushes": s.host_flushes,
+                            "failed_host_flushes": s.failed_host_flushes,
+                            "largest_flush_batch": s.largest_batch,
                             "bytes_formatted": formatted,
                         }),
                     );
@@ -465,7 +467,13 @@ impl Controller {
                 for p in &config.pmem {
                     out.insert(
                         p.id.clone(),
-                        json!({ "flush_requests": 0, "host_flushes": 0, "bytes_formatted": 0 }),
+                        json!({
+                            "flush_requests": 0,
+                            "host_flushes": 0,
+                            "failed_host_flushes": 0,
+                            "largest_flush_batch": 0,
+                            "bytes_formatted": 0,
+                        }),
                     );
                 }
             }

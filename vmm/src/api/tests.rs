@@ -263,7 +263,13 @@ fn a_running_vm() {
     assert_eq!(status, 200);
     assert_eq!(
         counters["data"],
-        json!({ "flush_requests": 0, "host_flushes": 0, "bytes_formatted": 4096 })
+        json!({
+            "flush_requests": 0,
+            "host_flushes": 0,
+            "failed_host_flushes": 0,
+            "largest_flush_batch": 0,
+            "bytes_formatted": 4096
+        })
     );
     // vm.power-button raises the GED's interrupt.
     assert_eq!(f.call("PUT", "vm.power-button", "").0, 204);
