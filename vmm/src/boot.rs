@@ -87,23 +87,6 @@ impl std::fmt::Display for InputOption {
     }
 }
 
-fn file_type_words(ft: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Opens the kernel or initramfs for reading. Only a regular file is accepted, and it is looked
 /// at before it is opened and opened with `O_NONBLOCK`: opening a FIFO for reading would block
 /// until a writer comes, and a device node may have side effects. The open descriptor is checked
@@ -127,7 +110,9 @@ pub fn open_input(option: InputOption, path: &Path) -> Result<File, BootError> {
     };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
     if !meta.is_file() {
-        return Err(not_regular(file_type_words(meta.file_type())));
+        return Err(not_regular(crate::identity::describe_file_type(
+            &meta.file_type(),
+        )));
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -136,7 +121,9 @@ pub fn open_input(option: InputOption, path: &Path) -> Result<File, BootError> {
         .map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
     if !meta.is_file() {
-        return Err(not_regular(file_type_words(meta.file_type())));
+        return Err(not_regular(crate::identity::describe_file_type(
+            &meta.file_type(),
+        )));
     }
     Ok(file)
 }

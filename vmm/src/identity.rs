@@ -310,6 +310,27 @@ pub fn check_claims(claims: &[Claim]) -> Result<(), AliasError> {
     Ok(())
 }
 
+/// What a file type is, in words for messages ("a FIFO", "a block device", ...).
+pub fn describe_file_type(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

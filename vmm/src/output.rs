@@ -103,22 +103,6 @@ fn is_console_device(rdev: u64) -> bool {
     (major, minor) == (1, 3) || matches!(major, 4 | 5 | 136..=143 | 188 | 204)
 }
 
-fn file_type_words(ft: &std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else {
-        "not a regular file"
-    }
-}
-
 impl Output {
     /// Checks `path` for `option` and holds it open if it exists; writes nothing.
     pub fn prepare(option: OutputOption, path: &Path) -> Result<Output, OutputError> {
@@ -167,7 +151,7 @@ impl Output {
             && ft.is_char_device()
             && is_console_device(meta.rdev());
         if !ft.is_file() && !device {
-            return Err(not_regular(file_type_words(&ft)));
+            return Err(not_regular(crate::identity::describe_file_type(&ft)));
         }
         let file = OpenOptions::new()
             .write(true)
@@ -196,7 +180,7 @@ impl Output {
                 extents,
             });
         }
-        Err(not_regular(file_type_words(&fft)))
+        Err(not_regular(crate::identity::describe_file_type(&fft)))
     }
 
     fn prepare_new(option: OutputOption, path: &Path) -> Result<Output, OutputError> {

@@ -63,22 +63,6 @@ pub struct ApiSocket {
     stale: bool,
 }
 
-fn what_is(ft: &std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else {
-        "a regular file"
-    }
-}
-
 impl ApiSocket {
     /// Checks the option; creates, removes and writes nothing.
     pub fn prepare(option: &ApiSocketOption) -> Result<ApiSocket, ApiSocketError> {
@@ -108,7 +92,7 @@ impl ApiSocket {
                 if !ft.is_socket() {
                     return Err(ApiSocketError::NotSocket {
                         path: path.to_path_buf(),
-                        what: what_is(&ft),
+                        what: crate::identity::describe_file_type(&ft),
                     });
                 }
                 // A socket someone answers on is theirs; one nobody answers on is stale.
