@@ -171,7 +171,7 @@ impl Output {
             });
         }
         if device && fft.is_char_device() && fmeta.rdev() == meta.rdev() {
-            clear_nonblock(&file).map_err(open_err)?;
+            devices::pmem::backing::clear_nonblock(&file).map_err(open_err)?;
             let extents = Extents::of(&fmeta, Path::new(SYSFS_ROOT));
             return Ok(Output {
                 option,
@@ -184,21 +184,13 @@ impl Output {
     }
 
     fn prepare_new(option: OutputOption, path: &Path) -> Result<Output, OutputError> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
         let dir_err = |source| OutputError::Directory {
             option,
             path: path.to_path_buf(),
-            dir: dir.clone(),
+            dir: parent_dir(path).to_path_buf(),
             source,
         };
-        let meta = std::fs::metadata(&dir).map_err(dir_err)?;
-        if !meta.is_dir() {
-            return Err(dir_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
-        }
-        may_create_in(&dir).map_err(dir_err)?;
+        may_create_at(path).map_err(dir_err)?;
         let id = Identity::planned(path).map_err(dir_err)?;
         Ok(Output {
             option,
@@ -236,7 +228,7 @@ impl Output {
         };
         match self.state {
             State::Existing(file) => {
-                clear_nonblock(&file).map_err(|e| fail("fcntl", e))?;
+                devices::pmem::backing::clear_nonblock(&file).map_err(|e| fail("fcntl", e))?;
                 file.set_len(0).map_err(|e| fail("truncate", e))?;
                 Ok(file)
             }
@@ -276,6 +268,24 @@ impl Output {
     }
 }
 
+/// The directory a new file at `path` goes in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Whether this process may create a file at `path`: its directory exists, is a directory, and
+/// [`may_create_in`] allows it. Errors are about the directory ([`parent_dir`]).
+pub fn may_create_at(path: &Path) -> io::Result<()> {
+    let dir = parent_dir(path);
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    may_create_in(dir)
+}
+
 /// Whether this process may create a file in `dir`: write and search permission for the
 /// effective ids, a writable file system, and not an immutable directory (which stops root too).
 pub fn may_create_in(dir: &Path) -> io::Result<()> {
@@ -292,21 +302,6 @@ pub fn may_create_in(dir: &Path) -> io::Result<()> {
         )
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn clear_nonblock(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL on a descriptor `file` owns; no pointers involved.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL on a descriptor `file` owns, with its own flags minus O_NONBLOCK.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

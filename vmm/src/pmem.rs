@@ -182,25 +182,11 @@ fn check_new_file(config: &PmemConfig) -> Result<Option<u64>, BackingError> {
     };
     // The file is created only later; its size is checked now, as Backing::open would.
     devices::pmem::backing::check_size_option(path, size)?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let cannot_create = |source| BackingError::Path {
+    crate::output::may_create_at(path).map_err(|source| BackingError::Path {
         path: path.to_path_buf(),
         op: "cannot create",
         source,
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(cannot_create(std::io::Error::from_raw_os_error(
-                libc::ENOTDIR,
-            )))
-        }
-        Err(e) => return Err(cannot_create(e)),
-    }
-    crate::output::may_create_in(dir).map_err(cannot_create)?;
+    })?;
     Ok(Some(size))
 }
 

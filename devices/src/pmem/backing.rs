@@ -466,7 +466,8 @@ fn open_error(
     }
 }
 
-fn clear_nonblock(file: &File) -> io::Result<()> {
+/// Clears `O_NONBLOCK` on an open file (opened non-blocking so a FIFO cannot hang `open`).
+pub fn clear_nonblock(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: F_GETFL on a descriptor `file` owns; no pointers involved.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };

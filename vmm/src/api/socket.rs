@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::config::ApiSocketOption;
 use crate::identity::{Extents, Identity, SYSFS_ROOT};
-use crate::output::may_create_in;
+use crate::output::{may_create_at, parent_dir};
 
 #[derive(Debug, Error)]
 pub enum ApiSocketError {
@@ -108,20 +108,12 @@ impl ApiSocket {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let dir = match path.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
                 let dir_err = |source| ApiSocketError::Directory {
                     path: path.to_path_buf(),
-                    dir: dir.clone(),
+                    dir: parent_dir(path).to_path_buf(),
                     source,
                 };
-                let meta = std::fs::metadata(&dir).map_err(dir_err)?;
-                if !meta.is_dir() {
-                    return Err(dir_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
-                }
-                may_create_in(&dir).map_err(dir_err)?;
+                may_create_at(path).map_err(dir_err)?;
                 let id = Identity::planned(path).map_err(dir_err)?;
                 Ok(ApiSocket {
                     option: option.clone(),
