@@ -37,6 +37,9 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo test --workspace --release --doc || rc=$?
     python3 scripts/test-times.py target/nextest/ci/junit.xml target/nextest/ci-long/junit.xml \
         || true
+    # A test that passed only on its retry fails the suite unless L1 (not the monitor) crashed.
+    python3 scripts/check-retries.py target/nextest/ci/junit.xml target/nextest/ci-long/junit.xml \
+        || rc=1
 else
     phase "running tests (cargo test; install cargo-nextest for per-test times)"
     cargo test --workspace --release --no-fail-fast -- "$@" || rc=$?

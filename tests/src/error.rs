@@ -9,6 +9,9 @@ use std::time::Duration;
 /// Result alias used throughout the testbed.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The first words of [`Error::L1Crashed`]'s text, which `scripts/check-retries.py` looks for.
+pub const L1_CRASH_MARKER: &str = "testbed: the nested L1 host crashed";
+
 /// What went wrong while preparing or running a testbed host or guest.
 #[derive(thiserror::Error)]
 pub enum Error {
@@ -72,6 +75,20 @@ pub enum Error {
     Host {
         /// What is missing.
         msg: String,
+        /// Last console lines.
+        tail: String,
+    },
+
+    /// The nested L1 host (our kernel on QEMU TCG, the emulated machine the monitor runs on, not
+    /// the monitor or its guest) died before the script finished: a panic, an oops or a triple
+    /// fault in L1 ends QEMU through `panic=-1` and `-no-reboot`. The text starts with
+    /// [`L1_CRASH_MARKER`]: `scripts/check-retries.py` forgives a retried test only for it.
+    #[error(
+        "{L1_CRASH_MARKER} before the script finished (QEMU {status}); last console lines:\n{tail}"
+    )]
+    L1Crashed {
+        /// QEMU's exit status as text.
+        status: String,
         /// Last console lines.
         tail: String,
     },

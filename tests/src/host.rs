@@ -309,12 +309,19 @@ fn finish(mode: Mode, timeout: Duration, c: Captured) -> Result<HostRun> {
             },
             tail,
         }),
-        HostSection::NoEnd { .. } => Err(Error::Host {
-            msg: format!(
-                "the host stopped before the script finished ({mode} mode, {status}): L1 crashed, \
-                 or the script powered the host off"
-            ),
-            tail,
+        // The script cannot stop L1 itself (only L1's init powers off, after the end marker),
+        // so a nested host that ends early has crashed.
+        HostSection::NoEnd { .. } => Err(match mode {
+            Mode::Nested => Error::L1Crashed {
+                status: status.to_string(),
+                tail,
+            },
+            Mode::Direct => Error::Host {
+                msg: format!(
+                    "the direct host wrapper stopped before the script finished ({status})"
+                ),
+                tail,
+            },
         }),
     }
 }

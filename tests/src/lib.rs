@@ -28,7 +28,7 @@ pub mod shell;
 pub mod slots;
 
 pub use artifacts::{initramfs, kernel, vmm, InitramfsSpec, Kernel};
-pub use error::{Error, Result};
+pub use error::{Error, Result, L1_CRASH_MARKER};
 pub use guest::{
     boot_guest, boot_guests, parse_guest_report, GuestOpts, GuestReport, GuestRun, KernelImage,
 };

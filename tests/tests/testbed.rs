@@ -247,3 +247,34 @@ fn nvdimm_appears_as_device_dax() -> Result<()> {
     }
     Ok(())
 }
+
+/// A nested host that ends before the script does is reported as an L1 crash (the error
+/// `scripts/check-retries.py` forgives on a retry), with the console tail. The script stands
+/// in for a crash by powering L1 off mid-run, which looks the same from outside: QEMU exits
+/// before the end marker. In direct mode the host is this machine, so the script kills only
+/// its own shell, and the run reports that status.
+#[test]
+fn a_host_that_ends_mid_script_is_an_l1_crash() -> Result<()> {
+    let script = r#"
+        echo before-the-crash
+        if [ "$TESTBED_MODE" = nested ]; then poweroff -f; else kill -KILL $$; fi
+        sleep 60
+        echo never-printed
+    "#;
+    let result = run_on_kvm_host(script, &opts());
+    match (testbed::mode()?, result) {
+        (Mode::Nested, Err(e @ Error::L1Crashed { .. })) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with(testbed::L1_CRASH_MARKER), "{msg}");
+            assert!(msg.contains("before-the-crash"), "{msg}");
+            assert!(!msg.contains("never-printed"), "{msg}");
+            Ok(())
+        }
+        (Mode::Direct, Ok(run)) if run.rc == 137 => Ok(()),
+        (_, Err(other)) => Err(other),
+        (mode, Ok(run)) => Err(run.error(format!(
+            "{mode}: expected an L1 crash (nested) or status 137 (direct), got status {}",
+            run.rc
+        ))),
+    }
+}
