@@ -513,6 +513,18 @@ fn configuration_errors_come_before_any_write_or_kvm() {
             "path={e.img},readonly=on,memmap=ram,format=force",
             &["readonly=on"],
         ),
+        (
+            "path={d.img},firmware=acpi",
+            &["firmware=acpi", "nfit or e820"],
+        ),
+        (
+            "path={d.img},firmware=e820,readonly=on",
+            &["firmware=e820", "readonly=on"],
+        ),
+        (
+            "path={d.img},numa=0,firmware=e820",
+            &["firmware=e820", "numa="],
+        ),
     ];
     for (spec, needles) in cases {
         let mut want = vec!["--pmem"];

@@ -55,6 +55,8 @@ struct Dev {
     /// `ram` or `pmem` (ignored for raw).
     memmap: &'static str,
     align: u64,
+    /// `firmware=e820`: a legacy E820 range instead of an NFIT NVDIMM.
+    e820: bool,
 }
 
 impl Dev {
@@ -79,6 +81,15 @@ impl Dev {
             kind,
             memmap,
             align,
+            e820: false,
+        }
+    }
+    /// The same device as a legacy E820 range.
+    fn e820(self) -> Dev {
+        Dev {
+            id: format!("e820-{}", self.id),
+            e820: true,
+            ..self
         }
     }
     fn raw(size: u64) -> Dev {
@@ -93,7 +104,11 @@ impl Dev {
 
     /// The `--pmem` value: a sparse file the monitor creates in `$WORK` and formats.
     fn pmem_arg(&self) -> String {
-        let base = format!("path={}.img,size={},id={}", self.id, self.size, self.id);
+        let firmware = if self.e820 { ",firmware=e820" } else { "" };
+        let base = format!(
+            "path={}.img,size={},id={}{firmware}",
+            self.id, self.size, self.id
+        );
         match self.kind {
             Kind::Raw => format!("{base},memmap=none"),
             Kind::Fsdax | Kind::Devdax => format!(
@@ -331,11 +346,19 @@ fn expect_all_pass(run: &GuestRun, rep: &Report, vmm: &[VmmDev]) -> Result<Vec<C
         run.check(get("result") == "pass" && num("failed_pfns") == 0, || {
             format!("checker did not pass: {}", ctx())
         })?;
-        run.check(get("kind") == d.mode, || {
+        // A raw namespace with a memmap (a legacy E820 range: Linux maps it with struct pages
+        // in RAM) is an fsdax pgmap to the checker.
+        let kind = if d.mode == "raw" && d.memmap == "ram" {
+            "fsdax"
+        } else {
+            d.mode.as_str()
+        };
+        run.check(get("kind") == kind, || {
             format!(
-                "kind {} != monitor's mode {}: {}",
+                "kind {} != {kind} (the monitor's mode {}, memmap {}): {}",
                 get("kind"),
                 d.mode,
+                d.memmap,
                 ctx()
             )
         })?;
@@ -474,6 +497,16 @@ const BOOT_AND_BRINGUP: &str = "pmem-report --label boot\n\
      pmem-report --label bringup --bringup --check\n";
 
 fn run_matrix(title: &str, devs: &[Dev], memory: &str) -> Result<()> {
+    run_matrix_report(title, devs, memory).map(|_| ())
+}
+
+/// [`run_matrix`], returning the run, the boot-time agent report and the monitor's report for
+/// further checks.
+fn run_matrix_report(
+    title: &str,
+    devs: &[Dev],
+    memory: &str,
+) -> Result<(GuestRun, Report, Vec<VmmDev>)> {
     let scratch = ScratchDir::new("pfn-matrix")?;
     let run = boot(&guest(devs, memory, BOOT_AND_BRINGUP, &scratch)?)?;
     run.expect_success()?;
@@ -506,7 +539,7 @@ fn run_matrix(title: &str, devs: &[Dev], memory: &str) -> Result<()> {
     let rechecked = expect_all_pass(&run, &after, &vmm)?;
     expect_bringup(&run, &after, &rechecked)?;
     print_timings(title, &rechecked, Some(&after));
-    Ok(())
+    Ok((run, at_boot, vmm))
 }
 
 /// The 128 MiB and 1 GiB rows of the matrix (plus devdax with 1 GiB alignment on 2 GiB
@@ -543,6 +576,62 @@ fn align_1g_device_after_a_small_one_passes() -> Result<()> {
         Dev::devdax("ram", 2 * GIB, GIB),
     ];
     run_matrix("1 GiB align after a 128 MiB device", &devs, "1G")
+}
+
+/// Issue 12, legacy E820 persistent memory: the matrix's five configurations as
+/// `firmware=e820` ranges (raw, fsdax and devdax with the memmap in RAM and in the device),
+/// with one NFIT NVDIMM among them. Each range comes up as its own region on the `e820` bus
+/// (`nd_e820`; the monitor keeps the ranges apart, or Linux would merge them into one), under
+/// a "Persistent Memory (legacy)" entry of `/proc/iomem`, and the checker passes on every
+/// namespace, as for NFIT devices.
+#[test]
+fn legacy_e820_ranges_in_every_mode_pass_the_checker() -> Result<()> {
+    let mut devs: Vec<Dev> = matrix(256 * MIB).into_iter().map(Dev::e820).collect();
+    devs.insert(2, Dev::fsdax("pmem", 256 * MIB));
+    let (run, rep, vmm) = run_matrix_report("legacy E820 ranges, 256 MiB", &devs, "1G")?;
+    // Which bus each region is on, and each bus's provider.
+    let provider_of_region_at = |base: u64| -> Option<&str> {
+        let region = rep.kv.iter().find_map(|(k, v)| {
+            let dev = k.strip_prefix("nd.")?.strip_suffix(".resource")?;
+            (dev.starts_with("region") && parse_num(v) == Some(base)).then_some(dev)
+        })?;
+        let bus = rep.get(&format!("nd.{region}.bus"))?;
+        rep.get(&format!("nd.{bus}.provider"))
+    };
+    // Top-level /proc/iomem entries: (start, name).
+    let iomem: Vec<(u64, &str)> = rep
+        .kv
+        .iter()
+        .filter(|(k, _)| k.starts_with("iomem."))
+        .filter_map(|(_, v)| {
+            let (depth, rest) = v.split_once(':')?;
+            let (range, name) = rest.split_once(':')?;
+            let start = u64::from_str_radix(range.split_once('-')?.0, 16).ok()?;
+            (depth == "0").then_some((start, name))
+        })
+        .collect();
+    for (d, v) in devs.iter().zip(&vmm) {
+        let (provider, iomem_name) = if d.e820 {
+            ("e820", "Persistent Memory (legacy)")
+        } else {
+            ("ACPI.NFIT", "Persistent Memory")
+        };
+        run.check(provider_of_region_at(v.base) == Some(provider), || {
+            format!(
+                "{}: the region at {:#x} should be on the {provider} bus, found {:?}",
+                d.id,
+                v.base,
+                provider_of_region_at(v.base)
+            )
+        })?;
+        run.check(iomem.contains(&(v.base, iomem_name)), || {
+            format!(
+                "{}: /proc/iomem should have {iomem_name:?} at {:#x}: {iomem:x?}",
+                d.id, v.base
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The 16 GiB row, sparse backing files: only the memmap is ever written.

@@ -128,7 +128,8 @@ pub fn open_input(option: InputOption, path: &Path) -> Result<File, BootError> {
     Ok(file)
 }
 
-/// Loads everything and returns the entry point. `rsdp` is the guest address of the ACPI RSDP.
+/// Loads everything and returns the entry point. `rsdp` is the guest address of the ACPI RSDP;
+/// `legacy_pmem` are the `firmware=e820` windows, persistent memory in the memory map.
 pub fn load(
     mem: &GuestMemoryMmap,
     memory: u64,
@@ -136,6 +137,7 @@ pub fn load(
     initramfs: Option<&Path>,
     cmdline: &str,
     rsdp: u64,
+    legacy_pmem: &[layout::Region],
 ) -> Result<Entry, BootError> {
     let unreadable = |source| BootError::KernelUnreadable {
         path: kernel.to_path_buf(),
@@ -154,7 +156,7 @@ pub fn load(
         detail,
     };
 
-    let e820 = layout::e820_map(memory);
+    let e820 = layout::e820_map(memory, legacy_pmem);
     if &magic == b"\x7fELF" {
         let loaded = Elf::load(
             mem,
@@ -345,6 +347,9 @@ fn write_pvh_info(
     initrd: Option<(u64, u64)>,
     rsdp: u64,
 ) -> Result<(), BootError> {
+    if e820.len() > layout::E820_MAX_ENTRIES {
+        return Err(BootError::GuestMemory("too many e820 entries".into()));
+    }
     let memmap: Vec<hvm_memmap_table_entry> = e820
         .iter()
         .map(|e| hvm_memmap_table_entry {

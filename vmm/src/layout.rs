@@ -19,6 +19,10 @@ pub const GDT_ADDR: u64 = 0x500;
 pub const PVH_INFO_ADDR: u64 = 0x6000;
 pub const PVH_MODLIST_ADDR: u64 = 0x6040;
 pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
+/// Most entries of the memory map we hand over: low RAM, the ACPI area, two RAM regions and
+/// one legacy persistent-memory range per device. The PVH copy (24 bytes an entry) must end
+/// below the zero page; the zero page's own table has room for 128.
+pub const E820_MAX_ENTRIES: usize = 4 + geometry::MAX_PMEM_DEVICES;
 /// Linux's zero page (`struct boot_params`).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// The boot stack grows down from here (below the page tables).
@@ -76,6 +80,9 @@ pub fn ram_regions(memory: u64) -> Vec<Region> {
 pub enum E820Kind {
     Ram = 1,
     Reserved = 2,
+    /// `E820_TYPE_PRAM`: legacy persistent memory, what the kernel's `memmap=ss!nn` makes and
+    /// its `nd_e820` driver turns into one region per range (`--pmem ...,firmware=e820`).
+    Pmem = 12,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,9 +92,11 @@ pub struct E820Entry {
     pub kind: E820Kind,
 }
 
-/// The memory map for the guest: RAM except where boot firmware would keep its data. The ACPI
-/// area is reserved so the kernel never allocates over the tables it still has to parse.
-pub fn e820_map(memory: u64) -> Vec<E820Entry> {
+/// The memory map for the guest: RAM except where boot firmware would keep its data, then the
+/// legacy persistent-memory ranges (`legacy_pmem`, windows of `firmware=e820` devices, above
+/// RAM). The ACPI area is reserved so the kernel never allocates over the tables it still has
+/// to parse.
+pub fn e820_map(memory: u64, legacy_pmem: &[Region]) -> Vec<E820Entry> {
     let entry = |addr, size, kind| E820Entry { addr, size, kind };
     let mut map = vec![
         entry(0, LOW_RAM_END, E820Kind::Ram),
@@ -100,6 +109,12 @@ pub fn e820_map(memory: u64) -> Vec<E820Entry> {
             map.push(entry(start, end - start, E820Kind::Ram));
         }
     }
+    let mut pmem: Vec<E820Entry> = legacy_pmem
+        .iter()
+        .map(|&(addr, size)| entry(addr, size, E820Kind::Pmem))
+        .collect();
+    pmem.sort_by_key(|e| e.addr);
+    map.extend(pmem);
     map
 }
 
@@ -132,7 +147,7 @@ mod tests {
 
     #[test]
     fn e820_covers_ram_but_not_boot_areas() {
-        let map = e820_map(3584 * MIB);
+        let map = e820_map(3584 * MIB, &[]);
         let ram: u64 = map
             .iter()
             .filter(|e| e.kind == E820Kind::Ram)
@@ -150,10 +165,26 @@ mod tests {
     }
 
     #[test]
+    fn legacy_pmem_ranges_follow_ram_in_address_order() {
+        let map = e820_map(512 * MIB, &[(6 * GIB, GIB), (4 * GIB, GIB)]);
+        let pmem: Vec<(u64, u64)> = map
+            .iter()
+            .filter(|e| e.kind == E820Kind::Pmem)
+            .map(|e| (e.addr, e.size))
+            .collect();
+        assert_eq!(pmem, vec![(4 * GIB, GIB), (6 * GIB, GIB)]);
+        assert_eq!(map.len(), 5);
+        assert_eq!(E820Kind::Pmem as u32, 12);
+    }
+
+    #[test]
     fn boot_structures_do_not_overlap() {
         let areas = [
             (GDT_ADDR, 0x40),
-            (PVH_INFO_ADDR, PVH_MEMMAP_ADDR + 16 * 24 - PVH_INFO_ADDR),
+            (
+                PVH_INFO_ADDR,
+                PVH_MEMMAP_ADDR + E820_MAX_ENTRIES as u64 * 24 - PVH_INFO_ADDR,
+            ),
             (ZERO_PAGE_ADDR, PAGE_SIZE),
             (PML4_ADDR, PAGE_SIZE),
             (PDPT_ADDR, PAGE_SIZE),
@@ -230,6 +261,9 @@ pub struct PmemSpan {
     /// (an info block's data offset is relative to the window's start), and KVM can back the
     /// range with 1 GiB host pages only when guest and host addresses agree modulo 1 GiB.
     pub align: u64,
+    /// A legacy E820 range (`firmware=e820`). Linux merges adjacent E820 entries of one type
+    /// into one, so two such windows never touch: the second starts a section later.
+    pub legacy_e820: bool,
 }
 
 impl PmemSpan {
@@ -275,6 +309,8 @@ pub fn place_pmem_from(
     };
     let mut next = ram_top.max(MMIO_HOLE_END).max(start);
     let mut windows = Vec::with_capacity(devices.len());
+    // Where the last legacy E820 window ended.
+    let mut e820_end = None;
     for (index, span) in devices.iter().enumerate() {
         let size = span.size;
         // Backings are opened only when their size is a non-zero multiple of the granule.
@@ -283,7 +319,10 @@ pub fn place_pmem_from(
             "size {size}"
         );
         let align = span.window_align();
-        let base = next.div_ceil(align).saturating_mul(align);
+        let mut base = next.div_ceil(align).saturating_mul(align);
+        if span.legacy_e820 && e820_end == Some(base) {
+            base = base.saturating_add(align);
+        }
         let end = base.saturating_add(size);
         if end > limit {
             return Err(PmemLayoutError::TooHigh {
@@ -294,6 +333,9 @@ pub fn place_pmem_from(
             });
         }
         windows.push(PmemWindow { base, size });
+        if span.legacy_e820 {
+            e820_end = Some(end);
+        }
         next = end;
     }
     Ok(windows)
@@ -308,7 +350,11 @@ mod pmem_tests {
     fn spans(sizes: &[u64]) -> Vec<PmemSpan> {
         sizes
             .iter()
-            .map(|&size| PmemSpan { size, align: 0 })
+            .map(|&size| PmemSpan {
+                size,
+                align: 0,
+                legacy_e820: false,
+            })
             .collect()
     }
 
@@ -321,18 +367,22 @@ mod pmem_tests {
                 PmemSpan {
                     size: 130 * m,
                     align: 2 * m,
+                    legacy_e820: false,
                 },
                 PmemSpan {
                     size: 2 * GIB,
                     align: GIB,
+                    legacy_e820: false,
                 },
                 PmemSpan {
                     size: 64 * m,
                     align: 4 * KIB,
+                    legacy_e820: false,
                 },
                 PmemSpan {
                     size: GIB,
                     align: GIB,
+                    legacy_e820: false,
                 },
             ],
             LIMIT,
@@ -352,6 +402,7 @@ mod pmem_tests {
             &[PmemSpan {
                 size: GIB,
                 align: GIB,
+                legacy_e820: false,
             }],
             LIMIT,
         )
@@ -403,5 +454,28 @@ mod pmem_tests {
         // 32 devices of 1 GiB fit easily.
         let w = place_pmem(GIB, &spans(&[GIB; 32]), LIMIT).unwrap();
         assert_eq!(w.len(), 32);
+    }
+
+    #[test]
+    fn legacy_e820_windows_never_touch() {
+        let span = |legacy_e820| PmemSpan {
+            size: 128 * MIB,
+            align: 0,
+            legacy_e820,
+        };
+        // e820, e820: a section apart; nfit after e820 and e820 after nfit: adjacent.
+        let w = place_pmem(
+            256 * MIB,
+            &[span(true), span(true), span(false), span(true)],
+            LIMIT,
+        )
+        .unwrap();
+        let bases: Vec<u64> = w.iter().map(|w| w.base).collect();
+        let g = 4 * GIB;
+        assert_eq!(
+            bases,
+            vec![g, g + 256 * MIB, g + 384 * MIB, g + 512 * MIB],
+            "{bases:#x?}"
+        );
     }
 }

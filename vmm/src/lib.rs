@@ -213,6 +213,7 @@ fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDes
 pub fn prepare_guest_memory(
     cfg: &VmConfig,
     nvdimms: Vec<acpi::NvdimmDesc>,
+    legacy_pmem: &[layout::Region],
 ) -> Result<(GuestMemoryMmap, boot::Entry), VmmError> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
         .into_iter()
@@ -237,6 +238,7 @@ pub fn prepare_guest_memory(
         cfg.initramfs.as_deref(),
         &cfg.cmdline,
         tables.rsdp_addr,
+        legacy_pmem,
     )?;
     Ok((mem, entry))
 }
@@ -357,7 +359,8 @@ fn check(cfg: &VmConfig, api_socket: Option<&api::socket::ApiSocket>) -> Result<
         stop_if_signalled()?;
         pmem.plan(cfg.memory)?;
         stop_if_signalled()?;
-        let (mem, entry) = prepare_guest_memory(cfg, pmem.nvdimm_descs())?;
+        let (mem, entry) =
+            prepare_guest_memory(cfg, pmem.nvdimm_descs(), &pmem.legacy_e820_ranges())?;
         host::HostInfo::get().check_kvm()?;
         let kvm = vm::Vm::probe(cfg.cpus, cfg.pmem.iter().any(|p| p.readonly))?;
         stop_if_signalled()?;
@@ -997,6 +1000,13 @@ impl HotAddContext<'_> {
             return bad(
                 400,
                 "pmem numa: a hot-added device cannot have a NUMA node (the SRAT is fixed at boot)"
+                    .into(),
+            );
+        }
+        if config.firmware == pmem_option::Firmware::E820 {
+            return bad(
+                400,
+                "pmem firmware=e820: a legacy E820 range is fixed at boot; hot-add needs firmware=nfit"
                     .into(),
             );
         }

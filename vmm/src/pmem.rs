@@ -14,7 +14,8 @@ use devices::bus::{BusError, MmioBus};
 use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
 use devices::pmem::flush_hint::{FlushHints, FlushTarget};
 use devices::pmem::format::{
-    self, BackingAccess, FormatError, FormatRequest, NamespaceAccess, NamespaceReport,
+    self, BackingAccess, FormatError, FormatRequest, MemmapPlacement, NamespaceAccess,
+    NamespaceReport,
 };
 use devices::pmem::infoblock::{InfoBlock, INFO_BLOCK_OFFSET, INFO_BLOCK_SIZE};
 use log::{info, warn};
@@ -22,7 +23,7 @@ use thiserror::Error;
 
 use crate::identity::{Extents, Identity, SYSFS_ROOT};
 use crate::layout::{self, PmemLayoutError, PmemSpan, PmemWindow};
-use crate::pmem_option::PmemConfig;
+use crate::pmem_option::{Firmware, PmemConfig};
 
 #[derive(Debug, Error)]
 pub enum PmemError {
@@ -142,10 +143,15 @@ fn plan_namespace(
         created_this_run: created,
         uuid,
     };
-    format::plan(&request, ns).map_err(|source| PmemError::Format {
+    let mut plan = format::plan(&request, ns).map_err(|source| PmemError::Format {
         path: path(),
         source,
-    })
+    })?;
+    if config.firmware == Firmware::E820 && plan.report.memmap == MemmapPlacement::None {
+        // Linux maps a legacy range's raw namespace with struct pages in RAM all the same.
+        plan.report = NamespaceReport::raw_with_memmap_in_ram(window.base, window.size);
+    }
+    Ok(plan)
 }
 
 /// The checks `Backing::open` makes on a path that does not exist, made without creating it:
@@ -373,9 +379,14 @@ impl PmemPlan {
             .map(|d| (d.config.path.as_path(), !d.config.readonly, &d.extents))
     }
 
-    /// The NFIT's view of the devices, in command-line order (NFIT handle = index + 1).
+    /// The NFIT's view of the devices, in command-line order (see [`nvdimm_descs`]).
     pub fn nvdimm_descs(&self) -> Vec<acpi::NvdimmDesc> {
         nvdimm_descs(self.devices.iter().map(|d| (&d.config, d.window)))
+    }
+
+    /// The legacy persistent-memory ranges for the guest's memory map.
+    pub fn legacy_e820_ranges(&self) -> Vec<layout::Region> {
+        legacy_e820_ranges(self.devices.iter().map(|d| (&d.config, d.window)))
     }
 
     /// Creates the new files, maps them and writes every planned info block. On failure every
@@ -449,6 +460,7 @@ fn span(config: &PmemConfig, source: &Source) -> PmemSpan {
     PmemSpan {
         size,
         align: config.align.unwrap_or(block_align).max(host_align),
+        legacy_e820: config.firmware == Firmware::E820,
     }
 }
 
@@ -502,11 +514,15 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
         });
     }
     info!(
-        "{}: {} ({:?}{}) at guest {:#x}+{:#x}: {}",
+        "{}: {} ({:?}{}{}) at guest {:#x}+{:#x}: {}",
         d.config.id,
         d.config.path.display(),
         kind,
         if d.config.readonly { ", read-only" } else { "" },
+        match d.config.firmware {
+            Firmware::Nfit => "",
+            Firmware::E820 => ", legacy E820 range: no flush hint",
+        },
         d.window.base,
         d.window.size,
         plan.report
@@ -523,20 +539,54 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
     })
 }
 
+/// The NFIT's view of the devices: the `firmware=nfit` ones, in command-line order. The
+/// flush hint of device *i* (counting every device) stays at slot *i*.
 fn nvdimm_descs<'a>(
     devices: impl Iterator<Item = (&'a PmemConfig, PmemWindow)>,
 ) -> Vec<acpi::NvdimmDesc> {
     devices
         .enumerate()
-        .map(|(i, (config, window))| acpi::NvdimmDesc {
+        .filter(|(_, (config, _))| config.firmware == Firmware::Nfit)
+        .enumerate()
+        .map(|(nfit_index, (i, (config, window)))| acpi::NvdimmDesc {
             base: window.base,
             size: window.size,
             proximity_domain: config.numa,
             readonly: config.readonly,
-            serial_number: i as u32 + 1,
+            serial_number: nfit_index as u32 + 1,
             flush_hint: Some(FlushHints::address(layout::FLUSH_HINT_BASE, i)),
         })
         .collect()
+}
+
+/// The windows of the `firmware=e820` devices: legacy persistent-memory ranges in the
+/// guest's memory map.
+fn legacy_e820_ranges<'a>(
+    devices: impl Iterator<Item = (&'a PmemConfig, PmemWindow)>,
+) -> Vec<layout::Region> {
+    devices
+        .filter(|(config, _)| config.firmware == Firmware::E820)
+        .map(|(_, w)| (w.base, w.size))
+        .collect()
+}
+
+/// Device *i*'s NFIT handle, `None` for a `firmware=e820` device.
+fn nfit_handle_of<'a>(
+    mut configs: impl Iterator<Item = &'a PmemConfig>,
+    index: usize,
+) -> Option<u32> {
+    let mut nfit_index = 0;
+    for (i, c) in configs.by_ref().enumerate() {
+        if c.firmware == Firmware::Nfit {
+            if i == index {
+                return Some(acpi::nfit_handle(nfit_index));
+            }
+            nfit_index += 1;
+        } else if i == index {
+            return None;
+        }
+    }
+    None
 }
 
 impl PmemDevices {
@@ -548,7 +598,7 @@ impl PmemDevices {
         }
     }
 
-    /// The NFIT's view of the devices, in command-line order (NFIT handle = index + 1).
+    /// The NFIT's view of the devices, in command-line order (see [`nvdimm_descs`]).
     pub fn nvdimm_descs(&self) -> Vec<acpi::NvdimmDesc> {
         nvdimm_descs(self.devices.iter().map(|d| (&d.config, d.window)))
     }
@@ -570,7 +620,8 @@ impl PmemDevices {
                         BackingKind::DevDax { .. } => "devdax",
                         BackingKind::BlockDevice => "block",
                     },
-                    "nfit_handle": acpi::nfit_handle(i),
+                    "firmware": d.config.firmware.as_str(),
+                    "nfit_handle": nfit_handle_of(self.devices.iter().map(|d| &d.config), i),
                     "guest_base": d.window.base,
                     "size": d.window.size,
                     "readonly": d.config.readonly,
@@ -584,7 +635,8 @@ impl PmemDevices {
                     "capacity": r.capacity,
                     "align": r.align,
                     "info_block_written": d.wrote_info_block,
-                    "flush_hint": FlushHints::address(layout::FLUSH_HINT_BASE, i),
+                    "flush_hint": (d.config.firmware == Firmware::Nfit)
+                        .then(|| FlushHints::address(layout::FLUSH_HINT_BASE, i)),
                 })
             })
             .collect();
@@ -597,7 +649,11 @@ impl PmemDevices {
         let targets = self
             .devices
             .iter()
-            .map(|d| (!d.config.readonly).then(|| d.mapping.clone() as Arc<dyn FlushTarget>))
+            .map(|d| {
+                // A legacy E820 range has no flush hint the guest knows of.
+                (!d.config.readonly && d.config.firmware == Firmware::Nfit)
+                    .then(|| d.mapping.clone() as Arc<dyn FlushTarget>)
+            })
             .collect();
         let hints = Arc::new(FlushHints::with_capacity(
             targets,
@@ -720,6 +776,69 @@ mod tests {
         assert_eq!(descs[1].base % (1 << 30), 0, "{:#x}", descs[1].base);
         assert_eq!(descs[1].base, 5 << 30);
         plan.abandon();
+    }
+
+    /// `firmware=e820` devices are left out of the NFIT (whose handles and serial numbers stay
+    /// dense), appear as legacy ranges instead, and report no handle and no flush hint; two
+    /// e820 windows never touch.
+    #[test]
+    fn e820_devices_are_memory_map_ranges_not_nfit_dimms() {
+        let dir = tempfile::tempdir().unwrap();
+        let arg = |name: &str, rest: &str, i| {
+            let path = dir.path().join(name);
+            parse_pmem(&format!("path={},size=128M,{rest}", path.display()), i).unwrap()
+        };
+        let configs = vec![
+            arg("a.img", "firmware=e820", 0),
+            arg("b.img", "firmware=e820,mode=devdax", 1),
+            arg("c.img", "firmware=nfit", 2),
+            arg("d.img", "firmware=e820,memmap=none", 3),
+            arg("e.img", "memmap=none", 4),
+        ];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        let g = 1u64 << 30;
+        let m = 1u64 << 20;
+        assert_eq!(
+            plan.legacy_e820_ranges(),
+            vec![
+                (4 * g, 128 * m),
+                (4 * g + 256 * m, 128 * m),
+                (4 * g + 512 * m, 128 * m)
+            ]
+        );
+        let descs = plan.nvdimm_descs();
+        let nfit: Vec<(u64, u32)> = descs.iter().map(|d| (d.base, d.serial_number)).collect();
+        assert_eq!(nfit, vec![(4 * g + 384 * m, 1), (4 * g + 640 * m, 2)]);
+        // The flush hints keep the device's own slot.
+        assert_eq!(
+            descs[1].flush_hint,
+            Some(FlushHints::address(layout::FLUSH_HINT_BASE, 4))
+        );
+        let handles: Vec<Option<u32>> = (0..5).map(|i| nfit_handle_of(configs.iter(), i)).collect();
+        assert_eq!(
+            handles,
+            vec![
+                None,
+                None,
+                Some(acpi::nfit_handle(0)),
+                None,
+                Some(acpi::nfit_handle(1))
+            ]
+        );
+        let devices = plan.commit().unwrap();
+        let report = devices.report_json();
+        assert_eq!(report["pmem"][0]["firmware"], "e820");
+        assert!(report["pmem"][0]["nfit_handle"].is_null());
+        assert!(report["pmem"][0]["flush_hint"].is_null());
+        assert_eq!(report["pmem"][2]["firmware"], "nfit");
+        assert_eq!(report["pmem"][2]["nfit_handle"], acpi::nfit_handle(0));
+        // Linux maps a raw legacy range with struct pages in RAM: 64 bytes per 4 KiB page.
+        assert_eq!(report["pmem"][3]["mode"], "raw");
+        assert_eq!(report["pmem"][3]["memmap"], "ram");
+        assert_eq!(report["pmem"][3]["memmap_bytes"], 128 * m / 4096 * 64);
+        assert_eq!(report["pmem"][4]["memmap"], "none");
+        devices.abandon();
     }
 
     #[test]

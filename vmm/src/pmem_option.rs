@@ -1,4 +1,4 @@
-//! The `--pmem` option: `path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]`.
+//! The `--pmem` option: `path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]...`.
 //!
 //! Like cloud-hypervisor's device options it is a comma-separated list of `key=value` pairs;
 //! every error names the option, the key and what was expected.
@@ -17,7 +17,8 @@ use crate::size::{parse_size, SizeError};
 macro_rules! pmem_syntax {
     () => {
         "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]\
-[,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]"
+[,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]\
+[,firmware=nfit|e820]"
     };
 }
 pub(crate) use pmem_syntax;
@@ -49,10 +50,54 @@ pub enum PmemOptionError {
     Value(#[from] OptionValueError),
     #[error("path= is required; expected {PMEM_SYNTAX}")]
     NoPath,
+    #[error("firmware={value}: expected nfit or e820")]
+    BadFirmware { value: String },
+    /// A setting the legacy E820 description cannot carry.
+    #[error("firmware=e820 with {key}: {why}; use firmware=nfit for it")]
+    NotWithE820 {
+        key: &'static str,
+        why: &'static str,
+    },
+}
+
+/// How the guest learns about the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Firmware {
+    /// An ACPI NFIT NVDIMM: flush hints, read-only regions, NUMA nodes, hot-add.
+    #[default]
+    Nfit,
+    /// A legacy persistent-memory range (E820 type 12), as the kernel's `memmap=ss!nn` makes:
+    /// Linux's `nd_e820` driver turns each range into one label-less region. Nothing else
+    /// describes it, so the guest has no flush hint (guest flushes never reach the monitor),
+    /// cannot be told the range is read-only, and puts it on the node of the memory below it.
+    E820,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Nfit => "nfit",
+            Firmware::E820 => "e820",
+        }
+    }
+}
+
+impl std::str::FromStr for Firmware {
+    type Err = PmemOptionError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "nfit" => Ok(Firmware::Nfit),
+            "e820" => Ok(Firmware::E820),
+            _ => Err(PmemOptionError::BadFirmware {
+                value: value.into(),
+            }),
+        }
+    }
 }
 
 const KEYS: &[&str] = &[
-    "path", "size", "readonly", "id", "numa", "memmap", "mode", "align", "format",
+    "path", "size", "readonly", "id", "numa", "memmap", "mode", "align", "format", "firmware",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +118,8 @@ pub struct PmemConfig {
     pub align: Option<u64>,
     /// What the monitor may write into the backing.
     pub format: FormatPolicy,
+    /// How the guest learns about the device (NFIT NVDIMM or legacy E820 range).
+    pub firmware: Firmware,
 }
 
 /// Largest proximity domain we accept: Linux discards an SRAT that names a larger one.
@@ -112,6 +159,7 @@ pub fn pmem_from_pairs(
     let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
     let (mut memmap, mut mode, mut align, mut format) =
         (Memmap::default(), None, None, FormatPolicy::default());
+    let mut firmware = Firmware::default();
     for &(key, value) in pairs {
         if !KEYS.contains(&key) {
             return Err(PmemOptionError::UnknownKey { key: key.into() });
@@ -160,10 +208,25 @@ pub fn pmem_from_pairs(
             "mode" => mode = Some(value.parse()?),
             "align" => align = Some(parse_align(value)?),
             "format" => format = value.parse()?,
+            "firmware" => firmware = value.parse()?,
             _ => unreachable!("key checked against KEYS"),
         }
     }
     let path = path.ok_or(PmemOptionError::NoPath)?;
+    if firmware == Firmware::E820 {
+        if readonly {
+            return Err(PmemOptionError::NotWithE820 {
+                key: "readonly=on",
+                why: "an E820 range cannot be marked read-only, so the guest would write to it",
+            });
+        }
+        if numa.is_some() {
+            return Err(PmemOptionError::NotWithE820 {
+                key: "numa=",
+                why: "an E820 range has no proximity domain",
+            });
+        }
+    }
     Ok(PmemConfig {
         path,
         size,
@@ -174,6 +237,7 @@ pub fn pmem_from_pairs(
         mode,
         align,
         format,
+        firmware,
     })
 }
 
@@ -191,9 +255,11 @@ mod tests {
         assert_eq!(p.numa, Some(1));
         let p = parse_pmem("path=/dev/dax0.0", 3).unwrap();
         assert_eq!(
-            (p.size, p.readonly, p.id.as_str(), p.numa),
-            (None, false, "pmem3", None)
+            (p.size, p.readonly, p.id.as_str(), p.numa, p.firmware),
+            (None, false, "pmem3", None, Firmware::Nfit)
         );
+        let p = parse_pmem("path=/a,firmware=e820,memmap=pmem", 0).unwrap();
+        assert_eq!(p.firmware, Firmware::E820);
     }
 
     #[test]
@@ -217,6 +283,15 @@ mod tests {
             ("path=/a,mode=sector", "mode=sector"),
             ("path=/a,align=3M", "align=3M"),
             ("path=/a,format=always", "format=always"),
+            (
+                "path=/a,firmware=acpi",
+                "firmware=acpi: expected nfit or e820",
+            ),
+            (
+                "path=/a,firmware=e820,readonly=on",
+                "firmware=e820 with readonly=on",
+            ),
+            ("path=/a,numa=1,firmware=e820", "firmware=e820 with numa="),
         ] {
             let e = parse_pmem(text, 0).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");

@@ -936,10 +936,44 @@ fn check_ram_mode_offset(block: &InfoBlock) -> Result<(), InfoBlockError> {
 /// 512-page aligned (`altmap_alloc_block_buf()`), so the first one skips 510 pages and the rest
 /// follow back to back: `510 + 512 * full_sections` pages.
 fn footprint(block: &InfoBlock, base: u64, end: u64) -> (MemmapFootprint, u64) {
+    memmap_footprint(
+        block.mode,
+        block.align,
+        block.memmap,
+        block.dataoff,
+        base,
+        end,
+    )
+}
+
+/// The memmap Linux builds in RAM for a namespace it maps with struct pages but no info block:
+/// a raw namespace on a region with `ND_REGION_PAGEMAP` (a legacy E820 range; `pmem.c`'s
+/// `pmem_should_map_pages()`), one 4 KiB struct page per page of `[base, base + size)`.
+pub fn page_map_footprint(base: u64, size: u64) -> MemmapFootprint {
+    memmap_footprint(
+        InfoMode::Fsdax,
+        PAGE_SIZE as u32,
+        MemmapLocation::Ram,
+        0,
+        base,
+        base + size,
+    )
+    .0
+}
+
+/// [`footprint`] from the block's fields.
+fn memmap_footprint(
+    mode: InfoMode,
+    align: u32,
+    memmap: MemmapLocation,
+    dataoff: u64,
+    base: u64,
+    end: u64,
+) -> (MemmapFootprint, u64) {
     let struct_pages = (end - base) / PAGE_SIZE;
-    let compound_order = if block.mode == InfoMode::Devdax && u64::from(block.align) > PAGE_SIZE {
+    let compound_order = if mode == InfoMode::Devdax && u64::from(align) > PAGE_SIZE {
         // order_base_2(align >> PAGE_SHIFT)
-        u64::from(block.align / PAGE_SIZE as u32)
+        u64::from(align / PAGE_SIZE as u32)
             .next_power_of_two()
             .trailing_zeros()
     } else {
@@ -947,17 +981,17 @@ fn footprint(block: &InfoBlock, base: u64, end: u64) -> (MemmapFootprint, u64) {
     };
     let compound_pages = 1u64 << compound_order;
     let optimized =
-        block.memmap == MemmapLocation::Ram && (compound_pages * STRUCT_PAGE_SIZE) / PAGE_SIZE > 2;
+        memmap == MemmapLocation::Ram && (compound_pages * STRUCT_PAGE_SIZE) / PAGE_SIZE > 2;
     let compound_bytes = compound_pages * PAGE_SIZE;
 
     let mut fp = MemmapFootprint {
-        location: block.memmap,
+        location: memmap,
         struct_pages,
         ram_bytes: 0,
         ram_page_table_bytes: 0,
         device_bytes: 0,
-        device_reserve_bytes: match block.memmap {
-            MemmapLocation::Pmem => block.dataoff.saturating_sub(INFO_BLOCK_RESERVE),
+        device_reserve_bytes: match memmap {
+            MemmapLocation::Pmem => dataoff.saturating_sub(INFO_BLOCK_RESERVE),
             MemmapLocation::Ram => 0,
         },
     };
@@ -978,7 +1012,7 @@ fn footprint(block: &InfoBlock, base: u64, end: u64) -> (MemmapFootprint, u64) {
             fp.ram_bytes += vmemmap_pages * PAGE_SIZE;
             fp.ram_page_table_bytes += PAGE_SIZE;
         } else if len == SECTION_SIZE {
-            match block.memmap {
+            match memmap {
                 MemmapLocation::Pmem => {
                     fp.device_bytes += vmemmap;
                     full_sections += 1;

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::bytes::Bytes;
-use super::infoblock::{InfoBlock, InfoMode, Layout, MemmapLocation};
+use super::infoblock::{page_map_footprint, InfoBlock, InfoMode, Layout, MemmapLocation};
 use super::options::{AlignName, NsMode};
 
 /// Where a namespace's memmap (its struct pages) lives: the decided `memmap=`, never `auto`.
@@ -80,6 +80,19 @@ impl NamespaceReport {
         }
     }
 
+    /// A raw namespace at guest physical `base` on a region Linux maps with struct pages (a
+    /// legacy E820 range): no info block, but the kernel builds the whole namespace's memmap in
+    /// RAM ([`page_map_footprint`]).
+    pub fn raw_with_memmap_in_ram(base: u64, size: u64) -> NamespaceReport {
+        let fp = page_map_footprint(base, size);
+        NamespaceReport {
+            memmap: MemmapPlacement::Ram,
+            memmap_bytes: fp.ram_bytes,
+            ram_cost_bytes: fp.ram_total(),
+            ..NamespaceReport::raw(size)
+        }
+    }
+
     /// What the guest makes of namespace layout `l` of block `b`.
     pub fn block(b: &InfoBlock, l: &Layout) -> NamespaceReport {
         NamespaceReport {
@@ -101,7 +114,20 @@ impl NamespaceReport {
 impl fmt::Display for NamespaceReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.mode == NsMode::Raw {
-            return write!(f, "raw, no memmap, capacity {}", Bytes(self.capacity));
+            return match self.memmap {
+                MemmapPlacement::None => {
+                    write!(f, "raw, no memmap, capacity {}", Bytes(self.capacity))
+                }
+                _ => write!(
+                    f,
+                    "raw, memmap in {} without an info block ({} of struct pages: {} of guest \
+                     RAM), capacity {}",
+                    self.memmap,
+                    Bytes(self.memmap_bytes),
+                    Bytes(self.ram_cost_bytes),
+                    Bytes(self.capacity)
+                ),
+            };
         }
         write!(
             f,

@@ -74,6 +74,8 @@ pub struct PmemJson {
     mode: Option<String>,
     align: Option<String>,
     format: Option<String>,
+    /// `nfit` (default) or `e820`, as `--pmem ...,firmware=`.
+    firmware: Option<String>,
     numa: Option<u32>,
 }
 
@@ -129,6 +131,7 @@ impl PmemJson {
             ("mode", self.mode.as_deref()),
             ("align", self.align.as_deref()),
             ("format", self.format.as_deref()),
+            ("firmware", self.firmware.as_deref()),
         ] {
             if let Some(v) = value {
                 pairs.push((key, v));
@@ -278,6 +281,7 @@ pub fn pmem_json(p: &PmemConfig) -> Value {
         "mode": p.mode.map(|m| m.to_string()),
         "align": p.align.map(|a| AlignName(a).to_string()),
         "format": p.format.to_string(),
+        "firmware": p.firmware.as_str(),
         "numa": p.numa,
     })
 }
