@@ -25,6 +25,12 @@ pub const MKE2FS: &str = "/usr/sbin/mke2fs";
 
 /// The line our init prints when it starts: "launch to guest init" ends here.
 pub const INIT_MARKER: &str = "@@GUEST-INIT@@";
+/// The boot case of our monitor with `--api-socket` and no device.
+pub const API_CASE: &str = "vmm-api-0";
+/// The name of the monitor's API thread (`vmm/src/api/server.rs`).
+pub const API_THREAD: &str = "api";
+/// Seconds the API thread is watched while the guest idles.
+pub const API_IDLE_S: u64 = 5;
 /// The line our init prints after the guest command.
 pub const EXIT_MARKER: &str = "@@GUEST-EXIT";
 /// What our vmm logs once its vCPUs run: "start-up" ends here.
@@ -74,6 +80,8 @@ pub struct Launch {
     pub settle_ms: u64,
     /// Give up after this long.
     pub timeout_s: u64,
+    /// After resident memory: `(thread name, seconds)` whose wakeups and CPU to count.
+    pub idle: Option<(String, u64)>,
     /// The monitor command, as shell words.
     pub command: Vec<String>,
 }
@@ -91,8 +99,16 @@ impl Launch {
             exclude: vec![dq(exclude)],
             settle_ms: s.settle_ms,
             timeout_s: 300,
+            idle: None,
             command,
         }
+    }
+
+    /// Counts the wakeups and CPU of the monitor's threads named `thread` for `secs` seconds
+    /// once the guest is up (and idle: the boot guests sleep after init).
+    pub fn idle(mut self, thread: &str, secs: u64) -> Launch {
+        self.idle = Some((thread.into(), secs));
+        self
     }
 
     /// Adds a timed log line.
@@ -129,6 +145,12 @@ impl Launch {
                 w.push("--exclude".into());
                 w.push(e.clone());
             }
+        }
+        if let Some((thread, secs)) = &self.idle {
+            w.push("--idle-thread".into());
+            w.push(sh_quote(thread));
+            w.push("--idle-s".into());
+            w.push(secs.to_string());
         }
         w.push("--".into());
         w.extend(self.command.iter().cloned());
@@ -333,6 +355,12 @@ pub fn boot_script(
     for &n in &s.boot_devices {
         cases.push((format!("vmm-{n}"), None));
     }
+    // Our monitor with the control API on and no device: what the API server costs in resident
+    // memory against `vmm-0`, and how often its thread wakes while nobody calls it.
+    let api = s.boot_devices.contains(&0);
+    if api {
+        cases.push((API_CASE.into(), None));
+    }
     for &(kind, path) in peers {
         for &n in &s.boot_devices {
             cases.push((format!("{}-{n}", kind.name()), Some((kind, path))));
@@ -346,16 +374,22 @@ pub fn boot_script(
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let tag = crate::lines::Tag::format("boot", case, run);
-            let mut l =
-                Launch::to_init(tag, s, "$WORK/pm", boot_command(s, *peer, n, qemu_firmware));
+            let mut command = boot_command(s, *peer, n, qemu_firmware);
+            if case == API_CASE {
+                command.extend(["--api-socket".to_string(), dq("path=$WORK/api.sock")]);
+            }
+            let mut l = Launch::to_init(tag, s, "$WORK/pm", command);
             if peer.is_none() {
                 l = l.at("startup_ms", STARTED_LOG);
+            }
+            if case == API_CASE {
+                l = l.idle(API_THREAD, API_IDLE_S);
             }
             out.push_str(&l.render());
             out.push('\n');
         }
     }
-    out.push_str("rm -f \"$WORK\"/pm*.img \"$WORK\"/fc-*.json\nexit 0\n");
+    out.push_str("rm -f \"$WORK\"/pm*.img \"$WORK\"/fc-*.json \"$WORK\"/api.sock\nexit 0\n");
     out
 }
 
@@ -418,6 +452,7 @@ pub fn memmap_script(s: &Settings, probe: &str) -> String {
                     exclude: Vec::new(),
                     settle_ms: 0,
                     timeout_s: 1200,
+                    idle: None,
                     command: vmm_command(s.memmap_guest_ram, &cmdline, &pmem, &extra),
                 };
                 out.push_str(&l.render());
@@ -462,6 +497,7 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
         exclude: Vec::new(),
         settle_ms: 0,
         timeout_s: 1800,
+        idle: None,
         command: vmm_command(s.bw_guest_ram, &cmdline, &pmem, &[]),
     };
     out.push_str(&l.render());
@@ -525,8 +561,11 @@ mod tests {
         let s = Settings::standard(2);
         let q = [(PeerKind::Qemu, Path::new("/usr/bin/qemu-system-x86_64"))];
         let b = boot_script(&s, "/p", &q, None);
-        // 3 vmm cases + 3 qemu cases, 2 runs each.
-        assert_eq!(b.matches(" launch ").count(), 12, "{b}");
+        // 3 vmm cases, the API case and 3 qemu cases, 2 runs each.
+        assert_eq!(b.matches(" launch ").count(), 14, "{b}");
+        assert!(b.contains("--tag boot.vmm-api-0.1 "), "{b}");
+        assert!(b.contains("--idle-thread api --idle-s 5"));
+        assert!(b.contains("--api-socket \"path=$WORK/api.sock\""), "{b}");
         assert!(b.contains("--tag boot.vmm-8.2"));
         assert!(b.contains("--tag boot.qemu-1.1"));
         assert!(b.contains("\"path=$WORK/pm7.img,memmap=none\""));

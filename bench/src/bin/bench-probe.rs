@@ -5,13 +5,16 @@
 //! ```text
 //! bench-probe launch --tag T --until TEXT [--until-name METRIC] [--at METRIC=TEXT]...
 //!                    [--rss --ram-bytes N [--exclude PATH]... [--settle-ms MS]]
+//!                    [--idle-thread NAME [--idle-s S]]
 //!                    [--timeout-s S] -- PROGRAM ARGS...
 //!     Starts PROGRAM (stdin /dev/null) and timestamps each line of its stdout and stderr with
 //!     CLOCK_MONOTONIC. METRIC_ms = time from just before the exec to the first line holding
 //!     TEXT. Stops at the first line holding the --until text (a "@@GUEST-EXIT rc@@" there must
 //!     have rc 0); with --rss then waits --settle-ms and reads /proc/PID/smaps: rss_kib (all but
 //!     guest RAM and pmem mappings) and rss_total_kib. Then kills PROGRAM. Bench lines PROGRAM
-//!     prints are passed on (a two-field "@@BENCH metric value@@" gets tag T).
+//!     prints are passed on (a two-field "@@BENCH metric value@@" gets tag T). With
+//!     --idle-thread NAME [--idle-s S] it then counts, over S seconds (default 5), the context
+//!     switches and CPU time of PROGRAM's threads named NAME: idle_wakeups, idle_cpu_ms.
 //! bench-probe bw --tag T --path P [--offset O] [--create] --bytes N --chunk C [--passes K]
 //!     mmap()s N bytes of P (MAP_SHARED) and copies them in chunks of C to and from an anonymous
 //!     buffer: one untimed write+read pass, then K timed read passes and K timed write passes.
@@ -304,12 +307,73 @@ fn launch(args: &[String]) -> Result<(), Failure> {
             }
         }
     }
+    if let Some(name) = o.get("idle-thread") {
+        let before = thread_activity(pid, name);
+        std::thread::sleep(Duration::from_secs(o.num("idle-s", 5)?));
+        let after = thread_activity(pid, name);
+        match (before, after) {
+            (Some((w0, c0)), Some((w1, c1))) if child.try_wait().ok().flatten().is_none() => {
+                lines.push(sample_line(
+                    &tag,
+                    "idle_wakeups",
+                    w1.saturating_sub(w0) as f64,
+                ));
+                lines.push(sample_line(
+                    &tag,
+                    "idle_cpu_ms",
+                    (c1 - c0).max(0.0) * 1000.0,
+                ));
+            }
+            _ => {
+                let f = finish(
+                    format!("no live thread named {name:?} in {program} to watch"),
+                    &tail,
+                );
+                let _ = child.wait();
+                return Err(f);
+            }
+        }
+    }
     kill_group();
     let _ = child.wait();
     for l in lines {
         println!("{l}");
     }
     Ok(())
+}
+
+/// Context switches (voluntary and not) and CPU seconds of `pid`'s threads named `name`, or
+/// `None` when it has none.
+fn thread_activity(pid: i32, name: &str) -> Option<(u64, f64)> {
+    // SAFETY: sysconf(3) has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut found = None;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let dir = task.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        let switches: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
+        let (w, c) = found.unwrap_or((0, 0.0));
+        found = Some((w + switches, c + cpu));
+    }
+    found
 }
 
 /// The status in a `@@GUEST-EXIT rc@@` line.
