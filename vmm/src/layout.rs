@@ -42,7 +42,11 @@ pub const ACPI_MAX_SIZE: usize = 0x20000;
 /// `_FIT` returns. The tables take the area below it.
 pub const FIT_ADDR: u64 = 0xfc000;
 pub const FIT_MAX: u32 = 0x4000 - 4;
-pub const ACPI_TABLES_MAX_SIZE: usize = (FIT_ADDR - ACPI_ADDR) as usize;
+/// The NVDIMM `_DSM` mailbox page (`acpi::NvdimmDsmDesc`, `devices::nvdimm_dsm`): the page
+/// below the FIT buffer, in the reserved ACPI area, so the guest never uses it as RAM. The
+/// tables take the area below it.
+pub const DSM_PAGE_ADDR: u64 = FIT_ADDR - geometry::dsm_mailbox::PAGE_SIZE;
+pub const ACPI_TABLES_MAX_SIZE: usize = (DSM_PAGE_ADDR - ACPI_ADDR) as usize;
 const _: () = assert!(acpi::MAX_FIT_LEN <= FIT_MAX as usize);
 const _: () = assert!(FIT_ADDR + 4 + FIT_MAX as u64 == ACPI_ADDR + ACPI_MAX_SIZE as u64);
 /// Where bzImage and vmlinux kernels are loaded ("high memory" in the boot protocol).
@@ -143,6 +147,13 @@ mod tests {
         assert!(map
             .iter()
             .any(|e| e.kind == E820Kind::Reserved && e.addr == ACPI_ADDR));
+        // The FIT buffer and the _DSM page are in the reserved ACPI area.
+        for (addr, len) in [
+            (FIT_ADDR, 4 + u64::from(FIT_MAX)),
+            (DSM_PAGE_ADDR, geometry::dsm_mailbox::PAGE_SIZE),
+        ] {
+            assert!(addr >= ACPI_ADDR && addr + len <= ACPI_ADDR + ACPI_MAX_SIZE as u64);
+        }
         for e in &map {
             assert!(e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END);
         }
@@ -159,7 +170,9 @@ mod tests {
             (PDPT_ADDR, PAGE_SIZE),
             (PD_ADDR, IDENTITY_MAPPED_GIB * PAGE_SIZE),
             (CMDLINE_ADDR, CMDLINE_MAX_SIZE as u64),
-            (ACPI_ADDR, ACPI_MAX_SIZE as u64),
+            (ACPI_ADDR, ACPI_TABLES_MAX_SIZE as u64),
+            (DSM_PAGE_ADDR, geometry::dsm_mailbox::PAGE_SIZE),
+            (FIT_ADDR, 4 + u64::from(FIT_MAX)),
         ];
         for (i, a) in areas.iter().enumerate() {
             for b in &areas[i + 1..] {

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use devices::pmem::format::{parse_align, FormatPolicy, Memmap, NsMode};
+use devices::pmem::labels::{check_label_size, LabelSizeError, LABEL_SIZE_MIN};
 use devices::pmem::options::OptionValueError;
 use thiserror::Error;
 
@@ -17,7 +18,8 @@ use crate::size::{parse_size, SizeError};
 macro_rules! pmem_syntax {
     () => {
         "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]\
-[,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]"
+[,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]\
+[,labels=on|off][,label-size=SIZE]"
     };
 }
 pub(crate) use pmem_syntax;
@@ -49,10 +51,24 @@ pub enum PmemOptionError {
     Value(#[from] OptionValueError),
     #[error("path= is required; expected {PMEM_SYNTAX}")]
     NoPath,
+    #[error(transparent)]
+    LabelSize(#[from] LabelSizeError),
+    #[error("label-size={value}: {source}")]
+    LabelSizeValue { value: String, source: SizeError },
 }
 
 const KEYS: &[&str] = &[
-    "path", "size", "readonly", "id", "numa", "memmap", "mode", "align", "format",
+    "path",
+    "size",
+    "readonly",
+    "id",
+    "numa",
+    "memmap",
+    "mode",
+    "align",
+    "format",
+    "labels",
+    "label-size",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +89,9 @@ pub struct PmemConfig {
     pub align: Option<u64>,
     /// What the monitor may write into the backing.
     pub format: FormatPolicy,
+    /// `labels=on`: the size of the namespace label area at the end of the backing
+    /// (`label-size=`, default [`LABEL_SIZE_MIN`]); None: no label area, a label-less DIMM.
+    pub label_size: Option<u64>,
 }
 
 /// Largest proximity domain we accept: Linux discards an SRAT that names a larger one.
@@ -112,6 +131,7 @@ pub fn pmem_from_pairs(
     let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
     let (mut memmap, mut mode, mut align, mut format) =
         (Memmap::default(), None, None, FormatPolicy::default());
+    let (mut labels, mut label_size) = (false, None);
     for &(key, value) in pairs {
         if !KEYS.contains(&key) {
             return Err(PmemOptionError::UnknownKey { key: key.into() });
@@ -160,10 +180,23 @@ pub fn pmem_from_pairs(
             "mode" => mode = Some(value.parse()?),
             "align" => align = Some(parse_align(value)?),
             "format" => format = value.parse()?,
+            "labels" => labels = on_off(key, value)?,
+            "label-size" => {
+                let bytes =
+                    parse_size(value, 1).map_err(|source| PmemOptionError::LabelSizeValue {
+                        value: value.into(),
+                        source,
+                    })?;
+                label_size = Some(check_label_size(bytes)?);
+            }
             _ => unreachable!("key checked against KEYS"),
         }
     }
     let path = path.ok_or(PmemOptionError::NoPath)?;
+    if label_size.is_some() && !labels {
+        return Err(LabelSizeError::WithoutLabels.into());
+    }
+    let label_size = labels.then(|| label_size.unwrap_or(LABEL_SIZE_MIN));
     Ok(PmemConfig {
         path,
         size,
@@ -174,6 +207,7 @@ pub fn pmem_from_pairs(
         mode,
         align,
         format,
+        label_size,
     })
 }
 
@@ -193,6 +227,25 @@ mod tests {
         assert_eq!(
             (p.size, p.readonly, p.id.as_str(), p.numa),
             (None, false, "pmem3", None)
+        );
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_pmem("path=/a", 0).unwrap().label_size, None);
+        assert_eq!(
+            parse_pmem("path=/a,labels=off", 0).unwrap().label_size,
+            None
+        );
+        assert_eq!(
+            parse_pmem("path=/a,labels=on", 0).unwrap().label_size,
+            Some(128 << 10)
+        );
+        assert_eq!(
+            parse_pmem("path=/a,labels=on,label-size=1M", 0)
+                .unwrap()
+                .label_size,
+            Some(1 << 20)
         );
     }
 
@@ -217,6 +270,15 @@ mod tests {
             ("path=/a,mode=sector", "mode=sector"),
             ("path=/a,align=3M", "align=3M"),
             ("path=/a,format=always", "format=always"),
+            ("path=/a,labels=maybe", "labels=maybe: expected on or off"),
+            ("path=/a,label-size=128K", "label-size= needs labels=on"),
+            (
+                "path=/a,labels=on,label-size=64K",
+                "label-size=65536: expected a multiple of 4 KiB from 128K to 2M",
+            ),
+            ("path=/a,labels=on,label-size=4M", "label-size=4194304"),
+            ("path=/a,labels=on,label-size=129K", "label-size=132096"),
+            ("path=/a,labels=on,label-size=x", "label-size=x"),
         ] {
             let e = parse_pmem(text, 0).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");

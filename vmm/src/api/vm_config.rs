@@ -75,6 +75,10 @@ pub struct PmemJson {
     align: Option<String>,
     format: Option<String>,
     numa: Option<u32>,
+    /// `labels=on|off`.
+    labels: Option<bool>,
+    /// `label-size=` in bytes.
+    label_size: Option<u64>,
 }
 
 /// A request body that is not a valid configuration: the message names the field.
@@ -119,6 +123,8 @@ impl PmemJson {
         let size = self.size.map(|s| format!("{s}B"));
         let numa = self.numa.map(|n| n.to_string());
         let readonly = self.discard_writes.map(|d| if d { "on" } else { "off" });
+        let labels = self.labels.map(|d| if d { "on" } else { "off" });
+        let label_size = self.label_size.map(|s| format!("{s}B"));
         let mut pairs: Vec<(&str, &str)> = vec![("path", self.file.as_str())];
         for (key, value) in [
             ("size", size.as_deref()),
@@ -129,6 +135,8 @@ impl PmemJson {
             ("mode", self.mode.as_deref()),
             ("align", self.align.as_deref()),
             ("format", self.format.as_deref()),
+            ("labels", labels),
+            ("label-size", label_size.as_deref()),
         ] {
             if let Some(v) = value {
                 pairs.push((key, v));
@@ -141,6 +149,7 @@ impl PmemJson {
                 "discard_writes=",
                 1,
             );
+            let reason = reason.replace("label-size=", "label_size=");
             BadConfig(format!("{field}: {reason}"))
         })
     }
@@ -279,6 +288,8 @@ pub fn pmem_json(p: &PmemConfig) -> Value {
         "align": p.align.map(|a| AlignName(a).to_string()),
         "format": p.format.to_string(),
         "numa": p.numa,
+        "labels": p.label_size.is_some(),
+        "label_size": p.label_size,
     })
 }
 
