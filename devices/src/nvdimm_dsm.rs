@@ -14,11 +14,13 @@
 //! | function | input | output |
 //! | --- | --- | --- |
 //! | 0 query | ignored | bit mask of the functions supported, 8 bytes |
+//! | 1 SMART health (`ND_CMD_SMART`) | none | status, `struct nd_intel_smart` (128 bytes) |
 //! | 4 get config size | none | status, config size, max transfer (3 × u32) |
 //! | 5 get config data | offset, length (2 × u32) | status, `length` bytes |
 //! | 6 set config data | offset, length, `length` bytes | status |
 //!
-//! A DIMM without a label area answers function 0 with an empty mask, so Linux finds no command
+//! Function 1 is offered by a DIMM with a `health=` state ([`HealthState`]), functions 4-6 by
+//! one with a label area; a DIMM with neither answers function 0 with an empty mask, so Linux finds no command
 //! family and treats it as label-less, as before the mailbox existed. Every other request gets a
 //! 4-byte status: [`DsmStatus`]. The guest controls every byte of the page: each length and
 //! offset is checked in `u64` arithmetic against the area, the page and the transfer limit
@@ -42,6 +44,7 @@ pub const INTEL_DSM_UUID: [u8; 16] = [
 pub const REVISION: u32 = 1;
 
 pub const FUNC_QUERY: u32 = 0;
+pub const FUNC_SMART: u32 = 1;
 pub const FUNC_GET_CONFIG_SIZE: u32 = 4;
 pub const FUNC_GET_CONFIG_DATA: u32 = 5;
 pub const FUNC_SET_CONFIG_DATA: u32 = 6;
@@ -68,6 +71,80 @@ pub enum DsmStatus {
     InvalidInput = 3,
     /// The host could not make a label write durable.
     HardwareError = 4,
+}
+
+/// `health=`: the health a DIMM reports through SMART (`ndctl list -DH` shows it as
+/// `health_state`). Fixed for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    Ok,
+    NonCritical,
+    Critical,
+    Fatal,
+}
+
+impl std::str::FromStr for HealthState {
+    type Err = crate::pmem::options::OptionValueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ok" => Ok(HealthState::Ok),
+            "non-critical" => Ok(HealthState::NonCritical),
+            "critical" => Ok(HealthState::Critical),
+            "fatal" => Ok(HealthState::Fatal),
+            _ => Err(crate::pmem::options::bad_value(
+                "health",
+                s,
+                "ok, non-critical, critical or fatal",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HealthState::Ok => "ok",
+            HealthState::NonCritical => "non-critical",
+            HealthState::Critical => "critical",
+            HealthState::Fatal => "fatal",
+        })
+    }
+}
+
+/// `struct nd_intel_smart` (Linux drivers/acpi/nfit/intel.h, ndctl ndctl/lib/intel.h) after its
+/// status word: the fields we report, all marked valid.
+pub const SMART_PAYLOAD_LEN: usize = 128;
+/// Reported media temperature: 25 °C, in the 1/16 °C units of the structure.
+const SMART_TEMPERATURE: u16 = 25 * 16;
+
+/// The SMART payload for `health`: health, spares (100 %), life used (0 %), media temperature,
+/// a clean last shutdown and a shutdown count of 0.
+pub fn smart_payload(health: HealthState) -> [u8; SMART_PAYLOAD_LEN] {
+    const HEALTH_VALID: u32 = 1 << 0;
+    const SPARES_VALID: u32 = 1 << 1;
+    const USED_VALID: u32 = 1 << 2;
+    const MTEMP_VALID: u32 = 1 << 3;
+    const SHUTDOWN_COUNT_VALID: u32 = 1 << 5;
+    const SHUTDOWN_VALID: u32 = 1 << 10;
+    let mut p = [0u8; SMART_PAYLOAD_LEN];
+    let flags = HEALTH_VALID
+        | SPARES_VALID
+        | USED_VALID
+        | MTEMP_VALID
+        | SHUTDOWN_COUNT_VALID
+        | SHUTDOWN_VALID;
+    p[0..4].copy_from_slice(&flags.to_le_bytes());
+    p[8] = match health {
+        HealthState::Ok => 0,
+        HealthState::NonCritical => 1 << 0,
+        HealthState::Critical => 1 << 1,
+        HealthState::Fatal => 1 << 2,
+    };
+    p[9] = 100; // spares
+    p[10] = 0; // life used
+    p[12..14].copy_from_slice(&SMART_TEMPERATURE.to_le_bytes());
+    // shutdown_count (16..20) 0, shutdown_state (31) 0: clean.
+    p
 }
 
 /// One decoded request, as the page holds it.
@@ -119,6 +196,7 @@ impl<'a> DsmRequest<'a> {
 #[derive(Default)]
 pub struct NvdimmDsm {
     dimms: RwLock<Vec<Option<Arc<dyn LabelStore>>>>,
+    health: RwLock<Vec<Option<HealthState>>>,
 }
 
 fn status(s: DsmStatus) -> Vec<u8> {
@@ -129,8 +207,24 @@ impl NvdimmDsm {
     /// Label stores of DIMMs 0, 1, ... (NFIT handles 1, 2, ...); `None` for a DIMM without labels.
     pub fn new(dimms: Vec<Option<Arc<dyn LabelStore>>>) -> Self {
         NvdimmDsm {
+            health: RwLock::new(vec![None; dimms.len()]),
             dimms: RwLock::new(dimms),
         }
+    }
+
+    /// Sets DIMM `index`'s `health=` (None: no SMART function).
+    pub fn set_health(&self, index: usize, health: Option<HealthState>) {
+        let mut all = self.health.write().unwrap_or_else(|e| e.into_inner());
+        if all.len() <= index {
+            all.resize(index + 1, None);
+        }
+        all[index] = health;
+    }
+
+    fn health_of(&self, handle: u32) -> Option<HealthState> {
+        let all = self.health.read().unwrap_or_else(|e| e.into_inner());
+        let index = (handle as usize).checked_sub(1)?;
+        all.get(index).copied().flatten()
     }
 
     /// Sets DIMM `index`'s label store (a hot-added DIMM).
@@ -153,23 +247,36 @@ impl NvdimmDsm {
     pub fn call(&self, req: &DsmRequest<'_>) -> Vec<u8> {
         let served = req.uuid == INTEL_DSM_UUID && req.revision == REVISION;
         let dimm = self.dimm(req.handle);
+        let health = dimm.is_ok().then(|| self.health_of(req.handle)).flatten();
         if req.function == FUNC_QUERY {
             // ACPI 6.x §9.1.1: function 0 answers for any UUID and revision; a mask without
             // bit 0 means "nothing supported".
-            let mask: u64 = match (served, &dimm) {
-                (true, Ok(Some(store))) => {
-                    let mut m = 1 | 1 << FUNC_GET_CONFIG_SIZE | 1 << FUNC_GET_CONFIG_DATA;
-                    if !store.readonly() {
-                        m |= 1 << FUNC_SET_CONFIG_DATA;
-                    }
-                    m
+            let mut mask: u64 = 0;
+            if let (true, Ok(Some(store))) = (served, &dimm) {
+                mask |= 1 | 1 << FUNC_GET_CONFIG_SIZE | 1 << FUNC_GET_CONFIG_DATA;
+                if !store.readonly() {
+                    mask |= 1 << FUNC_SET_CONFIG_DATA;
                 }
-                _ => 0,
-            };
+            }
+            if served && health.is_some() {
+                mask |= 1 | 1 << FUNC_SMART;
+            }
             return mask.to_le_bytes().to_vec();
         }
         if !served {
             return status(DsmStatus::Unsupported);
+        }
+        if req.function == FUNC_SMART {
+            return match (&dimm, health) {
+                (Err(()), _) => status(DsmStatus::NoMemoryDevice),
+                (Ok(_), None) => status(DsmStatus::Unsupported),
+                (Ok(_), Some(_)) if req.declared_len != 0 => status(DsmStatus::InvalidInput),
+                (Ok(_), Some(h)) => {
+                    let mut out = status(DsmStatus::Success);
+                    out.extend_from_slice(&smart_payload(h));
+                    out
+                }
+            };
         }
         let store = match dimm {
             Err(()) => return status(DsmStatus::NoMemoryDevice),

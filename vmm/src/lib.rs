@@ -800,6 +800,9 @@ fn run_with_pmem(
     )?;
     // The NVDIMM _DSM mailbox (label areas): served on the vCPU thread that rings it.
     let dsm = Arc::new(devices::nvdimm_dsm::NvdimmDsm::new(pmem.label_stores()?));
+    for (i, d) in pmem.devices.iter().enumerate() {
+        dsm.set_health(i, d.config.health);
+    }
     bus.insert(
         geometry::dsm_mailbox::DOORBELL_PORT,
         geometry::dsm_mailbox::DOORBELL_LEN,
@@ -1111,6 +1114,7 @@ impl HotAddContext<'_> {
             .then(|| dev.mapping.clone() as Arc<dyn devices::flush_hint::FlushTarget>);
         self.hints.set_target(index, target);
         self.dsm.set_dimm(index, label_store);
+        self.dsm.set_health(index, dev.config.health);
         let id = dev.config.id.clone();
         let formatted = if dev.wrote_info_block {
             devices::pmem::infoblock::INFO_BLOCK_SIZE as u64

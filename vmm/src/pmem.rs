@@ -683,6 +683,7 @@ impl PmemDevices {
                     "align": r.align,
                     "info_block_written": d.wrote_info_block,
                     "backing_size": d.backing.size(),
+                    "health": d.config.health.map(|h| h.to_string()),
                     "labels": d.labels.map(|(g, state)| serde_json::json!({
                         "offset": g.label_offset,
                         "size": g.label_size,

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use devices::nvdimm_dsm::HealthState;
 use devices::pmem::format::{parse_align, FormatPolicy, Memmap, NsMode};
 use devices::pmem::labels::{check_label_size, LabelSizeError, LABEL_SIZE_MIN};
 use devices::pmem::options::OptionValueError;
@@ -19,7 +20,7 @@ macro_rules! pmem_syntax {
     () => {
         "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]\
 [,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]\
-[,labels=on|off][,label-size=SIZE]"
+[,labels=on|off][,label-size=SIZE][,health=ok|non-critical|critical|fatal]"
     };
 }
 pub(crate) use pmem_syntax;
@@ -69,6 +70,7 @@ const KEYS: &[&str] = &[
     "format",
     "labels",
     "label-size",
+    "health",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +94,9 @@ pub struct PmemConfig {
     /// `labels=on`: the size of the namespace label area at the end of the backing
     /// (`label-size=`, default [`LABEL_SIZE_MIN`]); None: no label area, a label-less DIMM.
     pub label_size: Option<u64>,
+    /// `health=`: the health the DIMM reports through its `_DSM` SMART function (`ndctl list
+    /// -DH`); None: no SMART function.
+    pub health: Option<HealthState>,
 }
 
 /// Largest proximity domain we accept: Linux discards an SRAT that names a larger one.
@@ -131,7 +136,7 @@ pub fn pmem_from_pairs(
     let (mut path, mut size, mut readonly, mut id, mut numa) = (None, None, false, None, None);
     let (mut memmap, mut mode, mut align, mut format) =
         (Memmap::default(), None, None, FormatPolicy::default());
-    let (mut labels, mut label_size) = (false, None);
+    let (mut labels, mut label_size, mut health) = (false, None, None);
     for &(key, value) in pairs {
         if !KEYS.contains(&key) {
             return Err(PmemOptionError::UnknownKey { key: key.into() });
@@ -181,6 +186,7 @@ pub fn pmem_from_pairs(
             "align" => align = Some(parse_align(value)?),
             "format" => format = value.parse()?,
             "labels" => labels = on_off(key, value)?,
+            "health" => health = Some(value.parse()?),
             "label-size" => {
                 let bytes =
                     parse_size(value, 1).map_err(|source| PmemOptionError::LabelSizeValue {
@@ -208,6 +214,7 @@ pub fn pmem_from_pairs(
         align,
         format,
         label_size,
+        health,
     })
 }
 
@@ -271,6 +278,7 @@ mod tests {
             ("path=/a,align=3M", "align=3M"),
             ("path=/a,format=always", "format=always"),
             ("path=/a,labels=maybe", "labels=maybe: expected on or off"),
+            ("path=/a,health=sick", "health=sick: unknown value"),
             ("path=/a,label-size=128K", "label-size= needs labels=on"),
             (
                 "path=/a,labels=on,label-size=64K",

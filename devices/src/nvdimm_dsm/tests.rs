@@ -207,7 +207,11 @@ fn hostile_requests_get_their_status_and_change_nothing() {
     let ro_before = f.readonly.snapshot();
     let oversized = vec![0u8; page::MAX_IN_PAYLOAD as usize];
     let cases: Vec<(&str, Vec<u8>, DsmStatus)> = vec![
-        ("function 1", page_for(1, 1, 1, U, &[]), Unsupported),
+        (
+            "SMART without health=",
+            page_for(1, 1, 1, U, &[]),
+            Unsupported,
+        ),
         ("function 2", page_for(1, 1, 2, U, &[]), Unsupported),
         ("function 3", page_for(1, 1, 3, U, &[]), Unsupported),
         ("function 7", page_for(1, 1, 7, U, &[]), Unsupported),
@@ -479,4 +483,53 @@ fn the_doorbell_answers_in_the_page() {
     let mut r = [0xffu8; 4];
     bell.read(0, &mut r);
     assert_eq!(r, [0; 4]);
+}
+
+#[test]
+fn smart_reports_the_health_state() {
+    let f = fixture();
+    f.dsm.set_health(1, Some(HealthState::Critical));
+    // DIMM 2 (handle 2) has no labels but health: query offers SMART only.
+    assert_eq!(call(&f, &page_for(2, 1, 0, U, &[])), 0x3u64.to_le_bytes());
+    let out = call(&f, &page_for(2, 1, 1, U, &[]));
+    assert_eq!(out.len(), 4 + SMART_PAYLOAD_LEN);
+    assert_eq!(status_of(&out), 0);
+    let p = &out[4..];
+    assert_eq!(p[8], 1 << 1, "health: critical");
+    assert_eq!(p[9], 100, "spares");
+    assert_eq!(u16::from_le_bytes([p[12], p[13]]), 400, "25 C in 1/16 C");
+    assert_eq!(
+        u32::from_le_bytes(p[0..4].try_into().unwrap()) & 1,
+        1,
+        "health valid"
+    );
+    // Hostile SMART requests.
+    assert_eq!(
+        call(&f, &page_for(2, 1, 1, U, &[1, 2, 3])),
+        (DsmStatus::InvalidInput as u32).to_le_bytes()
+    );
+    assert_eq!(
+        call(&f, &page_for(2, 2, 1, U, &[])),
+        (DsmStatus::Unsupported as u32).to_le_bytes()
+    );
+    assert_eq!(
+        call(&f, &page_for(9, 1, 1, U, &[])),
+        (DsmStatus::NoMemoryDevice as u32).to_le_bytes()
+    );
+    // Labels and health together.
+    f.dsm.set_health(0, Some(HealthState::Ok));
+    assert_eq!(call(&f, &page_for(1, 1, 0, U, &[])), 0x73u64.to_le_bytes());
+    for (s, h) in [
+        ("ok", HealthState::Ok),
+        ("non-critical", HealthState::NonCritical),
+        ("critical", HealthState::Critical),
+        ("fatal", HealthState::Fatal),
+    ] {
+        assert_eq!(s.parse::<HealthState>().unwrap(), h);
+        assert_eq!(h.to_string(), s);
+    }
+    assert_eq!(
+        "sick".parse::<HealthState>().unwrap_err().to_string(),
+        "health=sick: unknown value; expected ok, non-critical, critical or fatal"
+    );
 }

@@ -79,6 +79,8 @@ pub struct PmemJson {
     labels: Option<bool>,
     /// `label-size=` in bytes.
     label_size: Option<u64>,
+    /// `health=`.
+    health: Option<String>,
 }
 
 /// A request body that is not a valid configuration: the message names the field.
@@ -137,6 +139,7 @@ impl PmemJson {
             ("format", self.format.as_deref()),
             ("labels", labels),
             ("label-size", label_size.as_deref()),
+            ("health", self.health.as_deref()),
         ] {
             if let Some(v) = value {
                 pairs.push((key, v));
@@ -290,6 +293,7 @@ pub fn pmem_json(p: &PmemConfig) -> Value {
         "numa": p.numa,
         "labels": p.label_size.is_some(),
         "label_size": p.label_size,
+        "health": p.health.map(|h| h.to_string()),
     })
 }
 
