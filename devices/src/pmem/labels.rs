@@ -105,6 +105,8 @@ const INDEX_SIGNATURE: &[u8; 16] = b"NAMESPACE_INDEX\0";
 /// `struct nd_namespace_index` up to the free bitmap.
 const INDEX_HEADER_LEN: usize = 72;
 const INDEX_CHECKSUM_OFFSET: usize = 64;
+/// The largest index block the fallback looks for (see [`label_state`]).
+const MAX_INDEX_SIZE: usize = 16 * 256;
 
 /// What a label area holds, as far as the guest's label code will see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,10 +205,11 @@ pub fn label_state(area: &[u8]) -> LabelState {
         .map(|_| le64(area, 32) as usize)
         .and_then(|size| parse_index(area, size))
         .or_else(|| {
-            // Without a valid first block the second sits at the size the first claims, which
-            // is not trustworthy; Linux then also tries the standard 256-byte-aligned size.
-            let size = area.len();
-            (1..=size / 2 / 256).find_map(|k| parse_index(area, k * 256))
+            // Without a valid first block, where the second sits is not known from it: Linux
+            // computes the index size from the area size (a multiple of 256 bytes, at most
+            // 2304 for a 2 MiB area of 128-byte labels). Try those few offsets only, so a
+            // guest-written area full of signatures costs at most 16 checksums at start-up.
+            (1..=MAX_INDEX_SIZE / 256).find_map(|k| parse_index(area, k * 256))
         });
     let newer = |a: u32, b: u32| a % 3 + 1 == b;
     let best = match (first, second) {
@@ -435,6 +438,23 @@ mod tests {
         // Both corrupted: uninitialised, as Linux sees it.
         area[256 + 100] ^= 0xff;
         assert_eq!(label_state(&area), LabelState::Uninitialised);
+    }
+
+    #[test]
+    fn a_hostile_label_area_is_read_quickly() {
+        // Signatures everywhere with the largest sizes and slot counts: every candidate fails
+        // a check, and the whole scan stays cheap.
+        let mut area = vec![0u8; LABEL_SIZE_MAX as usize];
+        for at in (0..area.len()).step_by(256) {
+            area[at..at + 16].copy_from_slice(INDEX_SIGNATURE);
+            area[at + 20] = 1;
+            area[at + 24..at + 32].copy_from_slice(&(at as u64).to_le_bytes());
+            area[at + 32..at + 40].copy_from_slice(&(LABEL_SIZE_MAX - at as u64).to_le_bytes());
+            area[at + 56..at + 60].copy_from_slice(&1u32.to_le_bytes()); // reaches the checksum
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(label_state(&area), LabelState::Uninitialised);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]
