@@ -160,6 +160,44 @@ mod tests {
         assert_eq!(map.last().unwrap().addr, 4 * GIB);
     }
 
+    /// The largest tables the monitor can be asked for (254 CPUs, 64 DIMMs on NUMA nodes with
+    /// flush hints, hot-add, the `_DSM` mailbox) fit below the `_DSM` page.
+    #[test]
+    fn largest_tables_fit_below_the_dsm_page() {
+        let nvdimms = (0..acpi::MAX_NVDIMMS)
+            .map(|i| acpi::NvdimmDesc {
+                base: 4 * GIB + i as u64 * GIB,
+                size: GIB,
+                proximity_domain: Some(1),
+                readonly: false,
+                serial_number: i as u32 + 1,
+                flush_hint: Some(FLUSH_HINT_BASE + i as u64 * PAGE_SIZE),
+            })
+            .collect();
+        let desc = acpi::PlatformDesc {
+            num_cpus: acpi::MAX_CPUS,
+            ioapic: Default::default(),
+            serial: vec![acpi::SerialDesc::COM1],
+            power: acpi::PowerDesc {
+                power_button_gsi: Some(5),
+                ..Default::default()
+            },
+            nvdimms,
+            ram: ram_regions(3 * GIB),
+            nvdimm_hotplug: Some(acpi::NvdimmHotplugDesc {
+                fit_addr: FIT_ADDR,
+                fit_max: FIT_MAX,
+                gsi: 6,
+            }),
+            nvdimm_dsm: Some(acpi::NvdimmDsmDesc {
+                page_addr: DSM_PAGE_ADDR,
+                doorbell_port: geometry::dsm_mailbox::DOORBELL_PORT,
+            }),
+        };
+        let t = acpi::build_tables(&desc, ACPI_ADDR, ACPI_TABLES_MAX_SIZE).unwrap();
+        assert!(t.bytes.len() <= ACPI_TABLES_MAX_SIZE);
+    }
+
     #[test]
     fn boot_structures_do_not_overlap() {
         let areas = [
