@@ -75,6 +75,19 @@ def devices():
     put("devices", "mixed", bytes([0, 0, 5, 2, 1, 0x41, 0, 0, 0, 1, 4, 0, 1, 0, 0, 0, 0x80] * 8))
 
 
+def nvdimm_dsm():
+    # Requests are decoded by `arbitrary` (fuzz/src/lib.rs `DsmCall`): handle, revision,
+    # function, UUID choice, offset, length, payload. These give reads, writes and hostile
+    # mixes; the fuzzer grows the rest.
+    put("nvdimm_dsm", "empty", b"")
+    put("nvdimm_dsm", "ramp", bytes(range(256)) * 2)
+    put("nvdimm_dsm", "ones", bytes([0xff] * 256))
+    # handle 1, revision 1, function 5/6, Intel UUID, offset 0, length 16, honest length.
+    call = lambda f: bytes([1]) + struct.pack("<I", 1) + bytes([f, 1]) + bytes(16) + \
+        struct.pack("<IH", 0, 16) + bytes([1]) + struct.pack("<I", 0)
+    put("nvdimm_dsm", "read-write", (call(5) + bytes([0]) + call(6) + bytes([16]) + bytes(range(16))) * 3)
+
+
 def bzimage():
     # A setup header (boot protocol 2.15, 64-bit entry) over one setup sector and a tiny
     # protected-mode kernel.
@@ -132,4 +145,5 @@ if __name__ == "__main__":
     infoblock()
     acpi_tables()
     devices()
+    nvdimm_dsm()
     kernel_loader()

@@ -12,7 +12,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-20}"
-targets=(pmem_option infoblock acpi_tables devices kernel_loader)
+targets=(pmem_option infoblock acpi_tables devices kernel_loader nvdimm_dsm)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz-smoke: installing cargo-fuzz" >&2

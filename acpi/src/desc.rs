@@ -56,6 +56,21 @@ pub struct PlatformDesc {
     /// DIMM, and the Generic Event Device an interrupt that notifies the root device. None: a
     /// fixed set of NVDIMMs described by the NFIT alone.
     pub nvdimm_hotplug: Option<NvdimmHotplugDesc>,
+    /// The NVDIMM `_DSM` mailbox: every DIMM device gets a `_DSM` that hands its request to the
+    /// monitor through it (see [`NvdimmDsmDesc`]). None: no `_DSM`, the DIMMs are label-less.
+    pub nvdimm_dsm: Option<NvdimmDsmDesc>,
+}
+
+/// Where the DIMMs' `_DSM` methods pass requests to the monitor: a page of guest memory laid
+/// out as [`geometry::dsm_mailbox`] says and a 32-bit doorbell port whose write the monitor
+/// serves before the write completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvdimmDsmDesc {
+    /// Guest-physical address of the page; page-aligned, in memory the guest does not use as
+    /// RAM (an E820 reserved range).
+    pub page_addr: u64,
+    /// The doorbell I/O port.
+    pub doorbell_port: u16,
 }
 
 /// How the guest finds the current NVDIMM set while it runs (Linux: `acpi_nfit_notify()` →
@@ -231,6 +246,18 @@ impl PlatformDesc {
             }
         }
         self.validate_nvdimms()?;
+        if let Some(d) = &self.nvdimm_dsm {
+            let page = geometry::dsm_mailbox::PAGE_SIZE;
+            if !d.page_addr.is_multiple_of(page)
+                || d.page_addr.checked_add(page).is_none()
+                || d.doorbell_port.checked_add(3).is_none()
+            {
+                return Err(AcpiError::DsmMailbox {
+                    page_addr: d.page_addr,
+                    doorbell_port: d.doorbell_port,
+                });
+            }
+        }
         self.validate_ram()
     }
 

@@ -17,19 +17,23 @@
 //! }
 //! ```
 //!
-//! No `_DSM` yet: Linux 6.12 brings a label-less region up without any. It probes each DIMM's
-//! `_DSM` families and continues with "unknown dimm command family" when none answers
-//! (`acpi_nfit_add_dimm()`), and without a root `_DSM` ARS fails and `ars_register()`
-//! registers the region anyway. No `_STA` either: an absent `_STA` means present and enabled.
+//! With the `_DSM` mailbox (`PlatformDesc::nvdimm_dsm`) every DIMM device has a `_DSM` that
+//! passes its arguments to the monitor (see `dsm_mailbox`); the monitor answers function 0 with
+//! an empty mask for a DIMM without a label area, so Linux continues with "unknown dimm command
+//! family" (`acpi_nfit_add_dimm()`) as it did before there was a `_DSM`, and with the Intel
+//! label functions (4, 5, 6) for a DIMM with one. There is no root `_DSM`: ARS fails and
+//! `ars_register()` registers the region anyway. No `_STA` either: an absent `_STA` means
+//! present and enabled.
 
 use acpi_tables::aml::{
-    Arg, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
-    FieldUpdateRule, If, Interrupt, Local, Method, Mid, Name, Notify, OpRegion, OpRegionSpace,
-    Package, Path, ResourceTemplate, Return, Scope, IO,
+    Arg, DeRefOf, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
+    FieldUpdateRule, GreaterThan, If, Index, Interrupt, Local, Method, MethodCall, Mid, Name,
+    Notify, ObjectType, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Return, Scope,
+    SizeOf, Store, IO, ZERO,
 };
 use acpi_tables::{Aml, AmlSink};
 
-use crate::desc::{NvdimmHotplugDesc, PlatformDesc, SerialDesc, MAX_NVDIMMS};
+use crate::desc::{NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc, SerialDesc, MAX_NVDIMMS};
 use crate::nfit::nfit_handle;
 use crate::power::S5_SLEEP_TYPE;
 use crate::sdt::new_table;
@@ -80,8 +84,13 @@ pub(crate) fn build(desc: &PlatformDesc) -> Vec<u8> {
         .enumerate()
         .map(|(i, s)| serial_device(i, s))
         .collect();
-    let nvdimm_root = (!desc.nvdimms.is_empty() || desc.nvdimm_hotplug.is_some())
-        .then(|| nvdimm_root_device(desc.nvdimms.len(), desc.nvdimm_hotplug.as_ref()));
+    let nvdimm_root = (!desc.nvdimms.is_empty() || desc.nvdimm_hotplug.is_some()).then(|| {
+        nvdimm_root_device(
+            desc.nvdimms.len(),
+            desc.nvdimm_hotplug.as_ref(),
+            desc.nvdimm_dsm.as_ref(),
+        )
+    });
     let ged = (desc.power.power_button_gsi.is_some() || desc.nvdimm_hotplug.is_some()).then(|| {
         event_devices(
             desc.power.power_button_gsi,
@@ -188,7 +197,14 @@ fn event_devices(power_button_gsi: Option<u32>, nvdimm_gsi: Option<u32>) -> RawA
 /// Field (NFTR, DWordAcc, NoLock, Preserve) { FLEN, 32, FBUF, fit_max * 8 }
 /// Method (_FIT, 0, Serialized) { Mid (FBUF, Zero, FLEN, Local0)  Return (Local0) }
 /// ```
-fn nvdimm_root_device(count: usize, hotplug: Option<&NvdimmHotplugDesc>) -> RawAml {
+///
+/// With the `_DSM` mailbox ([`dsm_mailbox`]) each child also gets
+/// `Method (_DSM, 4) { Return (\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, handle)) }`.
+fn nvdimm_root_device(
+    count: usize,
+    hotplug: Option<&NvdimmHotplugDesc>,
+    dsm: Option<&NvdimmDsmDesc>,
+) -> RawAml {
     let hid = Name::new("_HID".into(), &"ACPI0012");
     let children_count = if hotplug.is_some() {
         MAX_NVDIMMS
@@ -197,9 +213,18 @@ fn nvdimm_root_device(count: usize, hotplug: Option<&NvdimmHotplugDesc>) -> RawA
     };
     let children: Vec<RawAml> = (0..children_count)
         .map(|i| {
-            let adr = Name::new("_ADR".into(), &DWordConst(nfit_handle(i)));
+            let handle = DWordConst(nfit_handle(i));
+            let adr = Name::new("_ADR".into(), &handle);
+            let (a0, a1, a2, a3) = (Arg(0), Arg(1), Arg(2), Arg(3));
+            let call = MethodCall::new(Path::new(DSM_CALL_PATH), vec![&a0, &a1, &a2, &a3, &handle]);
+            let ret = Return::new(&call);
+            let dsm_method = Method::new("_DSM".into(), 4, false, vec![&ret]);
+            let mut members: Vec<&dyn Aml> = vec![&adr];
+            if dsm.is_some() {
+                members.push(&dsm_method);
+            }
             let mut bytes = Vec::new();
-            Device::new(Path::new(&format!("NV{i:02X}")), vec![&adr]).to_aml_bytes(&mut bytes);
+            Device::new(Path::new(&format!("NV{i:02X}")), members).to_aml_bytes(&mut bytes);
             RawAml(bytes)
         })
         .collect();
@@ -208,9 +233,156 @@ fn nvdimm_root_device(count: usize, hotplug: Option<&NvdimmHotplugDesc>) -> RawA
     if let Some(fit) = &fit {
         members.push(fit);
     }
+    let mailbox = dsm.map(dsm_mailbox);
+    if let Some(mailbox) = &mailbox {
+        members.push(mailbox);
+    }
     members.extend(children.iter().map(|c| c as &dyn Aml));
     let mut bytes = Vec::new();
     Device::new(Path::new(NVDIMM_ROOT), members).to_aml_bytes(&mut bytes);
+    RawAml(bytes)
+}
+
+/// The method every DIMM's `_DSM` calls.
+const DSM_CALL_PATH: &str = "\\_SB_.NVDR.NCAL";
+
+/// The `_DSM` mailbox in the root device: the page's two views (request and answer,
+/// [`geometry::dsm_mailbox`]), the doorbell, and `NCAL`, which every DIMM's `_DSM` calls with
+/// its handle as Arg4:
+///
+/// ```text
+/// OperationRegion (NDPG, SystemMemory, page_addr, 0x1000)
+/// Field (NDPG, DWordAcc, NoLock, Preserve) { NHDL,32, NREV,32, NFUN,32, NALN,32, NUID,128, NARG,32512 }
+/// Field (NDPG, DWordAcc, NoLock, Preserve) { NRLN,32, NODT,32736 }
+/// OperationRegion (NDBR, SystemIO, doorbell_port, 4)
+/// Field (NDBR, DWordAcc, NoLock, Preserve) { NDBL,32 }
+/// Method (NCAL, 5, Serialized) {
+///     NHDL = Arg4  NREV = Arg1  NFUN = Arg2  NUID = Arg0  NALN = Zero
+///     If (ObjectType (Arg3) == 4) {                      // a Package
+///         If (SizeOf (Arg3) > Zero) {
+///             Local0 = DerefOf (Index (Arg3, Zero))
+///             If (ObjectType (Local0) == 3) {            // a Buffer
+///                 NALN = SizeOf (Local0)
+///                 If (NALN > Zero) { NARG = Local0 }     // truncated to the page
+///             }
+///         }
+///     }
+///     NDBL = page_addr                                   // the monitor answers here
+///     Mid (NODT, Zero, NRLN, Local1)
+///     Return (Local1)
+/// }
+/// ```
+///
+/// `Serialized` keeps two guest threads from sharing the page at once. The AML checks nothing
+/// (the monitor checks every field, the guest could write the page directly anyway) and passes
+/// the input's true length, so an input longer than the page is recognised and refused.
+fn dsm_mailbox(d: &NvdimmDsmDesc) -> RawAml {
+    use geometry::dsm_mailbox as page;
+    let mut bytes = Vec::new();
+    let page_len = page::PAGE_SIZE;
+    OpRegion::new(
+        "NDPG".into(),
+        OpRegionSpace::SystemMemory,
+        &d.page_addr,
+        &page_len,
+    )
+    .to_aml_bytes(&mut bytes);
+    let dword = |name: &[u8; 4]| FieldEntry::Named(*name, 32);
+    Field::new(
+        "NDPG".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            dword(b"NHDL"),
+            dword(b"NREV"),
+            dword(b"NFUN"),
+            dword(b"NALN"),
+            FieldEntry::Named(*b"NUID", 128),
+            FieldEntry::Named(*b"NARG", page::MAX_IN_PAYLOAD as usize * 8),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+    Field::new(
+        "NDPG".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            dword(b"NRLN"),
+            FieldEntry::Named(*b"NODT", page::MAX_OUT_DATA as usize * 8),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+    let port = u64::from(d.doorbell_port);
+    let port_len = u64::from(page::DOORBELL_LEN);
+    OpRegion::new("NDBR".into(), OpRegionSpace::SystemIO, &port, &port_len)
+        .to_aml_bytes(&mut bytes);
+    Field::new(
+        "NDBR".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![dword(b"NDBL")],
+    )
+    .to_aml_bytes(&mut bytes);
+
+    let (nhdl, nrev, nfun, naln, nuid, narg) = (
+        Path::new("NHDL"),
+        Path::new("NREV"),
+        Path::new("NFUN"),
+        Path::new("NALN"),
+        Path::new("NUID"),
+        Path::new("NARG"),
+    );
+    let (nrln, nodt, ndbl) = (Path::new("NRLN"), Path::new("NODT"), Path::new("NDBL"));
+    let (a0, a1, a2, a3, a4) = (Arg(0), Arg(1), Arg(2), Arg(3), Arg(4));
+    let (local0, local1) = (Local(0), Local(1));
+    const PACKAGE: u8 = 4;
+    const BUFFER: u8 = 3;
+    let store_handle = Store::new(&nhdl, &a4);
+    let store_rev = Store::new(&nrev, &a1);
+    let store_fun = Store::new(&nfun, &a2);
+    let store_uuid = Store::new(&nuid, &a0);
+    let clear_len = Store::new(&naln, &ZERO);
+    // Innermost first.
+    let store_arg = Store::new(&narg, &local0);
+    let has_bytes = GreaterThan::new(&naln, &ZERO);
+    let if_bytes = If::new(&has_bytes, vec![&store_arg]);
+    let size_of_buffer = SizeOf::new(&local0);
+    let store_len = Store::new(&naln, &size_of_buffer);
+    let type_of_local0 = ObjectType::new(&local0);
+    let is_buffer = Equal::new(&type_of_local0, &BUFFER);
+    let if_buffer = If::new(&is_buffer, vec![&store_len, &if_bytes]);
+    let first = Index::new(&ZERO, &a3, &ZERO);
+    let deref = DeRefOf::new(&first);
+    let load_first = Store::new(&local0, &deref);
+    let count = SizeOf::new(&a3);
+    let non_empty = GreaterThan::new(&count, &ZERO);
+    let if_non_empty = If::new(&non_empty, vec![&load_first, &if_buffer]);
+    let type_of_arg3 = ObjectType::new(&a3);
+    let is_package = Equal::new(&type_of_arg3, &PACKAGE);
+    let if_package = If::new(&is_package, vec![&if_non_empty]);
+    let ring = Store::new(&ndbl, &d.page_addr);
+    let mid = Mid::new(&nodt, &ZERO, &nrln, &local1);
+    let ret = Return::new(&local1);
+    Method::new(
+        "NCAL".into(),
+        5,
+        true,
+        vec![
+            &store_handle,
+            &store_rev,
+            &store_fun,
+            &store_uuid,
+            &clear_len,
+            &if_package,
+            &ring,
+            &mid,
+            &ret,
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
     RawAml(bytes)
 }
 
@@ -268,6 +440,7 @@ mod tests {
             nvdimms: Vec::new(),
             ram: vec![(0, 512 << 20)],
             nvdimm_hotplug: None,
+            nvdimm_dsm: None,
         };
         let without = build(&desc);
         assert!(!without.windows(4).any(|w| w == b"GED0"));
@@ -287,5 +460,50 @@ mod tests {
         let adr = Name::new("_ADR".into(), &DWordConst(1));
         // NameOp, "_ADR", DWordPrefix, 1 (LE).
         assert_eq!(aml(&adr), [0x08, b'_', b'A', b'D', b'R', 0x0c, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn every_dimm_has_a_dsm_calling_the_mailbox() {
+        let dimm = crate::desc::NvdimmDesc {
+            base: 4 << 30,
+            size: 1 << 30,
+            proximity_domain: None,
+            readonly: false,
+            serial_number: 1,
+            flush_hint: None,
+        };
+        let mut desc = PlatformDesc {
+            num_cpus: 1,
+            ioapic: Default::default(),
+            serial: vec![SerialDesc::COM1],
+            power: Default::default(),
+            nvdimms: vec![dimm],
+            ram: vec![(0, 512 << 20)],
+            nvdimm_hotplug: None,
+            nvdimm_dsm: None,
+        };
+        // Method (_DSM, 4, NotSerialized) { Return (\_SB_.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3,
+        // 0x00000001)) }: MethodOp, PkgLength 31 (30 bytes + itself), "_DSM", flags (4 args),
+        // ReturnOp, RootChar, MultiNamePrefix with 3 segments, Arg0-3, DWordConst 1.
+        let dsm: [u8; 32] = [
+            0x14, 0x1f, b'_', b'D', b'S', b'M', 0x04, 0xa4, b'\\', 0x2f, 0x03, b'_', b'S', b'B',
+            b'_', b'N', b'V', b'D', b'R', b'N', b'C', b'A', b'L', 0x68, 0x69, 0x6a, 0x6b, 0x0c, 1,
+            0, 0, 0,
+        ];
+        let without = build(&desc);
+        assert!(!without.windows(4).any(|w| w == b"_DSM"));
+        assert!(!without.windows(4).any(|w| w == b"NCAL"));
+        desc.nvdimm_dsm = Some(NvdimmDsmDesc {
+            page_addr: 0xfb000,
+            doorbell_port: 0x0a18,
+        });
+        let with = build(&desc);
+        assert!(with.windows(dsm.len()).any(|w| w == dsm), "{with:02x?}");
+        // The doorbell region: OpRegionOp (ExtOp 0x5b 0x80), "NDBR", SystemIO (1), WordConst
+        // 0x0a18, ByteConst 4.
+        let region = [
+            0x5b, 0x80, b'N', b'D', b'B', b'R', 0x01, 0x0b, 0x18, 0x0a, 0x0a, 0x04,
+        ];
+        assert!(with.windows(region.len()).any(|w| w == region));
     }
 }

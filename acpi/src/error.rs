@@ -51,4 +51,6 @@ pub enum AcpiError {
     TooLarge { needed: usize, max_len: usize },
     #[error("ACPI tables of {len:#x} bytes at {base:#x} would run past the 64-bit address space")]
     AddressOverflow { base: u64, len: usize },
+    #[error("the NVDIMM _DSM mailbox page {page_addr:#x} is not page-aligned or runs past the address space, or its doorbell port {doorbell_port:#x} wraps")]
+    DsmMailbox { page_addr: u64, doorbell_port: u16 },
 }

@@ -32,6 +32,7 @@
 //!     }],
 //!     ram: vec![(0, 2 << 30)],
 //!     nvdimm_hotplug: None,
+//!     nvdimm_dsm: None,
 //! };
 //! let tables = build_tables(&desc, 0xe0000, 0x20000)?;
 //! assert_eq!(tables.rsdp_addr, 0xe0000);
@@ -56,8 +57,8 @@ mod srat;
 mod tables;
 
 pub use desc::{
-    IoApicDesc, NvdimmDesc, NvdimmHotplugDesc, PlatformDesc, PowerDesc, SerialDesc, MAX_CPUS,
-    MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN, MAX_SERIAL_PORTS, NVDIMM_ALIGN,
+    IoApicDesc, NvdimmDesc, NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc, PowerDesc, SerialDesc,
+    MAX_CPUS, MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN, MAX_SERIAL_PORTS, NVDIMM_ALIGN,
 };
 pub use dsdt::NVDIMM_ROOT;
 pub use error::AcpiError;

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod flush_hint;
 pub mod i8042;
 pub mod lifecycle;
+pub mod nvdimm_dsm;
 pub mod pci;
 pub mod pmem;
 pub mod power;

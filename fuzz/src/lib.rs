@@ -345,3 +345,187 @@ pub fn kernel_loader(data: &[u8]) {
         vmm::layout::ACPI_ADDR,
     );
 }
+
+/// A label area in memory for [`nvdimm_dsm`], with the bytes the fuzzer's model expects.
+struct FuzzLabels {
+    bytes: Mutex<Vec<u8>>,
+    readonly: bool,
+}
+
+impl devices::pmem::labels::LabelStore for FuzzLabels {
+    fn size(&self) -> u32 {
+        self.bytes.lock().unwrap().len() as u32
+    }
+    fn readonly(&self) -> bool {
+        self.readonly
+    }
+    fn read(&self, offset: u32, buf: &mut [u8]) -> Result<(), devices::pmem::labels::LabelIoError> {
+        let b = self.bytes.lock().unwrap();
+        let start = offset as usize;
+        // The mailbox must have checked the range; a slice out of range panics (a finding).
+        buf.copy_from_slice(&b[start..start + buf.len()]);
+        Ok(())
+    }
+    fn write_durably(
+        &self,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<(), devices::pmem::labels::LabelIoError> {
+        assert!(!self.readonly, "the mailbox wrote a read-only DIMM");
+        let mut b = self.bytes.lock().unwrap();
+        let start = offset as usize;
+        b[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// The mailbox page as plain memory, for the doorbell.
+struct FuzzPage(Arc<Mutex<Vec<u8>>>);
+
+impl devices::nvdimm_dsm::MailboxPage for FuzzPage {
+    fn read_page(&self, buf: &mut [u8]) -> Result<(), String> {
+        buf.copy_from_slice(&self.0.lock().unwrap());
+        Ok(())
+    }
+    fn write_page(&self, offset: u64, data: &[u8]) -> Result<(), String> {
+        let o = offset as usize;
+        self.0.lock().unwrap()[o..o + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// One `_DSM` request: mostly the values Linux sends, so the fuzzer reaches every branch, with
+/// any of them replaceable by arbitrary bytes.
+#[derive(Arbitrary, Debug)]
+struct DsmCall {
+    handle: u8,
+    revision: u32,
+    function: u8,
+    /// Use the Intel UUID (else `uuid`).
+    intel: bool,
+    uuid: [u8; 16],
+    offset: u32,
+    length: u16,
+    /// Declare the payload's length as built (else `declared`).
+    honest: bool,
+    declared: u32,
+    data: Vec<u8>,
+    /// A raw page instead of the structured request.
+    raw: Option<Vec<u8>>,
+}
+
+/// The NVDIMM `_DSM` mailbox (`devices::nvdimm_dsm`) behind its doorbell, driven by arbitrary
+/// requests against two labelled DIMMs (one read-only) and one without labels, checked against
+/// a model: the answer fits the page and is a 4-byte status (or an 8-byte mask for function 0);
+/// a successful read returns the model's bytes; only a successful write changes the area, and
+/// exactly as asked.
+pub fn nvdimm_dsm(data: &[u8]) {
+    use devices::bus::PioDevice;
+    use devices::nvdimm_dsm::{DsmDoorbell, NvdimmDsm, INTEL_DSM_UUID};
+    use geometry::dsm_mailbox as page;
+    let mut u = Unstructured::new(data);
+    let size = 128 << 10;
+    let stores: Vec<Arc<FuzzLabels>> = [false, true]
+        .into_iter()
+        .map(|readonly| {
+            Arc::new(FuzzLabels {
+                bytes: Mutex::new((0..size).map(|i| (i % 251) as u8).collect()),
+                readonly,
+            })
+        })
+        .collect();
+    let mut model: Vec<Vec<u8>> = stores
+        .iter()
+        .map(|s| s.bytes.lock().unwrap().clone())
+        .collect();
+    let dsm = Arc::new(NvdimmDsm::new(vec![
+        Some(stores[0].clone() as Arc<dyn devices::pmem::labels::LabelStore>),
+        None,
+        Some(stores[1].clone() as Arc<dyn devices::pmem::labels::LabelStore>),
+    ]));
+    let shared = Arc::new(Mutex::new(vec![0u8; page::PAGE_SIZE as usize]));
+    let mut bell = DsmDoorbell::new(Box::new(FuzzPage(shared.clone())), dsm);
+    for _ in 0..16 {
+        let Ok(call) = DsmCall::arbitrary(&mut u) else {
+            break;
+        };
+        let mut p = vec![0u8; page::PAGE_SIZE as usize];
+        let payload: Vec<u8> = match call.function {
+            5 => [
+                call.offset.to_le_bytes(),
+                u32::from(call.length).to_le_bytes(),
+            ]
+            .concat(),
+            6 => {
+                let mut v = [
+                    call.offset.to_le_bytes(),
+                    u32::from(call.length).to_le_bytes(),
+                ]
+                .concat();
+                v.extend_from_slice(&call.data);
+                v
+            }
+            _ => call.data.clone(),
+        };
+        let declared = if call.honest {
+            payload.len() as u32
+        } else {
+            call.declared
+        };
+        p[0..4].copy_from_slice(&u32::from(call.handle % 5).to_le_bytes());
+        p[4..8].copy_from_slice(&call.revision.to_le_bytes());
+        p[8..12].copy_from_slice(&u32::from(call.function).to_le_bytes());
+        p[12..16].copy_from_slice(&declared.to_le_bytes());
+        p[16..32].copy_from_slice(if call.intel {
+            &INTEL_DSM_UUID
+        } else {
+            &call.uuid
+        });
+        let n = payload.len().min(page::MAX_IN_PAYLOAD as usize);
+        p[32..32 + n].copy_from_slice(&payload[..n]);
+        if let Some(raw) = &call.raw {
+            let n = raw.len().min(p.len());
+            p[..n].copy_from_slice(&raw[..n]);
+        }
+        let request = p.clone();
+        *shared.lock().unwrap() = p;
+        bell.write(0, &[0; 4]);
+        let answer = shared.lock().unwrap().clone();
+        let len = u32::from_le_bytes(answer[0..4].try_into().unwrap()) as u64;
+        assert!(len <= page::MAX_OUT_DATA, "answer of {len} bytes");
+        let out = &answer[4..4 + len as usize];
+        let function = u32::from_le_bytes(request[8..12].try_into().unwrap());
+        let handle = u32::from_le_bytes(request[0..4].try_into().unwrap());
+        let dimm = match handle {
+            1 => Some(0),
+            3 => Some(1),
+            _ => None,
+        };
+        if function == 0 {
+            assert_eq!(out.len(), 8, "function 0 answers a mask");
+        } else {
+            assert!(out.len() >= 4);
+            let status = u32::from_le_bytes(out[0..4].try_into().unwrap());
+            assert!(status <= 4, "status {status}");
+            let input = &request[32..];
+            let off = u32::from_le_bytes(input[0..4].try_into().unwrap()) as usize;
+            let length = u32::from_le_bytes(input[4..8].try_into().unwrap()) as usize;
+            match (status, function, dimm) {
+                (0, 5, Some(i)) => assert_eq!(&out[4..], &model[i][off..off + length]),
+                (0, 6, Some(i)) => {
+                    model[i][off..off + length].copy_from_slice(&input[8..8 + length]);
+                    assert_eq!(out.len(), 4);
+                }
+                (0, 4, Some(_)) => assert_eq!(out.len(), 12),
+                (0, ..) => panic!("success for function {function} on handle {handle}"),
+                _ => assert_eq!(out.len(), 4, "an error is a bare status"),
+            }
+        }
+        for (s, m) in stores.iter().zip(&model) {
+            assert!(
+                *s.bytes.lock().unwrap() == *m,
+                "the label area changed unasked"
+            );
+        }
+    }
+}

@@ -40,6 +40,8 @@ struct Platform {
     power_button_gsi: Option<u8>,
     /// NVDIMM hot-add: (FIT buffer address in pages, FIT room in pages, GED interrupt).
     nvdimm_hotplug: Option<(u32, u16, u8)>,
+    /// The NVDIMM `_DSM` mailbox: (page address in pages, doorbell port).
+    nvdimm_dsm: Option<(u32, u16)>,
 }
 
 /// The description `data` decodes to (an empty input gives a one-CPU platform).
@@ -56,6 +58,7 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
         nvdimms: vec![],
         power_button_gsi: None,
         nvdimm_hotplug: None,
+        nvdimm_dsm: None,
     });
     let raw = p.raw;
     let num_cpus = if raw {
@@ -148,6 +151,10 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
             } else {
                 u32::from(gsi) % 24
             },
+        }),
+        nvdimm_dsm: p.nvdimm_dsm.map(|(page, port)| acpi::NvdimmDsmDesc {
+            page_addr: u64::from(page) << 12,
+            doorbell_port: port,
         }),
     }
 }

@@ -62,3 +62,41 @@ const _: () = {
     assert!(MMIO_HOLE_START < MMIO_HOLE_END);
     assert!(MMIO_HOLE_END.is_multiple_of(MEMORY_SECTION_SIZE));
 };
+
+/// The NVDIMM `_DSM` mailbox: the one page through which the DSDT's `_DSM` methods hand a
+/// request to the monitor and read its answer back (the `acpi` crate writes the AML that fills
+/// it, `devices::nvdimm_dsm` serves it). Offsets are bytes from the start of the page; every
+/// field is little-endian.
+///
+/// The AML writes the request, then any value to the doorbell port, which the monitor serves
+/// before the guest's port write completes; the answer then overlays the request.
+pub mod dsm_mailbox {
+    /// Size of the page, one guest page.
+    pub const PAGE_SIZE: u64 = super::PAGE_SIZE;
+    /// Request: the NFIT device handle of the DIMM (`_ADR`), u32.
+    pub const IN_HANDLE: u64 = 0;
+    /// Request: `_DSM` Arg1, the revision, as a u32 (the low 32 bits of the integer).
+    pub const IN_REVISION: u64 = 4;
+    /// Request: `_DSM` Arg2, the function index, u32 (the low 32 bits).
+    pub const IN_FUNCTION: u64 = 8;
+    /// Request: the byte count of the input buffer (Arg3's first element), u32, as `SizeOf`
+    /// reports it: it may exceed what fitted into [`IN_PAYLOAD`], which is how an oversized
+    /// input is recognised.
+    pub const IN_PAYLOAD_LEN: u64 = 12;
+    /// Request: `_DSM` Arg0, the 16-byte UUID buffer as the guest passed it.
+    pub const IN_UUID: u64 = 16;
+    /// Request: the input buffer (truncated to the page).
+    pub const IN_PAYLOAD: u64 = 32;
+    /// Answer: the byte count of the buffer `_DSM` returns, u32.
+    pub const OUT_LEN: u64 = 0;
+    /// Answer: the returned buffer.
+    pub const OUT_DATA: u64 = 4;
+    /// Bytes of request payload the page holds.
+    pub const MAX_IN_PAYLOAD: u64 = PAGE_SIZE - IN_PAYLOAD;
+    /// Bytes of answer the page holds.
+    pub const MAX_OUT_DATA: u64 = PAGE_SIZE - OUT_DATA;
+    /// The doorbell: a 32-bit I/O port (QEMU's NVDIMM `_DSM` port; nothing else of ours uses it).
+    pub const DOORBELL_PORT: u16 = 0x0a18;
+    /// Bytes of I/O space the doorbell decodes.
+    pub const DOORBELL_LEN: u16 = 4;
+}

@@ -46,7 +46,11 @@ pub const ACPI_MAX_SIZE: usize = 0x20000;
 /// `_FIT` returns. The tables take the area below it.
 pub const FIT_ADDR: u64 = 0xfc000;
 pub const FIT_MAX: u32 = 0x4000 - 4;
-pub const ACPI_TABLES_MAX_SIZE: usize = (FIT_ADDR - ACPI_ADDR) as usize;
+/// The NVDIMM `_DSM` mailbox page (`acpi::NvdimmDsmDesc`, `devices::nvdimm_dsm`): the page
+/// below the FIT buffer, in the reserved ACPI area, so the guest never uses it as RAM. The
+/// tables take the area below it.
+pub const DSM_PAGE_ADDR: u64 = FIT_ADDR - geometry::dsm_mailbox::PAGE_SIZE;
+pub const ACPI_TABLES_MAX_SIZE: usize = (DSM_PAGE_ADDR - ACPI_ADDR) as usize;
 const _: () = assert!(acpi::MAX_FIT_LEN <= FIT_MAX as usize);
 const _: () = assert!(FIT_ADDR + 4 + FIT_MAX as u64 == ACPI_ADDR + ACPI_MAX_SIZE as u64);
 /// Where bzImage and vmlinux kernels are loaded ("high memory" in the boot protocol).
@@ -158,10 +162,55 @@ mod tests {
         assert!(map
             .iter()
             .any(|e| e.kind == E820Kind::Reserved && e.addr == ACPI_ADDR));
+        // The FIT buffer and the _DSM page are in the reserved ACPI area.
+        for (addr, len) in [
+            (FIT_ADDR, 4 + u64::from(FIT_MAX)),
+            (DSM_PAGE_ADDR, geometry::dsm_mailbox::PAGE_SIZE),
+        ] {
+            assert!(addr >= ACPI_ADDR && addr + len <= ACPI_ADDR + ACPI_MAX_SIZE as u64);
+        }
         for e in &map {
             assert!(e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END);
         }
         assert_eq!(map.last().unwrap().addr, 4 * GIB);
+    }
+
+    /// The largest tables the monitor can be asked for (254 CPUs, 64 DIMMs on NUMA nodes with
+    /// flush hints, hot-add, the `_DSM` mailbox) fit below the `_DSM` page.
+    #[test]
+    fn largest_tables_fit_below_the_dsm_page() {
+        let nvdimms = (0..acpi::MAX_NVDIMMS)
+            .map(|i| acpi::NvdimmDesc {
+                base: 4 * GIB + i as u64 * GIB,
+                size: GIB,
+                proximity_domain: Some(1),
+                readonly: false,
+                serial_number: i as u32 + 1,
+                flush_hint: Some(FLUSH_HINT_BASE + i as u64 * PAGE_SIZE),
+            })
+            .collect();
+        let desc = acpi::PlatformDesc {
+            num_cpus: acpi::MAX_CPUS,
+            ioapic: Default::default(),
+            serial: vec![acpi::SerialDesc::COM1],
+            power: acpi::PowerDesc {
+                power_button_gsi: Some(5),
+                ..Default::default()
+            },
+            nvdimms,
+            ram: ram_regions(3 * GIB),
+            nvdimm_hotplug: Some(acpi::NvdimmHotplugDesc {
+                fit_addr: FIT_ADDR,
+                fit_max: FIT_MAX,
+                gsi: 6,
+            }),
+            nvdimm_dsm: Some(acpi::NvdimmDsmDesc {
+                page_addr: DSM_PAGE_ADDR,
+                doorbell_port: geometry::dsm_mailbox::DOORBELL_PORT,
+            }),
+        };
+        let t = acpi::build_tables(&desc, ACPI_ADDR, ACPI_TABLES_MAX_SIZE).unwrap();
+        assert!(t.bytes.len() <= ACPI_TABLES_MAX_SIZE);
     }
 
     #[test]
@@ -190,7 +239,9 @@ mod tests {
             (PDPT_ADDR, PAGE_SIZE),
             (PD_ADDR, IDENTITY_MAPPED_GIB * PAGE_SIZE),
             (CMDLINE_ADDR, CMDLINE_MAX_SIZE as u64),
-            (ACPI_ADDR, ACPI_MAX_SIZE as u64),
+            (ACPI_ADDR, ACPI_TABLES_MAX_SIZE as u64),
+            (DSM_PAGE_ADDR, geometry::dsm_mailbox::PAGE_SIZE),
+            (FIT_ADDR, 4 + u64::from(FIT_MAX)),
         ];
         for (i, a) in areas.iter().enumerate() {
             for b in &areas[i + 1..] {

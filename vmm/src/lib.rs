@@ -145,8 +145,12 @@ impl VmmError {
             VmmError::Pmem(e) => match e {
                 pmem::PmemError::Backing(e) => e.is_usage(),
                 pmem::PmemError::Format { source, .. } => source.is_usage(),
-                pmem::PmemError::Layout { .. } | pmem::PmemError::Aliases { .. } => true,
-                pmem::PmemError::Uuid { .. } | pmem::PmemError::Appeared { .. } => false,
+                pmem::PmemError::Layout { .. }
+                | pmem::PmemError::Aliases { .. }
+                | pmem::PmemError::Labels { .. } => true,
+                pmem::PmemError::Uuid { .. }
+                | pmem::PmemError::Appeared { .. }
+                | pmem::PmemError::LabelRead { .. } => false,
             },
             VmmError::Output(e) => !matches!(e, output::OutputError::Write { .. }),
             VmmError::ApiSocket(e) => e.is_usage(),
@@ -206,6 +210,34 @@ fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDes
             fit_max: layout::FIT_MAX,
             gsi: NVDIMM_HOTPLUG_GSI,
         }),
+        nvdimm_dsm: Some(acpi::NvdimmDsmDesc {
+            page_addr: layout::DSM_PAGE_ADDR,
+            doorbell_port: geometry::dsm_mailbox::DOORBELL_PORT,
+        }),
+    }
+}
+
+/// The NVDIMM `_DSM` mailbox page in guest memory (`layout::DSM_PAGE_ADDR`), for the doorbell
+/// device on the vCPU threads. Guest memory stays mapped while the vCPUs run.
+struct GuestMailbox(GuestMemoryMmap);
+
+impl devices::nvdimm_dsm::MailboxPage for GuestMailbox {
+    fn read_page(&self, buf: &mut [u8]) -> Result<(), String> {
+        use vm_memory::Bytes;
+        self.0
+            .read_slice(buf, GuestAddress(layout::DSM_PAGE_ADDR))
+            .map_err(|e| e.to_string())
+    }
+
+    fn write_page(&self, offset: u64, data: &[u8]) -> Result<(), String> {
+        use vm_memory::Bytes;
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|e| e > geometry::dsm_mailbox::PAGE_SIZE) {
+            return Err(format!("{offset:#x}+{:#x} is outside the page", data.len()));
+        }
+        self.0
+            .write_slice(data, GuestAddress(layout::DSM_PAGE_ADDR + offset))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -769,6 +801,19 @@ fn run_with_pmem(
         devices::pci::CONFIG_DATA_LEN,
         Arc::new(Mutex::new(pci.data_port())),
     )?;
+    // The NVDIMM _DSM mailbox (label areas): served on the vCPU thread that rings it.
+    let dsm = Arc::new(devices::nvdimm_dsm::NvdimmDsm::new(pmem.label_stores()?));
+    for (i, d) in pmem.nfit_devices().enumerate() {
+        dsm.set_health(i, d.config.health);
+    }
+    bus.insert(
+        geometry::dsm_mailbox::DOORBELL_PORT,
+        geometry::dsm_mailbox::DOORBELL_LEN,
+        Arc::new(Mutex::new(devices::nvdimm_dsm::DsmDoorbell::new(
+            Box::new(GuestMailbox(mem.clone())),
+            dsm.clone(),
+        ))),
+    )?;
     let (mmio, hints) = pmem.mmio_bus()?;
     let bus = Arc::new(vcpu::Devices { pio: bus, mmio });
 
@@ -882,6 +927,7 @@ fn run_with_pmem(
         claims,
         mem: &mem,
         hints: &hints,
+        dsm: &dsm,
         irq: &hotplug_irq,
         api: api_state,
     };
@@ -950,6 +996,7 @@ struct HotAddContext<'a> {
     claims: &'a [(Role, PathBuf, Extents)],
     mem: &'a GuestMemoryMmap,
     hints: &'a devices::flush_hint::FlushHints,
+    dsm: &'a devices::nvdimm_dsm::NvdimmDsm,
     irq: &'a EventFd,
     api: Option<&'a api::ApiState>,
 }
@@ -1062,6 +1109,13 @@ impl HotAddContext<'_> {
         let Some(dev) = committed.devices.pop() else {
             return bad(500, "vm.add-pmem: the device vanished".into());
         };
+        let label_store = match dev.label_store() {
+            Ok(store) => store,
+            Err(e) => {
+                pmem::PmemDevices { devices: vec![dev] }.abandon();
+                return bad(500, format!("vm.add-pmem: {e}"));
+            }
+        };
         if let Err(e) = vm.add_pmem_slot(index, &dev) {
             pmem::PmemDevices { devices: vec![dev] }.abandon();
             return bad(500, format!("vm.add-pmem: {e}"));
@@ -1069,6 +1123,10 @@ impl HotAddContext<'_> {
         let target = (!dev.config.readonly)
             .then(|| dev.mapping.clone() as Arc<dyn devices::flush_hint::FlushTarget>);
         self.hints.set_target(index, target);
+        // Hot-added devices are NVDIMMs: the next NFIT handle.
+        let nfit_index = pmem.nfit_devices().count();
+        self.dsm.set_dimm(nfit_index, label_store);
+        self.dsm.set_health(nfit_index, dev.config.health);
         let id = dev.config.id.clone();
         let formatted = if dev.wrote_info_block {
             devices::pmem::infoblock::INFO_BLOCK_SIZE as u64

@@ -18,6 +18,9 @@ use devices::pmem::format::{
     NamespaceReport,
 };
 use devices::pmem::infoblock::{InfoBlock, INFO_BLOCK_OFFSET, INFO_BLOCK_SIZE};
+use devices::pmem::labels::{
+    label_state, LabelGeometry, LabelState, LabelStore, MappedLabelArea, TooSmallForLabels,
+};
 use log::{info, warn};
 use thiserror::Error;
 
@@ -45,6 +48,16 @@ pub enum PmemError {
     /// Two backings share bytes: a loop device or partition over another backing.
     #[error("--pmem {path}: it shares bytes with the backing {other} (a loop device or partition over it, or the other way round); give each backing once")]
     Aliases { path: String, other: String },
+    #[error("--pmem {path}: {source}")]
+    Labels {
+        path: String,
+        source: TooSmallForLabels,
+    },
+    #[error("--pmem {path}: cannot read the label area: {source}")]
+    LabelRead {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("--pmem {path}: the file appeared while the monitor was starting (another program created it); nothing was written to it")]
     Appeared { path: String },
 }
@@ -64,6 +77,24 @@ pub struct PmemDevice {
     pub mapping: Arc<PmemMapping>,
     /// What the backing's bytes are, for identity checks of devices added later.
     pub extents: Extents,
+    /// `labels=on`: where the label area is, and what it held when the monitor started.
+    pub labels: Option<(LabelGeometry, LabelState)>,
+}
+
+impl PmemDevice {
+    /// The device's label area for the `_DSM` mailbox, `None` without `labels=on`.
+    pub fn label_store(&self) -> Result<Option<Arc<dyn LabelStore>>, PmemError> {
+        let Some((geometry, _)) = self.labels else {
+            return Ok(None);
+        };
+        let area = MappedLabelArea::new(self.mapping.clone(), geometry).map_err(|source| {
+            PmemError::LabelRead {
+                path: self.config.path.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(Some(Arc::new(area)))
+    }
 }
 
 #[derive(Default)]
@@ -88,6 +119,9 @@ struct Planned {
     window: PmemWindow,
     source: Source,
     extents: Extents,
+    labels: Option<LabelGeometry>,
+    /// What the label area held when planned (with `labels`).
+    label_state: Option<LabelState>,
     plan: Option<format::Plan>,
 }
 
@@ -124,6 +158,7 @@ fn plan_namespace(
     window: PmemWindow,
     created: bool,
     memory: u64,
+    labels: Option<LabelState>,
     ns: &dyn NamespaceAccess,
 ) -> Result<format::Plan, PmemError> {
     let path = || config.path.display().to_string();
@@ -142,6 +177,7 @@ fn plan_namespace(
         readonly: config.readonly,
         created_this_run: created,
         uuid,
+        labels,
     };
     let mut plan = format::plan(&request, ns).map_err(|source| PmemError::Format {
         path: path(),
@@ -322,10 +358,29 @@ impl PmemPlan {
             };
             mapped.push((extents, source));
         }
+        // The label area at the end of each labelled backing, and the capacity it leaves.
+        let mut labels = Vec::with_capacity(mapped.len());
+        for ((_, s), c) in mapped.iter().zip(configs) {
+            let geometry = match c.label_size {
+                None => None,
+                Some(label_size) => match LabelGeometry::new(source_size(s), label_size) {
+                    Ok(g) => Some(g),
+                    Err(source) => {
+                        abandon_sources(mapped);
+                        return Err(PmemError::Labels {
+                            path: c.path.display().to_string(),
+                            source,
+                        });
+                    }
+                },
+            };
+            labels.push(geometry);
+        }
         let spans: Vec<PmemSpan> = mapped
             .iter()
             .zip(configs)
-            .map(|((_, s), c)| span(c, s))
+            .zip(&labels)
+            .map(|(((_, s), c), l)| span(c, s, l.map(|g| g.capacity)))
             .collect();
         let limit = crate::host::HostInfo::get().guest_phys_limit();
         let windows = match layout::place_pmem_from(memory, start, &spans, limit) {
@@ -340,11 +395,14 @@ impl PmemPlan {
             .iter()
             .zip(windows)
             .zip(mapped)
-            .map(|((config, window), (extents, source))| Planned {
+            .zip(labels)
+            .map(|(((config, window), (extents, source)), labels)| Planned {
                 config: config.clone(),
                 window,
                 source,
                 extents,
+                labels,
+                label_state: None,
                 plan: None,
             })
             .collect();
@@ -356,15 +414,33 @@ impl PmemPlan {
     pub fn plan(&mut self, memory: u64) -> Result<(), PmemError> {
         for d in &mut self.devices {
             let plan = match &d.source {
-                Source::Existing { backing, mapping } => plan_namespace(
-                    &d.config,
-                    d.window,
-                    false,
-                    memory,
-                    &BackingAccess::new(backing, mapping),
-                )?,
+                Source::Existing { backing, mapping } => {
+                    let access = BackingAccess::new(backing, mapping);
+                    d.label_state = match d.labels {
+                        None => None,
+                        Some(g) => {
+                            let mut area = vec![0u8; g.label_size as usize];
+                            access.read(g.label_offset, &mut area).map_err(|source| {
+                                PmemError::LabelRead {
+                                    path: d.config.path.display().to_string(),
+                                    source,
+                                }
+                            })?;
+                            Some(label_state(&area))
+                        }
+                    };
+                    plan_namespace(&d.config, d.window, false, memory, d.label_state, &access)?
+                }
                 Source::New { .. } => {
-                    plan_namespace(&d.config, d.window, true, memory, &BlankNamespace)?
+                    d.label_state = d.labels.map(|_| LabelState::Uninitialised);
+                    plan_namespace(
+                        &d.config,
+                        d.window,
+                        true,
+                        memory,
+                        d.label_state,
+                        &BlankNamespace,
+                    )?
                 }
             };
             d.plan = Some(plan);
@@ -431,12 +507,20 @@ fn abandon_sources(sources: Vec<(Extents, Source)>) {
     }
 }
 
-/// What the layout needs of one device: its size and the alignment its data will have in the
-/// guest. That is `align=` when given; otherwise, for a backing that already holds an info
+/// The size of a backing, or of the file to create.
+fn source_size(source: &Source) -> u64 {
+    match source {
+        Source::New { size } => *size,
+        Source::Existing { backing, .. } => backing.size(),
+    }
+}
+
+/// What the layout needs of one device: its size (the backing's, or with labels the capacity
+/// `region` the label area leaves) and the alignment its data will have in the guest. That is `align=` when given; otherwise, for a backing that already holds an info
 /// block (which `memmap=auto`, `format=keep` and a matching `format=init` keep), the block's
 /// alignment; and at least a device-dax backing's own alignment, so KVM can map it with pages
 /// of that size.
-fn span(config: &PmemConfig, source: &Source) -> PmemSpan {
+fn span(config: &PmemConfig, source: &Source, region: Option<u64>) -> PmemSpan {
     let (size, host_align, block_align) = match source {
         Source::New { size } => (*size, 0, 0),
         Source::Existing { backing, mapping } => {
@@ -458,7 +542,7 @@ fn span(config: &PmemConfig, source: &Source) -> PmemSpan {
         }
     };
     PmemSpan {
-        size,
+        size: region.unwrap_or(size),
         align: config.align.unwrap_or(block_align).max(host_align),
         legacy_e820: config.firmware == Firmware::E820,
     }
@@ -513,8 +597,17 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
             source,
         });
     }
+    let labels = d.labels.zip(d.label_state);
+    let label_note = match labels {
+        None => String::new(),
+        Some((g, state)) => format!(
+            ", label area {} at backing offset {:#x} ({state})",
+            devices::pmem::bytes::Bytes(u64::from(g.label_size)),
+            g.label_offset
+        ),
+    };
     info!(
-        "{}: {} ({:?}{}{}) at guest {:#x}+{:#x}: {}",
+        "{}: {} ({:?}{}{}) at guest {:#x}+{:#x}{label_note}: {}",
         d.config.id,
         d.config.path.display(),
         kind,
@@ -536,6 +629,7 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
         report: plan.report,
         mapping,
         extents,
+        labels,
     })
 }
 
@@ -626,7 +720,11 @@ impl PmemDevices {
                     "size": d.window.size,
                     "readonly": d.config.readonly,
                     "numa": d.config.numa,
-                    "mode": r.mode.to_string(),
+                    "mode": if r.label_namespaces.is_some() {
+                        "labels".to_string()
+                    } else {
+                        r.mode.to_string()
+                    },
                     "memmap": r.memmap.to_string(),
                     "memmap_bytes": r.memmap_bytes,
                     "ram_cost_bytes": r.ram_cost_bytes,
@@ -635,12 +733,36 @@ impl PmemDevices {
                     "capacity": r.capacity,
                     "align": r.align,
                     "info_block_written": d.wrote_info_block,
+                    "backing_size": d.backing.size(),
+                    "health": d.config.health.map(|h| h.to_string()),
+                    "labels": d.labels.map(|(g, state)| serde_json::json!({
+                        "offset": g.label_offset,
+                        "size": g.label_size,
+                        "initialised": matches!(state, LabelState::Initialised { .. }),
+                        "labels_in_use": match state {
+                            LabelState::Initialised { labels_in_use, .. } => Some(labels_in_use),
+                            LabelState::Uninitialised => None,
+                        },
+                    })),
                     "flush_hint": (d.config.firmware == Firmware::Nfit)
                         .then(|| FlushHints::address(layout::FLUSH_HINT_BASE, i)),
                 })
             })
             .collect();
         serde_json::json!({ "pmem": devices })
+    }
+
+    /// The label area of each device (`None` without `labels=on`), for the `_DSM` mailbox.
+    pub fn label_stores(&self) -> Result<Vec<Option<Arc<dyn LabelStore>>>, PmemError> {
+        self.nfit_devices().map(PmemDevice::label_store).collect()
+    }
+
+    /// The NVDIMMs (`firmware=nfit`) in NFIT order: the DIMM with NFIT handle *h* is item
+    /// *h* − 1, which is what the `_DSM` mailbox is indexed by.
+    pub fn nfit_devices(&self) -> impl Iterator<Item = &PmemDevice> {
+        self.devices
+            .iter()
+            .filter(|d| d.config.firmware == Firmware::Nfit)
     }
 
     /// The MMIO bus with the NFIT flush hints of these devices at `layout::FLUSH_HINT_BASE`,
@@ -873,5 +995,55 @@ mod tests {
         plan.plan(512 << 20).unwrap();
         assert_eq!(plan.nvdimm_descs()[1].base, 5 << 30);
         plan.abandon();
+    }
+
+    #[test]
+    fn labels_shrink_the_window_and_keep_the_label_area_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.img");
+        let size = (1 << 30) + (2 << 20); // not a multiple of 16 MiB
+        let configs =
+            vec![parse_pmem(&format!("path={},size={size},labels=on", path.display()), 0).unwrap()];
+        let mut plan = PmemPlan::open(&configs, 512 << 20).unwrap();
+        plan.plan(512 << 20).unwrap();
+        let descs = plan.nvdimm_descs();
+        assert_eq!(
+            descs[0].size,
+            1 << 30,
+            "the region is the backing less 2 MiB"
+        );
+        let devices = plan.commit().unwrap();
+        let d = &devices.devices[0];
+        let (g, state) = d.labels.unwrap();
+        assert_eq!(g.label_offset, size - (128 << 10));
+        assert_eq!(state, LabelState::Uninitialised);
+        assert!(d.window.size <= g.label_offset);
+        let json = devices.report_json();
+        assert_eq!(json["pmem"][0]["labels"]["size"], 128 << 10);
+        assert_eq!(json["pmem"][0]["size"], 1u64 << 30);
+        assert_eq!(json["pmem"][0]["backing_size"], size);
+
+        // A label write through the store lands at the end of the file, durably.
+        let store = d.label_store().unwrap().unwrap();
+        store.write_durably(4, b"labl").unwrap();
+        drop(store);
+        drop(devices);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[g.label_offset as usize + 4..][..4], b"labl");
+    }
+
+    #[test]
+    fn a_backing_too_small_for_labels_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.img");
+        let configs =
+            vec![parse_pmem(&format!("path={},size=2M,labels=on", path.display()), 0).unwrap()];
+        let e = PmemPlan::open(&configs, 512 << 20).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("with labels=on the backing needs at least 4 MiB"),
+            "{e}"
+        );
+        assert!(!path.exists());
     }
 }

@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use devices::nvdimm_dsm::HealthState;
 use devices::pmem::format::{parse_align, FormatPolicy, Memmap, NsMode};
+use devices::pmem::labels::{check_label_size, LabelSizeError, LABEL_SIZE_MIN};
 use devices::pmem::options::OptionValueError;
 use thiserror::Error;
 
@@ -18,7 +20,7 @@ macro_rules! pmem_syntax {
     () => {
         "path=PATH[,size=SIZE][,readonly=on|off][,id=NAME][,numa=NODE]\
 [,memmap=ram|pmem|none|auto][,mode=fsdax|devdax|raw][,align=4K|2M|1G][,format=keep|init|force]\
-[,firmware=nfit|e820]"
+[,labels=on|off][,label-size=SIZE][,health=ok|non-critical|critical|fatal][,firmware=nfit|e820]"
     };
 }
 pub(crate) use pmem_syntax;
@@ -58,6 +60,10 @@ pub enum PmemOptionError {
         key: &'static str,
         why: &'static str,
     },
+    #[error(transparent)]
+    LabelSize(#[from] LabelSizeError),
+    #[error("label-size={value}: {source}")]
+    LabelSizeValue { value: String, source: SizeError },
 }
 
 /// How the guest learns about the device.
@@ -97,7 +103,19 @@ impl std::str::FromStr for Firmware {
 }
 
 const KEYS: &[&str] = &[
-    "path", "size", "readonly", "id", "numa", "memmap", "mode", "align", "format", "firmware",
+    "path",
+    "size",
+    "readonly",
+    "id",
+    "numa",
+    "memmap",
+    "mode",
+    "align",
+    "format",
+    "labels",
+    "label-size",
+    "health",
+    "firmware",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +138,12 @@ pub struct PmemConfig {
     pub format: FormatPolicy,
     /// How the guest learns about the device (NFIT NVDIMM or legacy E820 range).
     pub firmware: Firmware,
+    /// `labels=on`: the size of the namespace label area at the end of the backing
+    /// (`label-size=`, default [`LABEL_SIZE_MIN`]); None: no label area, a label-less DIMM.
+    pub label_size: Option<u64>,
+    /// `health=`: the health the DIMM reports through its `_DSM` SMART function (`ndctl list
+    /// -DH`); None: no SMART function.
+    pub health: Option<HealthState>,
 }
 
 /// Largest proximity domain we accept: Linux discards an SRAT that names a larger one.
@@ -160,6 +184,7 @@ pub fn pmem_from_pairs(
     let (mut memmap, mut mode, mut align, mut format) =
         (Memmap::default(), None, None, FormatPolicy::default());
     let mut firmware = Firmware::default();
+    let (mut labels, mut label_size, mut health) = (false, None, None);
     for &(key, value) in pairs {
         if !KEYS.contains(&key) {
             return Err(PmemOptionError::UnknownKey { key: key.into() });
@@ -209,6 +234,16 @@ pub fn pmem_from_pairs(
             "align" => align = Some(parse_align(value)?),
             "format" => format = value.parse()?,
             "firmware" => firmware = value.parse()?,
+            "labels" => labels = on_off(key, value)?,
+            "health" => health = Some(value.parse()?),
+            "label-size" => {
+                let bytes =
+                    parse_size(value, 1).map_err(|source| PmemOptionError::LabelSizeValue {
+                        value: value.into(),
+                        source,
+                    })?;
+                label_size = Some(check_label_size(bytes)?);
+            }
             _ => unreachable!("key checked against KEYS"),
         }
     }
@@ -226,7 +261,17 @@ pub fn pmem_from_pairs(
                 why: "an E820 range has no proximity domain",
             });
         }
+        if labels || health.is_some() {
+            return Err(PmemOptionError::NotWithE820 {
+                key: if labels { "labels=on" } else { "health=" },
+                why: "labels and health are NVDIMM _DSM functions, and an E820 range has no _DSM",
+            });
+        }
     }
+    if label_size.is_some() && !labels {
+        return Err(LabelSizeError::WithoutLabels.into());
+    }
+    let label_size = labels.then(|| label_size.unwrap_or(LABEL_SIZE_MIN));
     Ok(PmemConfig {
         path,
         size,
@@ -238,6 +283,8 @@ pub fn pmem_from_pairs(
         align,
         format,
         firmware,
+        label_size,
+        health,
     })
 }
 
@@ -260,6 +307,25 @@ mod tests {
         );
         let p = parse_pmem("path=/a,firmware=e820,memmap=pmem", 0).unwrap();
         assert_eq!(p.firmware, Firmware::E820);
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_pmem("path=/a", 0).unwrap().label_size, None);
+        assert_eq!(
+            parse_pmem("path=/a,labels=off", 0).unwrap().label_size,
+            None
+        );
+        assert_eq!(
+            parse_pmem("path=/a,labels=on", 0).unwrap().label_size,
+            Some(128 << 10)
+        );
+        assert_eq!(
+            parse_pmem("path=/a,labels=on,label-size=1M", 0)
+                .unwrap()
+                .label_size,
+            Some(1 << 20)
+        );
     }
 
     #[test]
@@ -292,6 +358,24 @@ mod tests {
                 "firmware=e820 with readonly=on",
             ),
             ("path=/a,numa=1,firmware=e820", "firmware=e820 with numa="),
+            (
+                "path=/a,labels=on,firmware=e820",
+                "firmware=e820 with labels=on",
+            ),
+            (
+                "path=/a,firmware=e820,health=ok",
+                "firmware=e820 with health=",
+            ),
+            ("path=/a,labels=maybe", "labels=maybe: expected on or off"),
+            ("path=/a,health=sick", "health=sick: unknown value"),
+            ("path=/a,label-size=128K", "label-size= needs labels=on"),
+            (
+                "path=/a,labels=on,label-size=64K",
+                "label-size=65536: expected a multiple of 4 KiB from 128K to 2M",
+            ),
+            ("path=/a,labels=on,label-size=4M", "label-size=4194304"),
+            ("path=/a,labels=on,label-size=129K", "label-size=132096"),
+            ("path=/a,labels=on,label-size=x", "label-size=x"),
         ] {
             let e = parse_pmem(text, 0).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");

@@ -33,6 +33,7 @@ pub fn platform(num_cpus: u32, nvdimms: Vec<NvdimmDesc>) -> PlatformDesc {
         nvdimms,
         ram: RAM.to_vec(),
         nvdimm_hotplug: None,
+        nvdimm_dsm: None,
     }
 }
 

@@ -55,6 +55,20 @@
 //!   error too, because the guest writes its struct pages into the device's reserve, which a
 //!   read-only mapping drops.
 //!
+//! # Labels
+//!
+//! With `labels=on` ([`super::labels`]) the guest lays out its own namespaces once the label
+//! area is initialised (`ndctl init-labels`, `ndctl create-namespace`), each with its info block
+//! at its own start. So:
+//!
+//! * label area not initialised: the guest sees one label-less namespace over the region, and
+//!   every rule above applies to it unchanged (a note says so);
+//! * label area initialised (a valid index block): the monitor writes nothing. `memmap=auto`
+//!   (the default) with `format=init` or `keep` keeps what the labels and the namespaces' own
+//!   info blocks say, and the report says the labels decide; `format=force`, and any explicit
+//!   `memmap=`, `mode=` or `align=`, are refused, because they ask for a write the labels forbid
+//!   or for a layout the guest would not use.
+//!
 //! Every number the guest sees is in [`NamespaceReport`].
 
 use std::fs::File;
@@ -67,6 +81,7 @@ use super::infoblock::{
     GuestOutcome, InfoBlock, InfoBlockError, InfoBlockRequest, InfoMode, MemmapLocation, Namespace,
     DEFAULT_ALIGN, INFO_BLOCK_OFFSET, INFO_BLOCK_RESERVE, INFO_BLOCK_SIZE, SUPPORTED_ALIGNMENTS,
 };
+use super::labels::LabelState;
 use super::options::bad_value;
 
 // Re-exported where callers have always found them.
@@ -113,6 +128,10 @@ pub struct FormatRequest {
     /// Identity of a block written by this run (see [`random_uuid`]); an existing block keeps its
     /// own.
     pub uuid: [u8; 16],
+    /// `labels=on`: what the DIMM's label area holds ([`super::labels::label_state`]); `None`
+    /// with `labels=off`. An initialised label area means the guest's namespaces are what its
+    /// labels say: see "Labels" in the module docs.
+    pub labels: Option<LabelState>,
 }
 
 /// A random (version 4) uuid for a new info block, as the kernel and ndctl make them.
@@ -135,6 +154,9 @@ pub enum Decision {
     Raw,
     /// This block (existing, or written by [`apply`]).
     Block(InfoBlock),
+    /// The label area decides the namespaces (the guest's, with `ndctl create-namespace`); the
+    /// monitor writes nothing.
+    Labels,
 }
 
 /// The one write a plan may need, at [`INFO_BLOCK_OFFSET`].
@@ -256,6 +278,15 @@ pub enum FormatError {
          asked"
     )]
     Readonly { need: String },
+
+    #[error(
+        "{asked}: the label area holds namespace labels ({state}), so the guest's namespaces are \
+         what the labels say and an info block written at the region's start would land in the \
+         first labelled namespace; drop {asked} (memmap=auto with format=init or keep leaves \
+         the labels and their namespaces as they are), or destroy the namespaces in the guest \
+         (ndctl destroy-namespace, ndctl init-labels --force)"
+    )]
+    Labelled { asked: String, state: LabelState },
 
     #[error(
         "readonly=on with {found}: the guest writes its struct pages into the device's memmap \
@@ -467,6 +498,9 @@ fn target(req: &FormatRequest) -> Result<Target, FormatError> {
 
 /// Decides what the guest gets and whether that needs a write; reads, never writes.
 pub fn plan(req: &FormatRequest, ns: &dyn NamespaceAccess) -> Result<Plan, FormatError> {
+    if let Some(state @ LabelState::Initialised { labels_in_use, .. }) = req.labels {
+        return plan_labelled(req, state, labels_in_use);
+    }
     let target = target(req)?;
     let namespace = Namespace::io(req.phys_addr, req.size);
     let mut old = Box::new([0u8; INFO_BLOCK_SIZE]);
@@ -488,8 +522,16 @@ pub fn plan(req: &FormatRequest, ns: &dyn NamespaceAccess) -> Result<Plan, Forma
         Target::Block(mode, memmap) => p.block(mode, memmap)?,
         Target::Auto(mode) => p.auto(mode)?,
     };
+    if let Some(LabelState::Uninitialised) = req.labels {
+        p.notes.push(
+            "labels=on, label area not initialised: the guest sees one label-less namespace \
+             over the region, as below; `ndctl init-labels` in the guest (region disabled) \
+             starts labelling it"
+                .to_string(),
+        );
+    }
     let report = match &decision {
-        Decision::Raw => NamespaceReport::raw(req.size),
+        Decision::Raw | Decision::Labels => NamespaceReport::raw(req.size),
         Decision::Block(b) => {
             if req.readonly && b.memmap == MemmapLocation::Pmem {
                 return Err(FormatError::ReadonlyDeviceMemmap {
@@ -507,6 +549,36 @@ pub fn plan(req: &FormatRequest, ns: &dyn NamespaceAccess) -> Result<Plan, Forma
         action,
         report,
         notes: p.notes,
+    })
+}
+
+/// A DIMM whose label area holds a valid index: write nothing, and refuse what would need a
+/// write or would not apply (see "Labels" in the module docs).
+fn plan_labelled(
+    req: &FormatRequest,
+    state: LabelState,
+    labels_in_use: u32,
+) -> Result<Plan, FormatError> {
+    let asked = if req.format == FormatPolicy::Force {
+        Some("format=force".to_string())
+    } else if req.memmap != Memmap::Auto {
+        Some(format!("memmap={}", req.memmap))
+    } else if let Some(mode) = req.mode {
+        Some(format!("mode={mode}"))
+    } else {
+        req.align.map(|a| format!("align={}", AlignName(a)))
+    };
+    if let Some(asked) = asked {
+        return Err(FormatError::Labelled { asked, state });
+    }
+    Ok(Plan {
+        namespace: Namespace::io(req.phys_addr, req.size),
+        decision: Decision::Labels,
+        action: WriteAction::None,
+        report: NamespaceReport::labelled(req.size, labels_in_use),
+        notes: vec![format!(
+            "{state}: the guest's namespaces are what the labels say; nothing is written"
+        )],
     })
 }
 

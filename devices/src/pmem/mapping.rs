@@ -251,6 +251,56 @@ impl PmemMapping {
         &self.kind
     }
 
+    /// Whether the mapping is read-only (a `readonly=on` backing).
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// Makes bytes `[offset, offset + len)` of the backing durable, as [`flush`](Self::flush)
+    /// does for the whole mapping: an `msync` of the pages holding them for a file or block
+    /// device, cache-line write-backs for device-dax (which has no `msync`). For label writes
+    /// (`super::labels`), which must be durable before the guest's `_DSM` call returns.
+    pub fn flush_range(&self, offset: u64, len: u64) -> Result<(), BackingError> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.len as u64);
+        let Some(end) = end else {
+            return Err(BackingError::io(
+                &self.path,
+                "msync",
+                io::Error::new(io::ErrorKind::InvalidInput, "range outside the mapping"),
+            ));
+        };
+        if self.readonly || len == 0 {
+            return Ok(());
+        }
+        if matches!(self.kind, BackingKind::DevDax { .. }) {
+            // In range (checked above) of the live mapping.
+            let start = self.addr.wrapping_add(offset as usize);
+            return super::namespace_io::flush_cache_lines(start, len as usize)
+                .map_err(|e| BackingError::io(&self.path, "clflush", e));
+        }
+        let page = geometry::PAGE_SIZE;
+        let first = offset - offset % page;
+        let last = end.next_multiple_of(page).min(self.len as u64);
+        // SAFETY: [addr + first, addr + last) lies inside the mapping this value owns (`end` is
+        // at most its length, `first` is page-aligned as msync requires, and the mapping starts
+        // on a 2 MiB boundary); msync only writes back dirty pages and changes no memory.
+        let rc = unsafe {
+            libc::msync(
+                self.addr.wrapping_add(first as usize).cast(),
+                (last - first) as usize,
+                libc::MS_SYNC,
+            )
+        };
+        if rc != 0 {
+            return Err(BackingError::io(
+                &self.path,
+                "msync",
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Makes the guest's writes so far durable, as far as the host side can.
     ///
     /// What the host guarantees, per kind of backing (the README's text):

@@ -7,6 +7,7 @@
 //! | [`dax_sysfs`] | device-dax size and alignment from sysfs |
 //! | [`mapping`] | [`mapping::PmemMapping`], the RAII owner of a backing's mmap; flush |
 //! | [`infoblock`] | the pfn/dax info block (`struct nd_pfn_sb`) and the layout it implies |
+//! | [`labels`] | the label area: where it lives, the capacity it leaves, what it holds, its bytes for the `_DSM` mailbox |
 //! | [`options`] | the values of `memmap=`, `mode=`, `align=`, `format=` |
 //! | [`namespace_io`] | reading and durably writing a namespace's bytes (file I/O or the mapping) |
 //! | [`format`](mod@format) | the memmap policy planner: what the guest gets, and the one write it needs |
@@ -18,6 +19,7 @@ pub mod bytes;
 pub mod dax_sysfs;
 pub mod format;
 pub mod infoblock;
+pub mod labels;
 pub mod mapping;
 pub mod namespace_io;
 pub mod options;

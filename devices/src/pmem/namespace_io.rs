@@ -210,7 +210,7 @@ impl NamespaceAccess for BackingAccess<'_> {
 /// every x86-64 CPU; `clflushopt`/`clwb` would be faster but need a feature check, and this is
 /// one 4 KiB block.
 #[cfg(target_arch = "x86_64")]
-fn flush_cache_lines(addr: *const u8, len: usize) -> io::Result<()> {
+pub(crate) fn flush_cache_lines(addr: *const u8, len: usize) -> io::Result<()> {
     use std::arch::x86_64::{_mm_clflush, _mm_sfence};
     const LINE: usize = 64;
     let mut line = addr as usize & !(LINE - 1);
@@ -228,7 +228,7 @@ fn flush_cache_lines(addr: *const u8, len: usize) -> io::Result<()> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn flush_cache_lines(_addr: *const u8, _len: usize) -> io::Result<()> {
+pub(crate) fn flush_cache_lines(_addr: *const u8, _len: usize) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "flushing a device-dax write is implemented for x86-64 only",

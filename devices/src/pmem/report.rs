@@ -63,6 +63,10 @@ pub struct NamespaceReport {
     pub capacity: u64,
     /// Mapping alignment of the block (0 for raw).
     pub align: u64,
+    /// `Some(n)`: the DIMM's label area is initialised and holds `n` namespace labels, which
+    /// decide the guest's namespaces (`capacity` is then the whole region); the other fields
+    /// are those of a raw namespace.
+    pub label_namespaces: Option<u32>,
 }
 
 impl NamespaceReport {
@@ -77,6 +81,15 @@ impl NamespaceReport {
             data_offset: 0,
             capacity: size,
             align: 0,
+            label_namespaces: None,
+        }
+    }
+
+    /// A region of `size` bytes whose namespaces `labels` namespace labels decide.
+    pub fn labelled(size: u64, labels: u32) -> NamespaceReport {
+        NamespaceReport {
+            label_namespaces: Some(labels),
+            ..NamespaceReport::raw(size)
         }
     }
 
@@ -107,12 +120,20 @@ impl NamespaceReport {
             data_offset: l.data_offset,
             capacity: l.data_size,
             align: b.align(),
+            label_namespaces: None,
         }
     }
 }
 
 impl fmt::Display for NamespaceReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(n) = self.label_namespaces {
+            return write!(
+                f,
+                "labelled region of {}, namespaces as its {n} namespace labels say",
+                Bytes(self.capacity)
+            );
+        }
         if self.mode == NsMode::Raw {
             return match self.memmap {
                 MemmapPlacement::None => {

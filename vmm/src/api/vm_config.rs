@@ -77,6 +77,12 @@ pub struct PmemJson {
     /// `nfit` (default) or `e820`, as `--pmem ...,firmware=`.
     firmware: Option<String>,
     numa: Option<u32>,
+    /// `labels=on|off`.
+    labels: Option<bool>,
+    /// `label-size=` in bytes.
+    label_size: Option<u64>,
+    /// `health=`.
+    health: Option<String>,
 }
 
 /// A request body that is not a valid configuration: the message names the field.
@@ -121,6 +127,8 @@ impl PmemJson {
         let size = self.size.map(|s| format!("{s}B"));
         let numa = self.numa.map(|n| n.to_string());
         let readonly = self.discard_writes.map(|d| if d { "on" } else { "off" });
+        let labels = self.labels.map(|d| if d { "on" } else { "off" });
+        let label_size = self.label_size.map(|s| format!("{s}B"));
         let mut pairs: Vec<(&str, &str)> = vec![("path", self.file.as_str())];
         for (key, value) in [
             ("size", size.as_deref()),
@@ -132,6 +140,9 @@ impl PmemJson {
             ("align", self.align.as_deref()),
             ("format", self.format.as_deref()),
             ("firmware", self.firmware.as_deref()),
+            ("labels", labels),
+            ("label-size", label_size.as_deref()),
+            ("health", self.health.as_deref()),
         ] {
             if let Some(v) = value {
                 pairs.push((key, v));
@@ -144,6 +155,7 @@ impl PmemJson {
                 "discard_writes=",
                 1,
             );
+            let reason = reason.replace("label-size=", "label_size=");
             BadConfig(format!("{field}: {reason}"))
         })
     }
@@ -283,6 +295,9 @@ pub fn pmem_json(p: &PmemConfig) -> Value {
         "format": p.format.to_string(),
         "firmware": p.firmware.as_str(),
         "numa": p.numa,
+        "labels": p.label_size.is_some(),
+        "label_size": p.label_size,
+        "health": p.health.map(|h| h.to_string()),
     })
 }
 

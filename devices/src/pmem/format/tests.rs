@@ -153,6 +153,7 @@ fn req(memmap: Memmap, format: FormatPolicy, size: u64) -> FormatRequest {
         readonly: false,
         created_this_run: false,
         uuid: UUID,
+        labels: None,
     }
 }
 
@@ -224,6 +225,7 @@ fn decided_block(p: &Plan) -> InfoBlock {
     match p.decision {
         Decision::Block(b) => b,
         Decision::Raw => panic!("expected a block, got raw"),
+        Decision::Labels => panic!("expected a block, got labels"),
     }
 }
 
@@ -1361,4 +1363,83 @@ fn random_uuids_are_version_4() {
     assert_ne!(a, b);
     assert_eq!(a[6] >> 4, 4);
     assert_eq!(a[8] >> 6, 0b10);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Labels
+// ---------------------------------------------------------------------------------------------
+
+const LABELLED: LabelState = LabelState::Initialised {
+    labels_in_use: 2,
+    slots: 510,
+};
+
+#[test]
+fn an_initialised_label_area_means_no_write_whatever_the_device_holds() {
+    for format in [FormatPolicy::Init, FormatPolicy::Keep] {
+        // A blank region that init would format, and one with other data.
+        for data in [false, true] {
+            let ns = MemNs::new(GIB);
+            if data {
+                ns.put(2 * MIB, &[0xab; 64]);
+            }
+            let mut r = req(Memmap::Auto, format, GIB);
+            r.labels = Some(LABELLED);
+            let p = ok(&r, &ns);
+            assert_eq!(p.decision, Decision::Labels);
+            assert_eq!(p.action, WriteAction::None);
+            assert_eq!(p.report.label_namespaces, Some(2));
+            assert_eq!(p.report.capacity, GIB);
+            assert_contains(
+                &p.report.to_string(),
+                &["labelled region of 1 GiB", "2 namespace labels"],
+            );
+            assert_contains(
+                &p.notes.join("\n"),
+                &["2 of 510 label slots", "nothing is written"],
+            );
+            apply(&p, &ns).unwrap();
+            assert_eq!(ns.writes.get(), 0);
+        }
+    }
+}
+
+#[test]
+fn an_initialised_label_area_refuses_what_needs_a_write() {
+    let ns = MemNs::new(GIB);
+    let mut cases = vec![
+        (req(Memmap::Auto, FormatPolicy::Force, GIB), "format=force"),
+        (req(Memmap::Ram, FormatPolicy::Init, GIB), "memmap=ram"),
+        (req(Memmap::None, FormatPolicy::Keep, GIB), "memmap=none"),
+        (
+            with_mode(req(Memmap::Auto, FormatPolicy::Init, GIB), NsMode::Devdax),
+            "mode=devdax",
+        ),
+        (
+            with_align(req(Memmap::Auto, FormatPolicy::Init, GIB), GIB),
+            "align=1G",
+        ),
+    ];
+    for (r, asked) in &mut cases {
+        r.labels = Some(LABELLED);
+        assert_contains(
+            &err(r, &ns),
+            &[
+                asked,
+                "the label area holds namespace labels",
+                "ndctl destroy-namespace",
+            ],
+        );
+    }
+    assert_eq!(ns.writes.get(), 0);
+}
+
+#[test]
+fn an_uninitialised_label_area_leaves_the_label_less_rules() {
+    let ns = MemNs::new(GIB);
+    let mut r = req(Memmap::Ram, FormatPolicy::Init, GIB);
+    r.labels = Some(LabelState::Uninitialised);
+    let p = ok(&r, &ns);
+    assert!(matches!(p.decision, Decision::Block(_)));
+    assert_contains(&p.notes.join("\n"), &["label area not initialised"]);
 }
