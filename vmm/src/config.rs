@@ -30,6 +30,8 @@ Exit status:
        successful flush may not be durable
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) after an orderly shutdown;
        before the guest started, files this run created are removed
+  159  (as a shell reports it) killed by SIGSYS: a thread made a system call outside its
+       seccomp allow list; --seccomp log finds which (see the README's sandbox section)
 
 Output files (--report, --serial file=) must be regular files or new paths in a writable
 directory (--serial file= also takes /dev/null or a terminal), and never a --pmem backing, the
