@@ -244,8 +244,9 @@ EOF
 req() { /usr/bin/curl -s -o req.out -w '%{http_code}' --unix-socket api.sock -X "$2" -H 'Content-Type: application/json' --data-binary "${3:-}" "http://localhost/api/v1/$1"; echo " $(cat req.out)"; }
 # The monitor's threads: name and seccomp mode, joined by ';'.
 snap() { for t in /proc/$pid/task/*; do echo "$(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -s ' \t' ' ')"; done | sort | tr '\n' ';'; }
-# wait_for TEXT: until a console line (since console.log was last emptied) has TEXT
-wait_for() { i=0; while ! grep -q "$1" console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done; grep -q "$1" console.log && echo "@@SEEN-$1@@"; }
+# wait_for TEXT: until a console line (since console.log was last emptied) has TEXT, or the
+# monitor is gone
+wait_for() { i=0; while ! grep -q "$1" console.log 2>/dev/null && kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done; grep -q "$1" console.log && echo "@@SEEN-$1@@"; }
 "$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
 pid=$!
 i=0; while [ ! -S api.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done

@@ -14,8 +14,13 @@
 use super::ioctls::*;
 use super::{Allow, List};
 
-/// `prctl` option a new thread uses to name itself (linux/prctl.h).
+/// `prctl` options (linux/prctl.h): a new thread names itself, and sets no-new-privileges
+/// before it adds its own filter (seccompiler's `apply_filter`).
 const PR_SET_NAME: u64 = 15;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+/// `seccomp` operation (linux/seccomp.h) a vCPU thread uses to add its filter: a filter can
+/// only take permissions away, never give any back.
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
 
 pub const LIST: List = List {
     name: "VM lifecycle",
@@ -34,7 +39,8 @@ pub const LIST: List = List {
         Allow::any(libc::SYS_set_robust_list),
         Allow::any(libc::SYS_rseq),
         Allow::any(libc::SYS_sched_getaffinity),
-        Allow::only(libc::SYS_prctl, 0, &[PR_SET_NAME]),
+        Allow::only(libc::SYS_prctl, 0, &[PR_SET_NAME, PR_SET_NO_NEW_PRIVS]),
+        Allow::only(libc::SYS_seccomp, 0, &[SECCOMP_SET_MODE_FILTER]),
         Allow::ioctl(&[
             KVM_CREATE_VM,
             KVM_CHECK_EXTENSION,

@@ -426,7 +426,10 @@ mod tests {
         ));
         assert!(!allows(MainWithApi, libc::SYS_ioctl, Some(KVM_CREATE_VM)));
         assert!(allows(Vmm, libc::SYS_ioctl, Some(KVM_CREATE_VM)));
-        // Only API mode's main thread creates threads; nobody forks, execs or traces.
+        // Only API mode's main thread creates threads (and lets them add their filter); nobody
+        // forks, execs or traces.
+        assert!(allows(Vmm, libc::SYS_seccomp, Some(1)));
+        assert!(!allows(Vmm, libc::SYS_seccomp, Some(2)));
         assert!(allows(Vmm, libc::SYS_clone3, None));
         for k in ThreadKind::ALL {
             if k != Vmm {
@@ -473,6 +476,31 @@ mod tests {
                 (only, got) => panic!("syscall {nr}: vCPU {only:?}, API-mode main {got:?}"),
             }
         }
+    }
+
+    /// API mode's stacking, with the kill action: a thread under `ThreadKind::Vmm`'s filter
+    /// starts a thread that adds the vCPU filter (prctl, seccomp) and does what every thread
+    /// does; a missing call kills this test process.
+    #[test]
+    fn a_vcpu_thread_adds_its_filter_under_the_api_mode_filter() {
+        let vmm = filter(ThreadKind::Vmm, SeccompMode::On).unwrap();
+        let vcpu = filter(ThreadKind::Vcpu, SeccompMode::On).unwrap();
+        let n = std::thread::spawn(move || {
+            apply(ThreadKind::Vmm, vmm.as_ref()).unwrap();
+            std::thread::Builder::new()
+                .name("vcpu0".into())
+                .spawn(move || {
+                    apply(ThreadKind::Vcpu, vcpu.as_ref()).unwrap();
+                    let v: Vec<u64> = (0..100_000).collect();
+                    v.len()
+                })
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(n, 100_000);
     }
 
     /// Lists that restrict the same call restrict the same argument.
