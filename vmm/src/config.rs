@@ -30,6 +30,8 @@ Exit status:
        successful flush may not be durable
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) after an orderly shutdown;
        before the guest started, files this run created are removed
+  159  (as a shell reports it) killed by SIGSYS: a thread made a system call outside its
+       seccomp allow list; --seccomp log finds which (see the README's sandbox section)
 
 Output files (--report, --serial file=) must be regular files or new paths in a writable
 directory (--serial file= also takes /dev/null or a terminal), and never a --pmem backing, the
@@ -94,12 +96,13 @@ pub struct Cli {
     /// socket)
     #[arg(long, value_name = "path=PATH|fd=N")]
     pub api_socket: Option<String>,
-    /// Seccomp filters on the monitor's threads: true (a system call outside the allow list
-    /// kills the monitor), false (none, the default for now) or log (allowed and logged by the
-    /// host kernel). Not with --api-socket yet: the API thread and hot-add are not in the lists
-    #[arg(long, value_name = "true|false|log", default_value = "false")]
+    /// Seccomp filters on every thread of the monitor (main, vCPU, API), each with its own
+    /// allow list: true (a system call outside the list kills the monitor with SIGSYS), false
+    /// (no filters) or log (allowed and logged by the host kernel's audit, to find a missing
+    /// call)
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
     pub seccomp: crate::seccomp::SeccompMode,
-    /// Test hook: the named thread (main or vcpu) makes a forbidden system call once the
+    /// Test hook: the named thread (main, vcpu or api) makes a forbidden system call once the
     /// filters are in place
     #[arg(long, value_name = "THREAD", hide = true)]
     pub seccomp_selftest: Option<crate::seccomp::SelftestThread>,
@@ -124,8 +127,6 @@ pub struct VmConfig {
     pub serial: SerialMode,
     pub pmem: Vec<PmemConfig>,
     pub report: Option<PathBuf>,
-    pub seccomp: crate::seccomp::SeccompMode,
-    pub seccomp_selftest: Option<crate::seccomp::SelftestThread>,
 }
 
 /// How many `--pmem` devices one guest may have (NFIT handles and ACPI names are sized for it).
@@ -183,6 +184,8 @@ pub struct Launch {
     /// The VM the command line describes (`--kernel` given); None: wait for `vm.create`.
     pub vm: Option<VmConfig>,
     pub api_socket: Option<ApiSocketOption>,
+    /// `--seccomp` and its test hook: the monitor's, whatever VM it runs.
+    pub sandbox: crate::seccomp::Sandbox,
 }
 
 /// A VM's settings as text, before validation: what `--kernel`, `--cpus`, ... give, and what
@@ -200,8 +203,6 @@ pub struct VmSpec {
     /// Each device as validated by `pmem_option::pmem_from_pairs`, with the text that names
     /// it in messages (the `--pmem` value, or `pmem[i]` in the API).
     pub pmem: Vec<(String, PmemConfig)>,
-    pub seccomp: crate::seccomp::SeccompMode,
-    pub seccomp_selftest: Option<crate::seccomp::SelftestThread>,
 }
 
 impl Launch {
@@ -211,14 +212,10 @@ impl Launch {
             Some(text) => Some(parse_api_socket(text).map_err(|r| invalid("api-socket", text, r))?),
             None => None,
         };
-        if api_socket.is_some() && cli.seccomp == crate::seccomp::SeccompMode::On {
-            return Err(invalid(
-                "seccomp",
-                "true",
-                "not with --api-socket yet: the allow lists do not cover the API thread and \
-                 hot-add; use --seccomp log or false",
-            ));
-        }
+        let sandbox = crate::seccomp::Sandbox {
+            mode: cli.seccomp,
+            selftest: cli.seccomp_selftest,
+        };
         let vm = match cli.kernel {
             Some(kernel) => {
                 if cli.pmem.len() > MAX_PMEM_DEVICES {
@@ -244,15 +241,17 @@ impl Launch {
                         serial: cli.serial,
                         report: cli.report,
                         pmem,
-                        seccomp: cli.seccomp,
-                        seccomp_selftest: cli.seccomp_selftest,
                     },
                     host_memory,
                 )?)
             }
             None => None,
         };
-        Ok(Launch { vm, api_socket })
+        Ok(Launch {
+            vm,
+            api_socket,
+            sandbox,
+        })
     }
 
     /// Parses and validates `args` (including the program name).
@@ -386,8 +385,6 @@ impl VmConfig {
             serial,
             pmem,
             report: cli.report,
-            seccomp: cli.seccomp,
-            seccomp_selftest: cli.seccomp_selftest,
         })
     }
 }
@@ -429,27 +426,35 @@ mod tests {
         }
     }
 
+    /// The sandbox is the monitor's, on by default in every mode, the API's included.
     #[test]
-    fn seccomp_true_is_refused_with_the_api_until_its_lists_cover_it() {
-        let cli = Cli::try_parse_from([
-            "vmm",
-            "--api-socket",
-            "path=/run/v.sock",
-            "--seccomp",
-            "true",
-        ])
-        .unwrap();
-        let e = Launch::from_cli(cli, None).unwrap_err().to_string();
-        assert!(e.contains("--seccomp") && e.contains("api-socket"), "{e}");
-        let cli = Cli::try_parse_from([
-            "vmm",
-            "--api-socket",
-            "path=/run/v.sock",
-            "--seccomp",
-            "log",
-        ])
-        .unwrap();
-        assert!(Launch::from_cli(cli, None).is_ok());
+    fn seccomp_is_on_by_default_with_or_without_the_api() {
+        use crate::seccomp::{Sandbox, SeccompMode, SelftestThread};
+        let launch = |args: &[&str]| {
+            let mut all = vec!["vmm"];
+            all.extend_from_slice(args);
+            Launch::from_cli(Cli::try_parse_from(all).unwrap(), Some(8 << 30)).unwrap()
+        };
+        let on = Sandbox {
+            mode: SeccompMode::On,
+            selftest: None,
+        };
+        assert_eq!(launch(&["--api-socket", "path=/run/v.sock"]).sandbox, on);
+        assert_eq!(launch(&["--kernel", "/k"]).sandbox, on);
+        assert_eq!(
+            launch(&["--kernel", "/k", "--api-socket", "path=/run/v.sock"]).sandbox,
+            on
+        );
+        for (text, mode) in [
+            ("true", SeccompMode::On),
+            ("log", SeccompMode::Log),
+            ("false", SeccompMode::Off),
+        ] {
+            let l = launch(&["--api-socket", "path=/run/v.sock", "--seccomp", text]);
+            assert_eq!(l.sandbox.mode, mode);
+        }
+        let l = launch(&["--api-socket", "path=/s", "--seccomp-selftest", "api"]);
+        assert_eq!(l.sandbox.selftest, Some(SelftestThread::Api));
     }
 
     #[test]

@@ -416,9 +416,35 @@ fn check(cfg: &VmConfig, api_socket: Option<&api::socket::ApiSocket>) -> Result<
 }
 
 /// Boots the configured guest and runs it until it stops; returns why it stopped.
-pub fn run(cfg: &VmConfig) -> Result<StopReason, VmmError> {
+pub fn run(cfg: &VmConfig, sandbox: &seccomp::Sandbox) -> Result<StopReason, VmmError> {
     let checked = check(cfg, None)?;
-    run_checked(cfg, checked, None)
+    let jail = Jail {
+        sandbox,
+        main: MainFilter::Install(seccomp::ThreadKind::Main),
+    };
+    run_checked(cfg, checked, Around { hooks: None, jail })
+}
+
+/// The seccomp filter of the thread that runs a guest's event loop.
+#[derive(Debug, Clone, Copy)]
+enum MainFilter {
+    /// Installed (after the vCPU threads are started, before they enter the guest).
+    Install(seccomp::ThreadKind),
+    /// API mode: the thread is already under `ThreadKind::Vmm`'s, which allows the run.
+    Installed,
+}
+
+/// What surrounds a run: the API's hooks (None without the API) and the sandbox.
+struct Around<'a> {
+    hooks: Option<RunHooks<'a>>,
+    jail: Jail<'a>,
+}
+
+/// How a run is sandboxed: the monitor's settings and the main thread's filter.
+#[derive(Debug, Clone, Copy)]
+struct Jail<'a> {
+    sandbox: &'a seccomp::Sandbox,
+    main: MainFilter,
 }
 
 /// What a run tells the API: the state to keep current, and a call once the guest runs.
@@ -434,8 +460,9 @@ pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
         Some(option) => Some(api::socket::ApiSocket::prepare(option)?),
         None => None,
     };
+    let sandbox = launch.sandbox;
     match (launch.vm, socket) {
-        (Some(cfg), None) => run(&cfg).map(exit_status),
+        (Some(cfg), None) => run(&cfg, &sandbox).map(exit_status),
         (Some(cfg), Some(socket)) => {
             let checked = check(&cfg, Some(&socket))?;
             let bound = match socket.bind() {
@@ -460,7 +487,7 @@ pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
                         commands_wake: commands_wake.clone(),
                         host_memory: config::host_memory_bytes(),
                     };
-                    if let Err(e) = api::server::spawn(l, controller) {
+                    if let Err(e) = api::server::spawn(l, controller, sandbox) {
                         spawn_failed = Some(e);
                     }
                 }
@@ -468,10 +495,16 @@ pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
             let result = run_checked(
                 &cfg,
                 checked,
-                Some(RunHooks {
-                    api: &state,
-                    on_started: &mut on_started,
-                }),
+                Around {
+                    hooks: Some(RunHooks {
+                        api: &state,
+                        on_started: &mut on_started,
+                    }),
+                    jail: Jail {
+                        sandbox: &sandbox,
+                        main: MainFilter::Install(seccomp::ThreadKind::MainWithApi),
+                    },
+                },
             );
             if let Some(e) = spawn_failed {
                 log::error!("the API thread could not start: {e}");
@@ -481,7 +514,7 @@ pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
             drop(bound);
             result.map(exit_status)
         }
-        (None, Some(socket)) => serve_api(socket),
+        (None, Some(socket)) => serve_api(socket, &sandbox),
         (None, None) => unreachable!("clap requires --kernel without --api-socket"),
     }
 }
@@ -498,7 +531,9 @@ fn describe_stop(result: &Result<StopReason, VmmError>) -> String {
 /// signal. `vm.create` runs the check phase ([`check`], as for the command line) and holds
 /// what it opened; `vm.boot` runs the guest on this thread; a guest reboot boots it again
 /// (re-checked from its configuration); anything else that stops it leaves the VM `Shutdown`.
-fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
+/// This thread runs under `ThreadKind::Vmm`'s filter from the moment the API thread (which
+/// installs its own) is started.
+fn serve_api(socket: api::socket::ApiSocket, sandbox: &seccomp::Sandbox) -> Result<u8, VmmError> {
     use api::{AfterStop, CommandKind, VmState};
     use std::os::fd::AsRawFd;
     use std::sync::mpsc::TryRecvError;
@@ -517,9 +552,16 @@ fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
             commands_wake: wake.clone(),
             host_memory: config::host_memory_bytes(),
         },
+        *sandbox,
     )
     .map_err(io_err("starting the API thread"))?;
-    info!("API ready; waiting for vm.create");
+    // Every later step of this thread, and the vCPU threads each boot starts, under the one
+    // filter that covers API mode's lifecycle.
+    sandbox.install(seccomp::ThreadKind::Vmm)?;
+    info!(
+        "API ready; waiting for vm.create (seccomp {})",
+        sandbox.mode
+    );
     let mut created: Option<(VmConfig, Checked)> = None;
     let signalled = |n: i32| exit::SIGNAL_BASE.saturating_add(n as u8);
     loop {
@@ -614,10 +656,16 @@ fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
                     let result = run_checked(
                         &cfg,
                         checked,
-                        Some(RunHooks {
-                            api: &state,
-                            on_started: &mut on_started,
-                        }),
+                        Around {
+                            hooks: Some(RunHooks {
+                                api: &state,
+                                on_started: &mut on_started,
+                            }),
+                            jail: Jail {
+                                sandbox,
+                                main: MainFilter::Installed,
+                            },
+                        },
                     );
                     if let Some(r) = reply.take() {
                         // It never started: nothing was left behind (see run_checked).
@@ -660,11 +708,7 @@ fn serve_api(socket: api::socket::ApiSocket) -> Result<u8, VmmError> {
 }
 
 /// The run phase of a checked configuration: writes, builds the VM and runs it until it stops.
-fn run_checked(
-    cfg: &VmConfig,
-    checked: Checked,
-    hooks: Option<RunHooks>,
-) -> Result<StopReason, VmmError> {
+fn run_checked(cfg: &VmConfig, checked: Checked, around: Around) -> Result<StopReason, VmmError> {
     let Checked {
         pmem,
         claims,
@@ -715,7 +759,7 @@ fn run_checked(
             return Err(e);
         }
     };
-    let result = run_with_pmem(cfg, &mut pmem, vm, mem, serial, hooks, &claims);
+    let result = run_with_pmem(cfg, &mut pmem, vm, mem, serial, &claims, around);
     // Every way out, guest poweroff, signal or error, leaves file-backed pmem on disk; a flush
     // that fails here turns any other outcome into a failure (the first error is kept).
     let flushed = pmem.flush();
@@ -732,9 +776,10 @@ fn run_with_pmem(
     mut vm: vm::Vm,
     mem: GuestMemoryMmap,
     serial_out: devices::serial::Output,
-    hooks: Option<RunHooks>,
     claims: &[(Role, PathBuf, Extents)],
+    around: Around,
 ) -> Result<StopReason, VmmError> {
+    let Around { hooks, jail } = around;
     let stop = Arc::new(StopSignal::new().map_err(io_err("creating an eventfd"))?);
     let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
     let input_ready = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
@@ -844,15 +889,21 @@ fn run_with_pmem(
         None
     };
 
-    // Seccomp: compiled here, installed by each vCPU thread before it waits at `gate`, and by
-    // this thread below before it opens the gate; no guest instruction runs before both.
-    let main_filter = seccomp::filter(seccomp::ThreadKind::Main, cfg.seccomp)?;
-    let vcpu_filter = Arc::new(seccomp::filter(seccomp::ThreadKind::Vcpu, cfg.seccomp)?);
+    // Seccomp: compiled here, installed by each vCPU thread before it waits at `gate`; the API
+    // thread (command line with --api-socket, started below) installs its own before it
+    // accepts; this thread installs its own (or already runs under API mode's) before it opens
+    // the gate. No guest instruction runs and no request is served before every filter is in.
+    let sandbox = jail.sandbox;
+    let vcpu_filter = Arc::new(seccomp::filter(seccomp::ThreadKind::Vcpu, sandbox.mode)?);
+    let main_filter = match jail.main {
+        MainFilter::Install(kind) => Some((kind, seccomp::filter(kind, sandbox.mode)?)),
+        MainFilter::Installed => None,
+    };
     let gate = Arc::new(vcpu::StartGate::default());
     let start = vcpu::Start {
         filter: vcpu_filter,
         gate: gate.clone(),
-        selftest: cfg.seccomp_selftest == Some(seccomp::SelftestThread::Vcpu),
+        selftest: sandbox.selftest == Some(seccomp::SelftestThread::Vcpu),
     };
 
     let error: vcpu::ErrorSlot = Arc::new(Mutex::new(None));
@@ -876,21 +927,6 @@ fn run_with_pmem(
                 });
             }
         }
-    }
-    if let Err(e) = seccomp::apply(seccomp::ThreadKind::Main, main_filter.as_ref()) {
-        stop.request(StopReason::Error);
-        vcpu::stop_all(threads);
-        return Err(e.into());
-    }
-    gate.open();
-    info!(
-        "guest started with {} vCPUs and {} MiB (seccomp {})",
-        cfg.cpus,
-        cfg.memory >> 20,
-        cfg.seccomp
-    );
-    if cfg.seccomp_selftest == Some(seccomp::SelftestThread::Main) {
-        seccomp::selftest_violation();
     }
     let api_state = hooks.as_ref().map(|h| h.api);
     if let Some(hooks) = hooks {
@@ -919,8 +955,25 @@ fn run_with_pmem(
                 },
             },
         );
+        // Before this thread's filter: a thread started now does not inherit it (the command
+        // line's API thread installs the API list, which this thread's does not include).
         (hooks.on_started)();
     }
+    if let Some((kind, program)) = &main_filter {
+        if let Err(e) = seccomp::apply(*kind, program.as_ref()) {
+            stop.request(StopReason::Error);
+            vcpu::stop_all(threads);
+            return Err(e.into());
+        }
+    }
+    gate.open();
+    info!(
+        "guest started with {} vCPUs and {} MiB (seccomp {})",
+        cfg.cpus,
+        cfg.memory >> 20,
+        sandbox.mode
+    );
+    sandbox.selftest(seccomp::SelftestThread::Main);
     drop(hot_add_requests);
     let mut hot = HotAddContext {
         cfg,

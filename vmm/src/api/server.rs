@@ -1,6 +1,7 @@
 //! The API thread: accepts one connection at a time, reads one bounded request (with read and
 //! write timeouts, so a client that stalls costs at most [`IO_TIMEOUT`]), answers it and closes
-//! the connection. It sleeps in `accept` while nobody calls: no wake-ups when idle.
+//! the connection. It sleeps in `accept` while nobody calls: no wake-ups when idle. It installs
+//! its seccomp filter (`seccomp::ThreadKind::Api`) before it accepts anything.
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,15 +13,40 @@ use log::{debug, warn};
 
 use super::http::{self, ReadError};
 use super::{Command, CommandKind, Controller, Then};
+use crate::seccomp::{self, Sandbox, SelftestThread, ThreadKind};
 
 /// How long one connection may take to send its request or read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts the API thread on `listener`.
-pub fn spawn(listener: UnixListener, controller: Controller) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
+/// Starts the API thread on `listener`; returns once the thread has installed its seccomp
+/// filter (an error if it could not: then it serves nothing and is gone).
+pub fn spawn(
+    listener: UnixListener,
+    controller: Controller,
+    sandbox: Sandbox,
+) -> io::Result<JoinHandle<()>> {
+    let program = seccomp::filter(ThreadKind::Api, sandbox.mode)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let (installed, result) = mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || serve(listener, controller))
+        .spawn(move || {
+            let filtered = seccomp::apply(ThreadKind::Api, program.as_ref());
+            let ok = filtered.is_ok();
+            let _ = installed.send(filtered);
+            if ok {
+                sandbox.selftest(SelftestThread::Api);
+                serve(listener, controller);
+            }
+        })?;
+    match result.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(io::Error::other(e.to_string()))
+        }
+        Err(_) => Err(io::Error::other("the API thread ended before it started")),
+    }
 }
 
 fn serve(listener: UnixListener, controller: Controller) {

@@ -127,8 +127,6 @@ impl Fixture {
             serial: SerialMode::Off,
             pmem: vec![crate::pmem_option::parse_pmem("path=/p,id=data", 0).unwrap()],
             report: None,
-            seccomp: crate::seccomp::SeccompMode::Off,
-            seccomp_selftest: None,
         };
         self.controller.state.started(
             &cfg,

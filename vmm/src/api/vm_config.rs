@@ -237,8 +237,6 @@ pub fn parse_vm_config(body: &[u8], host_memory: Option<u64>) -> Result<VmConfig
         serial,
         report: None,
         pmem,
-        seccomp: crate::seccomp::SeccompMode::Off,
-        seccomp_selftest: None,
     };
     VmConfig::validate(spec, host_memory).map_err(|e| {
         let crate::config::ConfigError::Invalid {
