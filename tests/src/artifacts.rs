@@ -382,6 +382,98 @@ mod tests {
         assert_eq!(executable_from_cargo_json(out, "other"), None);
     }
 
+    /// `build-initramfs.sh --kernel-modules` on a made-up module tree: every module of
+    /// `resources/guest-modules` and its dependencies (followed through modules.dep, however
+    /// deep) land in the image with a modules.dep of just their lines, the load list goes to
+    /// `/etc/guest-modules`, modules nobody needs stay out, and a listed module missing from
+    /// the tree is an error naming it.
+    #[test]
+    fn kernel_modules_closure_in_the_image() {
+        let dir = crate::scratch::ScratchDir::new("modtree").unwrap();
+        let release = dir.path().join("lib/modules/9.9.9-test");
+        let list =
+            std::fs::read_to_string(config::workspace_root().join("resources/guest-modules"))
+                .unwrap();
+        let wanted: Vec<&str> = list
+            .lines()
+            .map(|l| l.split('#').next().unwrap().trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        // nd_pmem -> nd_btt -> libnvdimm -> dep-deep (a chain), plus an unneeded module.
+        let deps = |m: &str| match m {
+            "nd_pmem" => "kernel/nd_btt.ko",
+            "nd_btt" => "kernel/libnvdimm.ko",
+            "libnvdimm" => "kernel/dep-deep.ko",
+            _ => "",
+        };
+        let mut dep = String::new();
+        for m in wanted
+            .iter()
+            .copied()
+            .chain(["libnvdimm", "dep-deep", "unneeded"])
+        {
+            let file = release.join(format!("kernel/{m}.ko"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, m).unwrap();
+            dep.push_str(&format!("kernel/{m}.ko: {}\n", deps(m)));
+        }
+        std::fs::write(release.join("modules.dep"), &dep).unwrap();
+        let build = |out: &Path| {
+            Command::new("bash")
+                .arg(config::workspace_root().join("resources/build-initramfs.sh"))
+                .arg("-o")
+                .arg(out)
+                .arg("--kernel-modules")
+                .arg(&release)
+                .output()
+                .unwrap()
+        };
+        let image = dir.path().join("img.cpio.gz");
+        let out = build(&image);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let unpacked = dir.path().join("root");
+        std::fs::create_dir(&unpacked).unwrap();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "gzip -dc {} | cpio -id --quiet",
+                crate::shell::sh_quote(&image.display().to_string())
+            ))
+            .current_dir(&unpacked)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mdir = unpacked.join("lib/modules/9.9.9-test");
+        for m in wanted.iter().copied().chain(["libnvdimm", "dep-deep"]) {
+            assert!(mdir.join(format!("kernel/{m}.ko")).is_file(), "{m} missing");
+        }
+        assert!(!mdir.join("kernel/unneeded.ko").exists());
+        let image_dep = std::fs::read_to_string(mdir.join("modules.dep")).unwrap();
+        assert!(
+            image_dep.contains("kernel/nd_btt.ko: kernel/libnvdimm.ko\n"),
+            "{image_dep}"
+        );
+        assert!(!image_dep.contains("unneeded"), "{image_dep}");
+        let loads = std::fs::read_to_string(unpacked.join("etc/guest-modules")).unwrap();
+        assert_eq!(loads.lines().collect::<Vec<_>>(), wanted);
+
+        // A listed module the tree lacks.
+        let dep_without_nfit: String = dep
+            .lines()
+            .filter(|l| !l.starts_with("kernel/nfit.ko"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(release.join("modules.dep"), dep_without_nfit).unwrap();
+        let out = build(&dir.path().join("bad.cpio.gz"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("'nfit'"), "{err}");
+        assert!(!dir.path().join("bad.cpio.gz").exists());
+    }
+
     #[test]
     fn spec_builders() {
         let s = InitramfsSpec::default()

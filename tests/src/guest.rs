@@ -571,6 +571,39 @@ mod tests {
         assert!(s.ends_with("exit 0\n"));
     }
 
+    /// A stock guest boots `$STOCK_KERNEL` (or `$STOCK_VMLINUX`) with `$STOCK_INITRAMFS`, and
+    /// the host stages what the guests need of the stock kernel, the ELF image only for PVH.
+    #[test]
+    fn stock_guests_use_the_stock_files() {
+        let bz = GuestOpts::default()
+            .with_stock_kernel()
+            .with_command("true");
+        let s = bz.host_script().unwrap();
+        assert!(
+            s.contains("\"$VMM\" --kernel \"$STOCK_KERNEL\" --initramfs \"$STOCK_INITRAMFS\""),
+            "{s}"
+        );
+        let pvh = bz.clone().with_kernel(KernelImage::Vmlinux);
+        assert!(pvh
+            .host_script()
+            .unwrap()
+            .contains("--kernel \"$STOCK_VMLINUX\""));
+        let ours = GuestOpts::default().with_kernel(KernelImage::Vmlinux);
+        assert_eq!(StockStaging::for_guests(&[]), StockStaging::None);
+        assert_eq!(
+            StockStaging::for_guests(std::slice::from_ref(&ours)),
+            StockStaging::None
+        );
+        assert_eq!(
+            StockStaging::for_guests(&[ours.clone(), bz.clone()]),
+            StockStaging::BzImage
+        );
+        assert_eq!(
+            StockStaging::for_guests(&[bz, pvh, ours]),
+            StockStaging::BzImageAndVmlinux
+        );
+    }
+
     /// The generated script runs under sh with a fake vmm that prints what it got.
     #[test]
     fn script_runs_with_fake_vmm() {
