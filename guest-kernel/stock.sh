@@ -54,31 +54,36 @@ for t in apt-cache apt-get dpkg-deb xz readelf busybox sha256sum flock; do
     command -v "$t" >/dev/null 2>&1 || die "required tool '$t' not found"
 done
 
-# candidate PKG: the version apt would install, empty when apt knows no such package.
-candidate() {
-    apt-cache policy "$1" 2>/dev/null | sed -nE 's/^[[:space:]]*Candidate:[[:space:]]*(.+)$/\1/p' \
-        | grep -v '^(none)$' || true
-}
+# show PKG: apt's record of the version it would install (one apt-cache call: each takes
+# seconds on a loaded machine), empty when apt knows no such package.
+show() { apt-cache show --no-all-versions "$1" 2>/dev/null || true; }
+field() { sed -nE "s/^$1:[[:space:]]*(.*)$/\1/p" | head -n 1; }
 
-ensure_lists() {
-    [[ -n "$(candidate "$PACKAGE")" ]] && return 0
+RECORD="$(show "$PACKAGE")"
+if [[ -z "$RECORD" ]]; then
     [[ "$(id -u)" -eq 0 ]] || die "apt knows no package ${PACKAGE} and we are not root to run apt-get update"
     log "apt knows no ${PACKAGE}: running apt-get update"
     apt-get update -qq >&2 || die "apt-get update failed"
-    [[ -n "$(candidate "$PACKAGE")" ]] || die "no package ${PACKAGE} in the configured archives"
-}
-ensure_lists
+    RECORD="$(show "$PACKAGE")"
+    [[ -n "$RECORD" ]] || die "no package ${PACKAGE} in the configured archives"
+fi
 
 # A metapackage (linux-image-amd64) depends on exactly one versioned linux-image-<release>
-# package, which holds the kernel; follow it.
-IMAGE_PKG="$PACKAGE"
-if [[ "$PACKAGE" != linux-image-[0-9]* ]]; then
-    IMAGE_PKG="$(apt-cache depends --important "$PACKAGE" 2>/dev/null \
-        | sed -nE 's/^[[:space:]]*Depends:[[:space:]]*(linux-image-[0-9][^[:space:]]*)$/\1/p' \
+# package, which holds the kernel, pinned to a version ("(= 6.1.192-3)"); follow it.
+if [[ "$PACKAGE" == linux-image-[0-9]* ]]; then
+    IMAGE_PKG="$PACKAGE"
+    VERSION="$(field Version <<<"$RECORD")"
+else
+    dep="$(field Depends <<<"$RECORD" | tr ',' '\n' \
+        | sed -nE 's/^[[:space:]]*(linux-image-[0-9][^[:space:]]*)[[:space:]]*(\(= ([^)]+)\))?.*$/\1 \3/p' \
         | head -n 1)"
+    IMAGE_PKG="${dep%% *}"
+    VERSION="${dep#* }"
     [[ -n "$IMAGE_PKG" ]] || die "${PACKAGE} depends on no linux-image-<release> package"
+    if [[ -z "$VERSION" || "$VERSION" == "$IMAGE_PKG" ]]; then
+        VERSION="$(show "$IMAGE_PKG" | field Version)"
+    fi
 fi
-VERSION="$(candidate "$IMAGE_PKG")"
 [[ -n "$VERSION" ]] || die "apt has no candidate version of ${IMAGE_PKG}"
 RELEASE="${IMAGE_PKG#linux-image-}"
 RELEASE="${RELEASE%-unsigned}"
