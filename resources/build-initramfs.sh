@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build-initramfs.sh - reproducible pmem-vmm guest initramfs (gzip'd newc cpio):
-# Debian's busybox-static + resources/init + whatever --add / --add-bin bring in.
+# Debian's busybox-static + resources/init + whatever --add / --add-bin bring in, and for a
+# stock kernel (--kernel-modules) the modules of resources/guest-modules with their dependencies.
 # Prints INITRAMFS=<abs path> on stdout; everything else goes to stderr.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ readonly SCRIPT_DIR
 SCRIPT_PATH="${SCRIPT_DIR}/$(basename "${BASH_SOURCE[0]}")"
 readonly SCRIPT_PATH
 readonly INIT_SRC="${SCRIPT_DIR}/init"
+readonly MODULE_LIST="${SCRIPT_DIR}/guest-modules"
 CACHE_ROOT="${PMEMVMM_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/pmem-vmm}"
 readonly ICACHE="${CACHE_ROOT}/initramfs"
 
@@ -24,6 +26,7 @@ die() { printf '[resources/build-initramfs.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 usage() {
     cat <<EOF
 Usage: $(basename "$0") [-o OUT] [--add SRC:DEST]... [--add-bin PATH[:DEST]]...
+                         [--kernel-modules DIR]
 
 Build the pmem-vmm guest initramfs (gzip'd newc cpio, byte-reproducible) from
 ${BUSYBOX_PKG} (all applets as symlinks) and resources/init.
@@ -37,6 +40,12 @@ ${BUSYBOX_PKG} (all applets as symlinks) and resources/init.
                        copy executable PATH (a name is looked up in \$PATH) to DEST
                        (default: its own absolute path) plus every shared library that
                        ldd reports and the dynamic loader, at their host paths
+  --kernel-modules DIR for a kernel with the NVDIMM drivers as modules (a stock kernel):
+                       DIR is its lib/modules/<release> tree with a modules.dep
+                       (guest-kernel/stock.sh prints it as STOCK_MODULES); the modules
+                       named in resources/guest-modules and everything they depend on go
+                       to /lib/modules/<release>/ with a modules.dep for just them, and
+                       the list to /etc/guest-modules, which /init loads with modprobe
   -h, --help           show this help
 
 stdout: INITRAMFS=<abs path>
@@ -44,6 +53,7 @@ EOF
 }
 
 OUT=""
+MODDIR=""
 ADDS=()
 BINS=()
 while [[ $# -gt 0 ]]; do
@@ -57,6 +67,9 @@ while [[ $# -gt 0 ]]; do
         --add-bin)
             [[ $# -ge 2 ]] || die "--add-bin needs PATH[:DEST]"
             BINS+=("$2"); shift ;;
+        --kernel-modules)
+            [[ $# -ge 2 ]] || die "--kernel-modules needs a lib/modules/<release> directory"
+            MODDIR="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -177,6 +190,52 @@ for spec in "${BINS[@]+"${BINS[@]}"}"; do
     fi
     log "added binary ${bin} -> ${dest} (+${nlibs} shared objects)"
 done
+
+# --- --kernel-modules DIR -------------------------------------------------------------
+# module_name FILE: a module's name as modprobe spells it (dashes are underscores).
+module_name() { local b="${1##*/}"; b="${b%.ko*}"; printf '%s\n' "${b//-/_}"; }
+if [[ -n "$MODDIR" ]]; then
+    [[ -f "${MODDIR}/modules.dep" ]] \
+        || die "--kernel-modules ${MODDIR}: no modules.dep there (expected a lib/modules/<release> tree)"
+    [[ -f "$MODULE_LIST" ]] || die "module list not found: ${MODULE_LIST}"
+    release="$(basename "$(cd "$MODDIR" && pwd)")"
+    # modules.dep lines: "kernel/x/a.ko: kernel/y/b.ko kernel/z/c.ko" (paths relative to DIR).
+    declare -A dep_line=()
+    while IFS= read -r line; do
+        [[ -n "$line" ]] || continue
+        dep_line["$(module_name "${line%%:*}")"]="$line"
+    done <"${MODDIR}/modules.dep"
+    wanted=()
+    while IFS= read -r m; do
+        m="${m%%#*}"; m="${m//[[:space:]]/}"
+        [[ -n "$m" ]] || continue
+        m="${m//-/_}"
+        [[ -n "${dep_line[$m]+x}" ]] || die "--kernel-modules ${MODDIR}: no module '${m}' in modules.dep (built in, or named differently?)"
+        wanted+=("$m")
+    done <"$MODULE_LIST"
+    # The closure over modules.dep (followed transitively, whatever depmod chose to list);
+    # each module's own line comes along for the guest's modules.dep.
+    declare -A take=()
+    todo=("${wanted[@]}")
+    while ((${#todo[@]})); do
+        m="${todo[0]}"; todo=("${todo[@]:1}")
+        [[ -z "${take[$m]+x}" ]] || continue
+        [[ -n "${dep_line[$m]+x}" ]] || die "--kernel-modules ${MODDIR}: dependency '${m}' is not in modules.dep"
+        take["$m"]=1
+        line="${dep_line[$m]}"
+        for d in ${line#*:}; do todo+=("$(module_name "$d")"); done
+    done
+    mdest="/lib/modules/${release}"
+    mkdir -p "${ROOT}${mdest}"
+    for m in $(printf '%s\n' "${!take[@]}" | sort); do
+        line="${dep_line[$m]}"
+        rel="${line%%:*}"
+        copy_file "${MODDIR}/${rel}" "${mdest}/${rel}"
+        printf '%s\n' "$line" >>"${ROOT}${mdest}/modules.dep"
+    done
+    printf '%s\n' "${wanted[@]}" >"${ROOT}/etc/guest-modules"
+    log "added ${#take[@]} modules of ${release} (${#wanted[@]} loaded at boot: ${wanted[*]})"
+fi
 
 # --- normalise metadata ---------------------------------------------------------------
 # Modes do not depend on the host's umask or the source files' group/other bits; owners are

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs missing packages, builds (and caches) the guest
-# kernel, checks formatting and lints, then runs the whole suite with cargo-nextest (every test
-# binary to the end, no fail-fast) and prints each binary's and each test's wall time.
+# kernel, fetches (and caches) the stock guest kernel, checks formatting and lints, then runs the
+# whole suite with cargo-nextest (every test binary to the end, no fail-fast) and prints each
+# binary's and each test's wall time.
 # Integration tests boot real guests on KVM, directly or in the nested testbed (see the README,
 # PMEMVMM_TESTBED). Extra arguments go to `cargo nextest run` (e.g. a filter expression).
 set -euo pipefail
@@ -15,6 +16,9 @@ scripts/install-deps.sh
 phase "building the guest kernel"
 # Build the kernel up front so its log is readable on its own and tests only find it cached.
 guest-kernel/build.sh >/dev/null
+phase "fetching the stock guest kernel"
+# Debian's linux-image-amd64 for tests/tests/stock_kernel.rs (a ~70 MB download, then cached).
+guest-kernel/stock.sh >/dev/null
 phase "checking format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings

@@ -1,10 +1,11 @@
 //! Boots one guest through the testbed and prints its console: a debugging aid for the vmm.
 //!
 //! ```text
-//! cargo run -p testbed --example run-guest -- [--cpus N] [--memory SIZE] [--vmlinux] [--loud]
+//! cargo run -p testbed --example run-guest -- [--cpus N] [--memory SIZE] [--vmlinux] [--stock] [--loud]
 //!     [--param WORD]... [--vmm-arg ARG]... [--timeout SECS] [--host-bin PATH]
 //!     [--before SCRIPT] [--after SCRIPT] [-- GUEST COMMAND...]
 //! ```
+//! `--stock` boots the stock distribution kernel (`guest-kernel/stock.sh`) instead of ours.
 //! `--loud` drops `quiet` from the guest kernel command line. `--before`/`--after` are host shell
 //! commands around the vmm (the host script's `$VMM` may be redefined in `--before`, e.g. to
 //! run it under strace staged with `--host-bin /usr/bin/strace`). Prints the guest console, or
@@ -12,7 +13,7 @@
 
 use std::time::Duration;
 
-use testbed::{boot_guest, GuestOpts, KernelImage};
+use testbed::{boot_guest, GuestKernel, GuestOpts, KernelImage};
 
 fn main() {
     let mut opts = GuestOpts::default();
@@ -29,6 +30,7 @@ fn main() {
             "--cpus" => opts.cpus = value().parse().expect("--cpus takes a number"),
             "--memory" => opts.memory = value(),
             "--vmlinux" => opts.kernel = KernelImage::Vmlinux,
+            "--stock" => opts.guest_kernel = GuestKernel::Stock,
             "--loud" => opts.kernel_params.retain(|p| p != "quiet"),
             "--param" => opts.kernel_params.push(value()),
             "--vmm-arg" => opts.vmm_args.push(value()),

@@ -16,6 +16,14 @@ pub const ENV_KERNEL: &str = "PMEMVMM_KERNEL";
 pub const ENV_VMLINUX: &str = "PMEMVMM_VMLINUX";
 /// Path to a guest initramfs to use instead of running `resources/build-initramfs.sh`.
 pub const ENV_INITRAMFS: &str = "PMEMVMM_INITRAMFS";
+/// Path to a stock distribution kernel's bzImage, for the guests that boot one, instead of
+/// running `guest-kernel/stock.sh`. Needs [`ENV_STOCK_MODULES`] too.
+pub const ENV_STOCK_KERNEL: &str = "PMEMVMM_STOCK_KERNEL";
+/// The stock kernel's ELF image for PVH boot (default: `vmlinux` next to [`ENV_STOCK_KERNEL`]).
+pub const ENV_STOCK_VMLINUX: &str = "PMEMVMM_STOCK_VMLINUX";
+/// The stock kernel's `lib/modules/<release>` directory (with `modules.dep`), the source of the
+/// NVDIMM modules in its guest initramfs.
+pub const ENV_STOCK_MODULES: &str = "PMEMVMM_STOCK_MODULES";
 /// Path to a `vmm` binary to use instead of `cargo build --release -p vmm`.
 pub const ENV_VMM: &str = "PMEMVMM_VMM";
 /// QEMU binary for nested mode (default: `qemu-system-x86_64` from `PATH`).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::artifacts;
 use crate::error::{Error, Result};
-use crate::host::{run_on_kvm_host, HostOpts, HostRun, TAIL_LINES};
+use crate::host::{run_on_kvm_host, HostOpts, HostRun, StockStaging, TAIL_LINES};
 use crate::markers::{has_marker, last_marker, tail_lines};
 use crate::shell::{sh_join, sh_quote};
 
@@ -36,6 +36,17 @@ pub enum KernelImage {
     Vmlinux,
 }
 
+/// Which kernel the guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestKernel {
+    /// Ours (`guest-kernel/`, NVDIMM drivers built in), with the guest initramfs `$INITRAMFS`.
+    #[default]
+    Ours,
+    /// A stock distribution kernel with the NVDIMM drivers as modules
+    /// ([`artifacts::stock_kernel`]), with `$STOCK_INITRAMFS`, which loads them.
+    Stock,
+}
+
 /// Options for [`boot_guest`].
 #[derive(Debug, Clone)]
 pub struct GuestOpts {
@@ -45,6 +56,8 @@ pub struct GuestOpts {
     pub memory: String,
     /// Which kernel image. Default bzImage.
     pub kernel: KernelImage,
+    /// Which kernel. Default ours.
+    pub guest_kernel: GuestKernel,
     /// Guest kernel parameters before `--`. Default `console=ttyS0 quiet panic=-1`: a quiet
     /// guest keeps slow emulated serial output short, and a panic becomes a reboot (vmm exit 3)
     /// rather than a hang.
@@ -70,6 +83,7 @@ impl Default for GuestOpts {
             cpus: 1,
             memory: "256M".into(),
             kernel: KernelImage::BzImage,
+            guest_kernel: GuestKernel::Ours,
             kernel_params: ["console=ttyS0", "quiet", "panic=-1"]
                 .map(String::from)
                 .to_vec(),
@@ -97,6 +111,11 @@ impl GuestOpts {
     /// Boots the given kernel image.
     pub fn with_kernel(mut self, kernel: KernelImage) -> Self {
         self.kernel = kernel;
+        self
+    }
+    /// Boots the stock distribution kernel instead of ours.
+    pub fn with_stock_kernel(mut self) -> Self {
+        self.guest_kernel = GuestKernel::Stock;
         self
     }
     /// Appends a guest kernel parameter.
@@ -158,9 +177,11 @@ impl GuestOpts {
 
     /// The host script that runs the vmm once and reports its exit status.
     pub fn host_script(&self) -> Result<String> {
-        let kernel_var = match self.kernel {
-            KernelImage::BzImage => "$KERNEL",
-            KernelImage::Vmlinux => "$VMLINUX",
+        let (kernel_var, initramfs_var) = match (self.guest_kernel, self.kernel) {
+            (GuestKernel::Ours, KernelImage::BzImage) => ("$KERNEL", "$INITRAMFS"),
+            (GuestKernel::Ours, KernelImage::Vmlinux) => ("$VMLINUX", "$INITRAMFS"),
+            (GuestKernel::Stock, KernelImage::BzImage) => ("$STOCK_KERNEL", "$STOCK_INITRAMFS"),
+            (GuestKernel::Stock, KernelImage::Vmlinux) => ("$STOCK_VMLINUX", "$STOCK_INITRAMFS"),
         };
         let mut s = String::new();
         if !self.before.trim().is_empty() {
@@ -172,7 +193,7 @@ impl GuestOpts {
         }
         s.push_str("echo \"@@VMM-START $(cut -d' ' -f1 /proc/uptime)@@\"\n");
         s.push_str(&format!(
-            "\"$VMM\" --kernel \"{kernel_var}\" --initramfs \"$INITRAMFS\" {} --cmdline {}",
+            "\"$VMM\" --kernel \"{kernel_var}\" --initramfs \"{initramfs_var}\" {} --cmdline {}",
             sh_join([
                 "--cpus",
                 &self.cpus.to_string(),
@@ -323,14 +344,11 @@ impl GuestRun {
 /// or a vmm that did not exit. A guest that misbehaves is not an error here; check it with the
 /// `expect_*` methods so the message carries the console tail.
 pub fn boot_guest(opts: &GuestOpts) -> Result<GuestRun> {
-    if opts.kernel == KernelImage::Vmlinux && artifacts::kernel()?.vmlinux.is_none() {
-        return Err(Error::setup(
-            "this test boots vmlinux but none is known (set PMEMVMM_VMLINUX)",
-        ));
-    }
+    check_vmlinux(std::slice::from_ref(opts))?;
     let script = opts.host_script()?;
     let mut host_opts = opts.host.clone();
     host_opts.guest_artifacts = true;
+    host_opts.stock_kernel = StockStaging::for_guests(std::slice::from_ref(opts));
     let host = run_on_kvm_host(&script, &host_opts)?;
     let report = parse_guest_report(&host.output);
     let Some(vmm_exit) = report.vmm_exit else {
@@ -350,6 +368,28 @@ pub fn boot_guest(opts: &GuestOpts) -> Result<GuestRun> {
         report,
         host,
     })
+}
+
+/// Errors when a guest boots an ELF image that is not known.
+fn check_vmlinux(guests: &[GuestOpts]) -> Result<()> {
+    for g in guests.iter().filter(|g| g.kernel == KernelImage::Vmlinux) {
+        let known = match g.guest_kernel {
+            GuestKernel::Ours => artifacts::kernel()?.vmlinux.is_some(),
+            GuestKernel::Stock => artifacts::stock_kernel()?.vmlinux.is_some(),
+        };
+        if !known {
+            return Err(Error::setup(match g.guest_kernel {
+                GuestKernel::Ours => {
+                    "this test boots vmlinux but none is known (set PMEMVMM_VMLINUX)"
+                }
+                GuestKernel::Stock => {
+                    "this test boots the stock kernel's vmlinux but none is known (set \
+                     PMEMVMM_STOCK_VMLINUX)"
+                }
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// Prefix of every line guest `i`'s host script prints in a shared host: `@@G<i>@@ `.
@@ -402,16 +442,11 @@ fn guest_output(output: &str, i: usize) -> String {
 /// own output. Errors as [`boot_guest`] does, for the host or for any guest whose vmm did not
 /// run to completion.
 pub fn boot_guests(host: &HostOpts, guests: &[GuestOpts], parallel: bool) -> Result<Vec<GuestRun>> {
-    if guests.iter().any(|g| g.kernel == KernelImage::Vmlinux)
-        && artifacts::kernel()?.vmlinux.is_none()
-    {
-        return Err(Error::setup(
-            "this test boots vmlinux but none is known (set PMEMVMM_VMLINUX)",
-        ));
-    }
+    check_vmlinux(guests)?;
     let script = shared_host_script(guests, parallel)?;
     let mut host_opts = host.clone();
     host_opts.guest_artifacts = true;
+    host_opts.stock_kernel = StockStaging::for_guests(guests);
     let run = run_on_kvm_host(&script, &host_opts)?;
     run.expect_success()?;
     guests
@@ -534,6 +569,39 @@ mod tests {
         ), "{s}");
         assert!(s.contains("@@VMM-EXIT $rc@@"));
         assert!(s.ends_with("exit 0\n"));
+    }
+
+    /// A stock guest boots `$STOCK_KERNEL` (or `$STOCK_VMLINUX`) with `$STOCK_INITRAMFS`, and
+    /// the host stages what the guests need of the stock kernel, the ELF image only for PVH.
+    #[test]
+    fn stock_guests_use_the_stock_files() {
+        let bz = GuestOpts::default()
+            .with_stock_kernel()
+            .with_command("true");
+        let s = bz.host_script().unwrap();
+        assert!(
+            s.contains("\"$VMM\" --kernel \"$STOCK_KERNEL\" --initramfs \"$STOCK_INITRAMFS\""),
+            "{s}"
+        );
+        let pvh = bz.clone().with_kernel(KernelImage::Vmlinux);
+        assert!(pvh
+            .host_script()
+            .unwrap()
+            .contains("--kernel \"$STOCK_VMLINUX\""));
+        let ours = GuestOpts::default().with_kernel(KernelImage::Vmlinux);
+        assert_eq!(StockStaging::for_guests(&[]), StockStaging::None);
+        assert_eq!(
+            StockStaging::for_guests(std::slice::from_ref(&ours)),
+            StockStaging::None
+        );
+        assert_eq!(
+            StockStaging::for_guests(&[ours.clone(), bz.clone()]),
+            StockStaging::BzImage
+        );
+        assert_eq!(
+            StockStaging::for_guests(&[bz, pvh, ours]),
+            StockStaging::BzImageAndVmlinux
+        );
     }
 
     /// The generated script runs under sh with a fake vmm that prints what it got.

@@ -22,6 +22,37 @@ pub const TAIL_LINES: usize = 40;
 /// Default [`HostOpts::silence`].
 pub const DEFAULT_SILENCE: Duration = Duration::from_secs(150);
 
+/// What of the stock distribution kernel a host needs, for guests that boot it
+/// ([`crate::guest::GuestKernel::Stock`]); the script then sees `$STOCK_KERNEL`,
+/// `$STOCK_INITRAMFS` (built from [`HostOpts::initramfs`] plus the kernel's NVDIMM modules) and,
+/// with the ELF image, `$STOCK_VMLINUX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum StockStaging {
+    /// Nothing (the variables are empty).
+    #[default]
+    None,
+    /// The bzImage and its initramfs.
+    BzImage,
+    /// Those and the ELF image for PVH boot (66 MB for Debian's 6.1, so only when used).
+    BzImageAndVmlinux,
+}
+
+impl StockStaging {
+    /// What `guests` boot of the stock kernel.
+    pub fn for_guests(guests: &[crate::guest::GuestOpts]) -> Self {
+        use crate::guest::{GuestKernel, KernelImage};
+        guests
+            .iter()
+            .filter(|g| g.guest_kernel == GuestKernel::Stock)
+            .map(|g| match g.kernel {
+                KernelImage::BzImage => StockStaging::BzImage,
+                KernelImage::Vmlinux => StockStaging::BzImageAndVmlinux,
+            })
+            .max()
+            .unwrap_or_default()
+    }
+}
+
 /// Options for [`run_on_kvm_host`]. Build with `HostOpts::default()` and the `with_*` methods.
 #[derive(Debug, Clone)]
 pub struct HostOpts {
@@ -58,6 +89,9 @@ pub struct HostOpts {
     pub host_bins: Vec<PathBuf>,
     /// Extra L1 kernel command-line words (nested mode).
     pub l1_cmdline: Vec<String>,
+    /// The stock kernel's files for the script (set by `boot_guest`/`boot_guests` from the
+    /// guests). Default none.
+    pub stock_kernel: StockStaging,
 }
 
 impl Default for HostOpts {
@@ -76,6 +110,7 @@ impl Default for HostOpts {
             initramfs: InitramfsSpec::default(),
             host_bins: Vec::new(),
             l1_cmdline: Vec::new(),
+            stock_kernel: StockStaging::None,
         }
     }
 }
@@ -192,6 +227,30 @@ pub(crate) struct Resolved {
     pub kernel: Option<&'static artifacts::Kernel>,
     pub vmm: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
+    pub stock: Option<ResolvedStock>,
+}
+
+/// The stock kernel's files for a host ([`StockStaging`]).
+pub(crate) struct ResolvedStock {
+    pub bzimage: PathBuf,
+    /// Only with [`StockStaging::BzImageAndVmlinux`].
+    pub vmlinux: Option<PathBuf>,
+    pub initramfs: PathBuf,
+}
+
+fn resolve_stock(opts: &HostOpts) -> Result<Option<ResolvedStock>> {
+    if opts.stock_kernel == StockStaging::None {
+        return Ok(None);
+    }
+    let stock = artifacts::stock_kernel()?;
+    Ok(Some(ResolvedStock {
+        bzimage: stock.bzimage.clone(),
+        vmlinux: match opts.stock_kernel {
+            StockStaging::BzImageAndVmlinux => stock.vmlinux.clone(),
+            _ => None,
+        },
+        initramfs: artifacts::stock_initramfs(&opts.initramfs)?,
+    }))
 }
 
 fn resolve(opts: &HostOpts, mode: Mode) -> Result<Resolved> {
@@ -212,6 +271,7 @@ fn resolve(opts: &HostOpts, mode: Mode) -> Result<Resolved> {
         kernel,
         vmm,
         initramfs,
+        stock: resolve_stock(opts)?,
     })
 }
 
@@ -403,6 +463,19 @@ fn direct_command(
             "VMLINUX",
             path_or_empty(resolved.kernel.and_then(|k| k.vmlinux.as_deref())),
         );
+    let stock = resolved.stock.as_ref();
+    cmd.env(
+        "STOCK_KERNEL",
+        path_or_empty(stock.map(|s| s.bzimage.as_path())),
+    )
+    .env(
+        "STOCK_VMLINUX",
+        path_or_empty(stock.and_then(|s| s.vmlinux.as_deref())),
+    )
+    .env(
+        "STOCK_INITRAMFS",
+        path_or_empty(stock.map(|s| s.initramfs.as_path())),
+    );
     for (i, dev) in devices.iter().enumerate() {
         cmd.env(format!("NVDIMM{i}"), dev);
     }
@@ -469,6 +542,7 @@ mod tests {
             kernel: None,
             vmm: None,
             initramfs: None,
+            stock: None,
         };
         let cmd = direct_command(
             "echo \"$GREETING\"; pwd; echo err >&2; test -d \"$SHARE\"; exit 7",
@@ -491,6 +565,7 @@ mod tests {
             kernel: None,
             vmm: None,
             initramfs: None,
+            stock: None,
         };
         let opts = HostOpts::default().with_qemu_args(["-device", "x"]);
         let e = direct_command("true", &opts, &resolved, dir.path()).unwrap_err();

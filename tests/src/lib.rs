@@ -27,12 +27,15 @@ pub mod scratch;
 pub mod shell;
 pub mod slots;
 
-pub use artifacts::{initramfs, kernel, vmm, InitramfsSpec, Kernel};
+pub use artifacts::{
+    initramfs, kernel, stock_initramfs, stock_kernel, vmm, InitramfsSpec, Kernel, StockKernel,
+};
 pub use error::{Error, Result, L1_CRASH_MARKER};
 pub use guest::{
-    boot_guest, boot_guests, parse_guest_report, GuestOpts, GuestReport, GuestRun, KernelImage,
+    boot_guest, boot_guests, parse_guest_report, GuestKernel, GuestOpts, GuestReport, GuestRun,
+    KernelImage,
 };
-pub use host::{run_on_kvm_host, HostOpts, HostRun};
+pub use host::{run_on_kvm_host, HostOpts, HostRun, StockStaging};
 pub use markers::{host_section, marker_values, parse_iomem, tail_lines, HostSection, IomemEntry};
 pub use mode::{mode, Mode};
 pub use nvdimm::{Nvdimm, NvdimmKind};

@@ -176,6 +176,9 @@ const L1_VMM: &str = "/testbed/bin/vmm";
 const L1_BZIMAGE: &str = "/testbed/bzImage";
 const L1_VMLINUX: &str = "/testbed/vmlinux";
 const L1_INITRAMFS: &str = "/testbed/initramfs.img";
+const L1_STOCK_BZIMAGE: &str = "/testbed/stock-bzImage";
+const L1_STOCK_VMLINUX: &str = "/testbed/stock-vmlinux";
+const L1_STOCK_INITRAMFS: &str = "/testbed/stock-initramfs.img";
 
 /// Adds an executable at `dest` and its shared libraries at their host paths.
 fn add_binary<W: std::io::Write>(
@@ -296,6 +299,34 @@ fn build_l1_initramfs(
         }
         None => set("INITRAMFS", ""),
     }
+    let mut stage = |var: &str, dest: &str, src: Option<&Path>| -> Result<()> {
+        match src {
+            Some(src) => {
+                cpio.file_from(dest, src)
+                    .ctx(|| format!("archiving {}", src.display()))?;
+                env.push((var.into(), dest.into()));
+            }
+            None => env.push((var.into(), String::new())),
+        }
+        Ok(())
+    };
+    let stock = resolved.stock.as_ref();
+    stage(
+        "STOCK_KERNEL",
+        L1_STOCK_BZIMAGE,
+        stock.map(|s| s.bzimage.as_path()),
+    )?;
+    stage(
+        "STOCK_VMLINUX",
+        L1_STOCK_VMLINUX,
+        stock.and_then(|s| s.vmlinux.as_deref()),
+    )?;
+    stage(
+        "STOCK_INITRAMFS",
+        L1_STOCK_INITRAMFS,
+        stock.map(|s| s.initramfs.as_path()),
+    )?;
+    let mut set = |name: &str, value: &str| env.push((name.into(), value.into()));
     match &resolved.vmm {
         Some(v) => {
             add_binary(&mut cpio, v, L1_VMM, &mut libs)?;
