@@ -87,7 +87,13 @@ fn cases() -> Vec<Case> {
                 .with_command("reboot -f"),
             check: |run| {
                 run.expect_booted()?;
-                run.expect_vmm_exit(4).map(drop)
+                run.expect_vmm_exit(4)?;
+                // The monitor says where the vCPU was (under the default seccomp filter).
+                run.check(
+                    run.console().contains("triple fault: rip 0x")
+                        && run.console().contains(" cr3 0x"),
+                    || "no register line for the triple fault".to_string(),
+                )
             },
         },
     ]

@@ -216,7 +216,9 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                         Err(fault) => fail_with(stop, error, VcpuFailure::from(fault)),
                     },
                     VcpuExit::Shutdown => {
-                        debug!("vCPU {id}: shutdown exit (triple fault)");
+                        // A guest that meant to reset uses the reset register or the i8042; a
+                        // triple fault is a crash, so say where the vCPU was.
+                        warn!("vCPU {id}: triple fault: {}", describe_state(&vcpu));
                         stop.request(StopReason::TripleFault);
                     }
                     VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
@@ -284,4 +286,33 @@ pub fn stop_all(threads: Vec<VcpuThread>) {
             warn!("a vCPU thread did not stop within 5 s; leaving it behind");
         }
     }
+}
+
+/// The vCPU's registers in one line, for a crash report: instruction and stack pointers, flags,
+/// control registers, EFER and the descriptor tables.
+fn describe_state(vcpu: &VcpuFd) -> String {
+    let regs = match vcpu.get_regs() {
+        Ok(r) => format!(
+            "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x}",
+            r.rip, r.rsp, r.rflags, r.rax
+        ),
+        Err(e) => format!("registers unreadable: {e}"),
+    };
+    let sregs = match vcpu.get_sregs() {
+        Ok(s) => format!(
+            "cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} idt {:#x}+{:#x} gdt {:#x}+{:#x}",
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit
+        ),
+        Err(e) => format!("special registers unreadable: {e}"),
+    };
+    format!("{regs}; {sregs}")
 }

@@ -1,16 +1,16 @@
 //! A vCPU thread (`crate::vcpu`) once the guest runs: the one thread kind a guest drives
-//! directly, so the smallest list. Besides [`super::common`]: `KVM_RUN`, the registers for the
-//! message of an internal error, and `msync` for an NFIT flush hint (the group commit runs the
+//! directly, so the smallest list. Besides [`super::common`]: `KVM_RUN`, the registers (and
+//! special registers) for the message of an internal error or a triple fault, and `msync` for an NFIT flush hint (the group commit runs the
 //! host flush on one of the waiting vCPUs). Console output, the COM1 irqfd and stop requests are
 //! writes (common).
 
-use super::ioctls::{KVM_GET_REGS, KVM_RUN};
+use super::ioctls::{KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN};
 use super::{Allow, List};
 
 pub const LIST: List = List {
     name: "vCPU",
     allow: &[
-        Allow::ioctl(&[KVM_RUN, KVM_GET_REGS]),
+        Allow::ioctl(&[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]),
         // devices::flush_hint: a guest flush becomes an msync of the DIMM's mapping.
         Allow::any(libc::SYS_msync),
     ],
