@@ -12,6 +12,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The first words of [`Error::L1Crashed`]'s text, which `scripts/check-retries.py` looks for.
 pub const L1_CRASH_MARKER: &str = "testbed: the nested L1 host crashed";
 
+/// The first line of a stopped nested run's host view when the script had started but no
+/// guest had printed its init marker: a hang in early boot under QEMU TCG (see
+/// `tests/README.md`, "Retries"), which `scripts/check-retries.py` forgives on a retry.
+pub const EARLY_HANG_MARKER: &str = "testbed: stopped before any guest reached init (nested)";
+
 /// What went wrong while preparing or running a testbed host or guest.
 #[derive(thiserror::Error)]
 pub enum Error {

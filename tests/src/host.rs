@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::artifacts::{self, InitramfsSpec};
 use crate::config::{self, ENV_DEVDAX};
-use crate::error::{Error, IoContext, Result};
-use crate::markers::{host_section, tail_lines, HostSection};
+use crate::error::{Error, IoContext, Result, EARLY_HANG_MARKER};
+use crate::markers::{has_marker, host_section, tail_lines, HostSection};
 use crate::mode::{self, Mode};
 use crate::nvdimm::{Nvdimm, NvdimmKind};
 use crate::process::{run_captured, Captured, Stopped, Watch};
@@ -332,6 +332,14 @@ fn finish(mode: Mode, timeout: Duration, c: Captured) -> Result<HostRun> {
     let console = c.console_for_errors();
     let tail = tail_lines(&console, TAIL_LINES);
     let Some(status) = c.status else {
+        let mut c = c;
+        if mode == Mode::Nested
+            && c.begin_at.is_some()
+            && !has_marker(&c.stdout, crate::guest::GUEST_INIT)
+        {
+            // Say so in a fixed phrase: scripts/check-retries.py forgives such a first try.
+            c.host_view = format!("{EARLY_HANG_MARKER}\n{}", c.host_view);
+        }
         return Err(match c.stopped {
             Some(Stopped::Stall(line)) => Error::Stall {
                 why: format!("the console reported a stall: {line}"),
@@ -524,6 +532,18 @@ mod tests {
 
         let e = finish(Mode::Direct, t, captured("@@HOST-BEGIN@@\nx\n", Some(1))).unwrap_err();
         assert!(e.to_string().contains("before the script finished"), "{e}");
+        // A nested run stopped after the script began: an early hang unless a guest came up.
+        let stopped = |console: &str, mode| {
+            let mut c = captured(console, None);
+            c.begin_at = Some(Duration::from_secs(1));
+            finish(mode, t, c).unwrap_err().to_string()
+        };
+        let early = stopped("@@HOST-BEGIN@@\n@@VMM-START 1.0@@\n", Mode::Nested);
+        assert!(early.contains(EARLY_HANG_MARKER), "{early}");
+        let late = stopped("@@HOST-BEGIN@@\n@@GUEST-INIT@@\n", Mode::Nested);
+        assert!(!late.contains(EARLY_HANG_MARKER), "{late}");
+        let direct = stopped("@@HOST-BEGIN@@\n", Mode::Direct);
+        assert!(!direct.contains(EARLY_HANG_MARKER), "{direct}");
     }
 
     #[test]

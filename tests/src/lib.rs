@@ -30,7 +30,7 @@ pub mod slots;
 pub use artifacts::{
     initramfs, kernel, stock_initramfs, stock_kernel, vmm, InitramfsSpec, Kernel, StockKernel,
 };
-pub use error::{Error, Result, L1_CRASH_MARKER};
+pub use error::{Error, Result, EARLY_HANG_MARKER, L1_CRASH_MARKER};
 pub use guest::{
     boot_guest, boot_guests, parse_guest_report, GuestKernel, GuestOpts, GuestReport, GuestRun,
     KernelImage,

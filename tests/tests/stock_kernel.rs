@@ -3,7 +3,9 @@
 //! `nd_btt`, `dax_pmem`, `device_dax`), loaded by the guest init from the stock initramfs
 //! (`resources/build-initramfs.sh --kernel-modules`).
 //!
-//! All guests share one host and boot at once (`boot_guests`):
+//! All guests share one host and boot one after another (`boot_guests`; at once, five stock
+//! vCPUs on L1's two crawled: a full suite run saw two of them still in early boot after 600 s,
+//! where one by one each boots in about 15 s):
 //! - no devices, loud (no `quiet`): the kernel reaches init and prints no WARNING, BUG or Fatal
 //!   line, and every module loads;
 //! - one file-backed fsdax namespace (`memmap=ram`), loud: the host's pattern is visible in the
@@ -189,7 +191,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Every stock kernel case, booted at once in one host. Each case is checked; the test fails
+/// Every stock kernel case, booted one after another in one host. Each case is checked; the test fails
 /// listing every case that failed, each with its console tail.
 #[test]
 fn stock_kernel_cases_in_one_shared_host() -> Result<()> {
@@ -211,7 +213,7 @@ fn stock_kernel_cases_in_one_shared_host() -> Result<()> {
         .with_initramfs(spec)
         .with_timeout(Duration::from_secs(600))
         .with_memory_mib(4096);
-    let runs = boot_guests(&host, &opts, true)?;
+    let runs = boot_guests(&host, &opts, false)?;
     let mut failed = Vec::new();
     for (case, run) in cases.iter().zip(&runs) {
         eprintln!(
