@@ -516,7 +516,7 @@ mod tests {
         ];
         let exp = expected_figures(&s);
         assert!(exp.contains(&key("boot", "vmm-8", "rss_kib")));
-        assert!(exp.contains(&key("memmap", "none-64M", "ram_cost_kib_per_gib")));
+        assert!(exp.contains(&key("memmap", "none-256M", "ram_cost_kib_per_gib")));
         assert!(may_be_zero(&key("memmap", "none-64M", "ram_cost_kib")));
         assert!(!may_be_zero(&key("memmap", "ram-64M", "ram_cost_kib")));
         assert!(may_be_zero(&key("boot", "vmm-api-0", "idle_wakeups")));
