@@ -343,6 +343,7 @@ pub fn kernel_loader(data: &[u8]) {
         None,
         "console=ttyS0",
         vmm::layout::ACPI_ADDR,
+        &[],
     );
 }
 
