@@ -435,6 +435,44 @@ fn guest_output(output: &str, i: usize) -> String {
         })
 }
 
+/// One guest of a shared-host test: a name for the report, its options and the check of its run.
+pub struct GuestCase {
+    pub name: &'static str,
+    pub opts: GuestOpts,
+    pub check: fn(&GuestRun) -> Result<()>,
+}
+
+/// Boots every case in one host ([`boot_guests`]) and checks each run; the error lists every
+/// case that failed (`what` names the cases in its message, e.g. "boot shapes"), each with its
+/// own error and console tail.
+pub fn boot_and_check(
+    host: &HostOpts,
+    cases: &[GuestCase],
+    parallel: bool,
+    what: &str,
+) -> Result<()> {
+    let opts: Vec<GuestOpts> = cases.iter().map(|c| c.opts.clone()).collect();
+    let runs = boot_guests(host, &opts, parallel)?;
+    let mut failed = Vec::new();
+    for (case, run) in cases.iter().zip(&runs) {
+        eprintln!(
+            "{}: vmm {:?}, vmm exit {}",
+            case.name, run.report.vmm_time, run.vmm_exit
+        );
+        if let Err(e) = (case.check)(run) {
+            failed.push(format!("{}: {e}", case.name));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Guest {
+            msg: format!("{} of {} {what} failed", failed.len(), cases.len()),
+            tail: failed.join("\n\n"),
+        })
+    }
+}
+
 /// Boots several guests in one host run (one L1 boot in nested mode instead of one per guest),
 /// all at once when `parallel` (each guest should then fit the host: L1 has `host.cpus` vCPUs
 /// and `host.memory_mib` of RAM). Each guest's `host` options are ignored: `host` is the one

@@ -32,8 +32,8 @@ pub use artifacts::{
 };
 pub use error::{Error, Result, EARLY_HANG_MARKER, L1_CRASH_MARKER};
 pub use guest::{
-    boot_guest, boot_guests, parse_guest_report, GuestKernel, GuestOpts, GuestReport, GuestRun,
-    KernelImage,
+    boot_and_check, boot_guest, boot_guests, parse_guest_report, GuestCase, GuestKernel, GuestOpts,
+    GuestReport, GuestRun, KernelImage,
 };
 pub use host::{run_on_kvm_host, HostOpts, HostRun, StockStaging};
 pub use markers::{host_section, marker_values, parse_iomem, tail_lines, HostSection, IomemEntry};

@@ -6,59 +6,53 @@
 //! All shapes share one host and boot at once (`boot_guests`): one L1 boot instead of ten.
 
 use testbed::markers::{parse_iomem, system_ram_overlapping};
-use testbed::{boot_guests, Error, GuestOpts, GuestRun, HostOpts, KernelImage, Result};
+use testbed::{boot_and_check, GuestCase, GuestOpts, GuestRun, HostOpts, KernelImage, Result};
 
 /// The 32-bit MMIO hole that must hold no guest RAM.
 const HOLE: (u64, u64) = (0xC000_0000, 0xFFFF_FFFF);
 
 /// One guest shape of this file and what its run must show.
-struct Case {
-    name: &'static str,
-    opts: GuestOpts,
-    check: fn(&GuestRun) -> Result<()>,
-}
-
-fn cases() -> Vec<Case> {
+fn cases() -> Vec<GuestCase> {
     vec![
-        Case {
+        GuestCase {
             name: "1 vCPU",
             opts: GuestOpts::default().with_cpus(1).with_command("true"),
             check: |run| expect_cpus(run, 1),
         },
-        Case {
+        GuestCase {
             name: "4 vCPUs",
             opts: GuestOpts::default().with_cpus(4).with_command("true"),
             check: |run| expect_cpus(run, 4),
         },
-        Case {
+        GuestCase {
             name: "256 MiB",
             opts: GuestOpts::default()
                 .with_memory("256M")
                 .with_command("cat /proc/iomem"),
             check: |run| expect_memory(run, 256),
         },
-        Case {
+        GuestCase {
             name: "3.5 GiB skips the 32-bit hole",
             opts: GuestOpts::default()
                 .with_memory("3584M")
                 .with_command("cat /proc/iomem"),
             check: |run| expect_memory(run, 3584),
         },
-        Case {
+        GuestCase {
             name: "bzImage",
             opts: GuestOpts::default()
                 .with_kernel(KernelImage::BzImage)
                 .with_command("true"),
             check: |run| run.expect_success().map(drop),
         },
-        Case {
+        GuestCase {
             name: "vmlinux (PVH)",
             opts: GuestOpts::default()
                 .with_kernel(KernelImage::Vmlinux)
                 .with_command("true"),
             check: |run| run.expect_success().map(drop),
         },
-        Case {
+        GuestCase {
             name: "guest poweroff exits 0",
             opts: GuestOpts::default().with_command("poweroff -f"),
             check: |run| {
@@ -66,7 +60,7 @@ fn cases() -> Vec<Case> {
                 run.expect_vmm_exit(0).map(drop)
             },
         },
-        Case {
+        GuestCase {
             name: "guest reboot exits 3",
             opts: GuestOpts::default().with_command("reboot -f"),
             check: |run| {
@@ -74,13 +68,13 @@ fn cases() -> Vec<Case> {
                 run.expect_vmm_exit(3).map(drop)
             },
         },
-        Case {
+        GuestCase {
             name: "loud boot prints no WARNING, BUG or Fatal line",
             opts: loud_boot(),
             check: expect_no_warning_bug_or_fatal_line,
         },
         // `reboot=t` makes Linux reboot by triple fault (empty IDT, then an interrupt).
-        Case {
+        GuestCase {
             name: "guest triple fault exits 4",
             opts: GuestOpts::default()
                 .with_kernel_param("reboot=t")
@@ -151,28 +145,9 @@ fn expect_memory(run: &GuestRun, mib: u64) -> Result<()> {
 #[test]
 fn every_boot_shape_in_one_shared_host() -> Result<()> {
     let cases = cases();
-    let opts: Vec<GuestOpts> = cases.iter().map(|c| c.opts.clone()).collect();
     // Room for all at once: 3.5 GiB + 9 x 256 MiB of guests plus L1's own needs.
     let host = HostOpts::default().with_memory_mib(8192);
-    let runs = boot_guests(&host, &opts, true)?;
-    let mut failed = Vec::new();
-    for (case, run) in cases.iter().zip(&runs) {
-        eprintln!(
-            "{}: vmm {:?}, vmm exit {}",
-            case.name, run.report.vmm_time, run.vmm_exit
-        );
-        if let Err(e) = (case.check)(run) {
-            failed.push(format!("{}: {e}", case.name));
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Guest {
-            msg: format!("{} of {} boot shapes failed", failed.len(), cases.len()),
-            tail: failed.join("\n\n"),
-        })
-    }
+    boot_and_check(&host, &cases, true, "boot shapes")
 }
 
 /// A stock boot, with `quiet` dropped from the kernel command line so every kernel message

@@ -28,8 +28,8 @@ use testbed::markers::marker_values;
 use testbed::pmem_checks::{Record, MIB};
 use testbed::policy_checks::{self, host_checks, section, PolicyFacts};
 use testbed::{
-    boot_guests, stock_kernel, Error, GuestOpts, GuestRun, HostOpts, KernelImage, Result,
-    ScratchDir,
+    boot_and_check, stock_kernel, Error, GuestCase, GuestOpts, GuestRun, HostOpts, KernelImage,
+    Result, ScratchDir,
 };
 
 /// Where the stock tests' own guest functions live in the guest initramfs.
@@ -103,12 +103,6 @@ fn guest_modules() -> Result<Vec<String>> {
 }
 
 /// One guest of the shared host and what its run must show.
-struct Case {
-    name: &'static str,
-    opts: GuestOpts,
-    check: fn(&GuestRun) -> Result<()>,
-}
-
 fn stock_guest(command: &str) -> GuestOpts {
     GuestOpts::default()
         .with_stock_kernel()
@@ -128,10 +122,10 @@ fn pmem(spec: &str) -> [String; 2] {
     ["--pmem".to_string(), spec.to_string()]
 }
 
-fn cases() -> Vec<Case> {
+fn cases() -> Vec<GuestCase> {
     let host_lib = policy_checks::host_lib();
     vec![
-        Case {
+        GuestCase {
             name: "no devices, loud",
             opts: loud(stock_guest("ls -1 /sys/module").with_cpus(2)),
             check: |run| {
@@ -146,7 +140,7 @@ fn cases() -> Vec<Case> {
                 })
             },
         },
-        Case {
+        GuestCase {
             name: "one fsdax file, memmap=ram, loud",
             opts: loud(stock_guest(
                 "settle 1; nsfacts; hostpat namespace0.0 host-fs; ndctl_rnd; daxcheck_all",
@@ -157,7 +151,7 @@ fn cases() -> Vec<Case> {
             .with_after(format!("{host_lib}\nhostcheck_all g.json")),
             check: check_one_fsdax,
         },
-        Case {
+        GuestCase {
             name: "devdax, fsdax memmap=pmem and read-only raw, loud",
             opts: loud(stock_guest(
                 "settle 3; nsfacts; hostpat namespace0.0 host-dd; hostpat namespace1.0 host-fp; \
@@ -183,7 +177,7 @@ fn cases() -> Vec<Case> {
             )),
             check: check_three_devices,
         },
-        Case {
+        GuestCase {
             name: "vmlinux (PVH entry)",
             opts: stock_guest("true").with_kernel(KernelImage::Vmlinux),
             check: |run| run.expect_success().map(drop),
@@ -208,34 +202,11 @@ fn stock_kernel_cases_in_one_shared_host() -> Result<()> {
     std::fs::write(&lib, stock_lib()).map_err(|e| Error::setup(format!("writing {lib:?}: {e}")))?;
     let spec = policy_checks::guest_initramfs()?.with_file(&lib, STOCK_LIB);
     let cases = cases();
-    let opts: Vec<GuestOpts> = cases.iter().map(|c| c.opts.clone()).collect();
     let host = HostOpts::default()
         .with_initramfs(spec)
         .with_timeout(Duration::from_secs(600))
         .with_memory_mib(4096);
-    let runs = boot_guests(&host, &opts, false)?;
-    let mut failed = Vec::new();
-    for (case, run) in cases.iter().zip(&runs) {
-        eprintln!(
-            "{}: vmm {:?}, vmm exit {}",
-            case.name, run.report.vmm_time, run.vmm_exit
-        );
-        if let Err(e) = (case.check)(run) {
-            failed.push(format!("{}: {e}", case.name));
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Guest {
-            msg: format!(
-                "{} of {} stock kernel cases failed",
-                failed.len(),
-                cases.len()
-            ),
-            tail: failed.join("\n\n"),
-        })
-    }
+    boot_and_check(&host, &cases, false, "stock kernel cases")
 }
 
 /// The guest ran its command to success, printed its kernel messages (the stock kernel's
