@@ -462,6 +462,24 @@ impl PolicyFacts {
     }
 }
 
+/// The guest checks `fsdax_check` and the end pattern report for the namespace at `base`.
+pub fn fsdax_checks(base: u64) -> Vec<String> {
+    [
+        "mkfs",
+        "mount",
+        "write",
+        "sync",
+        "mapsync",
+        "mapsync-read",
+        "readback",
+        "umount",
+        "end",
+    ]
+    .iter()
+    .map(|c| format!("{base}-{c}"))
+    .collect()
+}
+
 /// `@@POL-HOSTCHECK path ...@@` records by backing path.
 pub fn host_checks(output: &str) -> BTreeMap<String, Record> {
     marker_values(output, "POL-HOSTCHECK")

@@ -39,7 +39,8 @@ use testbed::markers::{marker_values, tail_lines};
 use testbed::nested::qemu_opt_escape;
 use testbed::pmem_checks::{Record, GIB, MIB};
 use testbed::policy_checks::{
-    guest_initramfs, host_checks, host_lib, require_tool, vmm_run, PolicyFacts, VmmRun, NDCTL,
+    fsdax_checks, guest_initramfs, host_checks, host_lib, require_tool, vmm_run, PolicyFacts,
+    VmmRun, NDCTL,
 };
 use testbed::{run_on_kvm_host, Error, HostOpts, HostRun, Nvdimm, Result, ScratchDir};
 
@@ -383,24 +384,6 @@ fn expect_checks(run: &VmmRun, facts: &PolicyFacts, names: &[String]) -> Result<
     } else {
         Err(fail(run, format!("guest checks failed: {failed:?}")))
     }
-}
-
-/// The guest checks `fsdax_check` and the end pattern report for the namespace at `base`.
-fn fsdax_checks(base: u64) -> Vec<String> {
-    [
-        "mkfs",
-        "mount",
-        "write",
-        "sync",
-        "mapsync",
-        "mapsync-read",
-        "readback",
-        "umount",
-        "end",
-    ]
-    .iter()
-    .map(|c| format!("{base}-{c}"))
-    .collect()
 }
 
 /// The mount of the fsdax namespace at `base` was a DAX mount: `dax=always` in /proc/mounts,

@@ -325,21 +325,7 @@ fn check_one_fsdax(run: &GuestRun) -> Result<()> {
     let b = base.to_string();
     let names: Vec<String> = ["hostpat-host-fs".to_string()]
         .into_iter()
-        .chain(
-            [
-                "mkfs",
-                "mount",
-                "write",
-                "sync",
-                "mapsync",
-                "mapsync-read",
-                "readback",
-                "umount",
-                "end",
-            ]
-            .iter()
-            .map(|c| format!("{b}-{c}")),
-        )
+        .chain(policy_checks::fsdax_checks(base))
         .collect();
     expect_checks(run, &facts, &names)?;
     run.check(
