@@ -239,14 +239,15 @@ fn describe_group(pgid: i32) -> String {
 
 /// Whether the group has been idle (below [`IDLE_CPU_FRACTION`] of one core) over the sampled
 /// window, which must span at least `need` (the silence limit, at most [`CPU_WINDOW`]) so a run
-/// is never called idle on too short a record.
-fn idle(samples: &std::collections::VecDeque<(Instant, f64)>, pgid: i32, need: Duration) -> bool {
-    let (Some((t0, c0)), Some((t1, _))) = (samples.front(), samples.back()) else {
+/// is never called idle on too short a record. Uses the once-a-second samples, so the 20 ms
+/// watch loop reads no /proc while a busy run stays silent.
+fn idle(samples: &std::collections::VecDeque<(Instant, f64)>, need: Duration) -> bool {
+    let (Some((t0, c0)), Some((t1, c1))) = (samples.front(), samples.back()) else {
         return false;
     };
     let span = t1.duration_since(*t0);
     let need = need.min(CPU_WINDOW).saturating_sub(Duration::from_secs(2));
-    span >= need && group_cpu(pgid) - c0 < IDLE_CPU_FRACTION * span.as_secs_f64().max(1.0)
+    span >= need && c1 - c0 < IDLE_CPU_FRACTION * span.as_secs_f64().max(1.0)
 }
 
 /// How far back the host view's "CPU lately" figure looks.
@@ -346,7 +347,7 @@ pub(crate) fn run_captured(mut cmd: Command, watch: Watch, echo: Option<&str>) -
                 _ => match watch.silence {
                     Some(limit)
                         if now.duration_since(seen.last_line) >= limit
-                            && idle(&cpu_samples, pgid, limit) =>
+                            && idle(&cpu_samples, limit) =>
                     {
                         Some(Stopped::Silence(limit))
                     }
