@@ -71,6 +71,20 @@ pub struct NvdimmDsmDesc {
     pub page_addr: u64,
     /// The doorbell I/O port.
     pub doorbell_port: u16,
+    /// How the monitor tells the guest a DIMM's health changed; None: it never does.
+    pub health_events: Option<HealthEventsDesc>,
+}
+
+/// DIMM health notifications (`Notify (NVxx, 0x81)`, Linux `NFIT_NOTIFY_DIMM_HEALTH`): the
+/// monitor raises a Generic Event Device interrupt, and the GED's `_EVT` reads which DIMMs
+/// changed from a register of two read-to-clear 32-bit halves (bit *i*: DIMM *i*, the DIMM
+/// with NFIT handle *i* + 1) and notifies each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthEventsDesc {
+    /// The GED interrupt that means "look at the register".
+    pub gsi: u32,
+    /// The register's I/O port ([`geometry::nvdimm_events`]).
+    pub port: u16,
 }
 
 /// How the guest finds the current NVDIMM set while it runs (Linux: `acpi_nfit_notify()` →

@@ -19,21 +19,23 @@
 //!
 //! With the `_DSM` mailbox (`PlatformDesc::nvdimm_dsm`) every DIMM device has a `_DSM` that
 //! passes its arguments to the monitor (see `dsm_mailbox`); the monitor answers function 0 with
-//! an empty mask for a DIMM without a label area, so Linux continues with "unknown dimm command
-//! family" (`acpi_nfit_add_dimm()`) as it did before there was a `_DSM`, and with the Intel
-//! label functions (4, 5, 6) for a DIMM with one. There is no root `_DSM`: ARS fails and
+//! the Intel functions the DIMM has (labels 4, 5, 6; SMART 1, 2, 17), none for a plain DIMM,
+//! which Linux then treats as label-less as it did before there was a `_DSM`
+//! (`devices::nvdimm_dsm` says what and why). There is no root `_DSM`: ARS fails and
 //! `ars_register()` registers the region anyway. No `_STA` either: an absent `_STA` means
 //! present and enabled.
 
 use acpi_tables::aml::{
-    Arg, DeRefOf, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
+    And, Arg, DeRefOf, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
     FieldUpdateRule, GreaterThan, If, Index, Interrupt, Local, Method, MethodCall, Mid, Name,
     Notify, ObjectType, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Return, Scope,
     SizeOf, Store, IO, ZERO,
 };
 use acpi_tables::{Aml, AmlSink};
 
-use crate::desc::{NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc, SerialDesc, MAX_NVDIMMS};
+use crate::desc::{
+    HealthEventsDesc, NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc, SerialDesc, MAX_NVDIMMS,
+};
 use crate::nfit::nfit_handle;
 use crate::power::S5_SLEEP_TYPE;
 use crate::sdt::new_table;
@@ -91,10 +93,22 @@ pub(crate) fn build(desc: &PlatformDesc) -> Vec<u8> {
             desc.nvdimm_dsm.as_ref(),
         )
     });
-    let ged = (desc.power.power_button_gsi.is_some() || desc.nvdimm_hotplug.is_some()).then(|| {
+    // Health events need DIMM devices to notify.
+    let health = nvdimm_root.as_ref().and_then(|_| {
+        let events = desc.nvdimm_dsm.as_ref()?.health_events?;
+        Some((
+            events,
+            declared_dimms(desc.nvdimms.len(), desc.nvdimm_hotplug.as_ref()),
+        ))
+    });
+    let ged = (desc.power.power_button_gsi.is_some()
+        || desc.nvdimm_hotplug.is_some()
+        || health.is_some())
+    .then(|| {
         event_devices(
             desc.power.power_button_gsi,
             desc.nvdimm_hotplug.as_ref().map(|h| h.gsi),
+            health,
         )
     });
 
@@ -144,9 +158,23 @@ fn serial_device(i: usize, s: &SerialDesc) -> RawAml {
 /// one fires, runs `_EVT` with its GSI. A power-button GSI notifies `PWRB` with 0x80 ("button
 /// pressed"), which the button driver (`CONFIG_ACPI_BUTTON`) turns into a `KEY_POWER` input
 /// event and an ACPI netlink event for acpid or systemd-logind; the hot-add GSI notifies the
-/// NVDIMM root device with 0x80, on which Linux re-reads `_FIT`. One GSI per event, so no
-/// selector register is needed.
-fn event_devices(power_button_gsi: Option<u32>, nvdimm_gsi: Option<u32>) -> RawAml {
+/// NVDIMM root device with 0x80, on which Linux re-reads `_FIT`. One GSI per event. The health
+/// GSI (with `health`: its description and how many DIMM devices are declared) reads which
+/// DIMMs changed from the health-event register and notifies each with 0x81:
+///
+/// ```text
+/// OperationRegion (NHEV, SystemIO, port, 8)
+/// Field (NHEV, DWordAcc, NoLock, Preserve) { NHLO, 32, NHHI, 32 }
+/// If (Arg0 == health_gsi) {
+///     Local0 = NHLO  Local1 = NHHI
+///     If (And (Local0, 0x1)) { Notify (\_SB_.NVDR.NV00, 0x81) }  ...one per DIMM
+/// }
+/// ```
+fn event_devices(
+    power_button_gsi: Option<u32>,
+    nvdimm_gsi: Option<u32>,
+    health: Option<(HealthEventsDesc, usize)>,
+) -> RawAml {
     let mut bytes = Vec::new();
     if power_button_gsi.is_some() {
         let hid = Name::new("_HID".into(), &EISAName::new("PNP0C0C"));
@@ -155,7 +183,7 @@ fn event_devices(power_button_gsi: Option<u32>, nvdimm_gsi: Option<u32>) -> RawA
     }
     let ged_hid = Name::new("_HID".into(), &"ACPI0013");
     let ged_uid = Name::new("_UID".into(), &0u8);
-    let irqs: Vec<Interrupt> = [power_button_gsi, nvdimm_gsi]
+    let irqs: Vec<Interrupt> = [power_button_gsi, nvdimm_gsi, health.map(|(h, _)| h.gsi)]
         .into_iter()
         .flatten()
         .map(|gsi| Interrupt::new(true, true, false, false, gsi))
@@ -181,9 +209,71 @@ fn event_devices(power_button_gsi: Option<u32>, nvdimm_gsi: Option<u32>) -> RawA
     if nvdimm_gsi.is_some() {
         evt_body.push(&if_nvd);
     }
+    let (health_region, if_health) = match health {
+        Some((h, dimms)) => {
+            let (region, branch) = health_event_aml(h, dimms);
+            (Some(region), Some(branch))
+        }
+        None => (None, None),
+    };
+    if let Some(b) = &if_health {
+        evt_body.push(b);
+    }
     let evt = Method::new("_EVT".into(), 1, true, evt_body);
-    Device::new(Path::new("GED0"), vec![&ged_hid, &ged_uid, &crs, &evt]).to_aml_bytes(&mut bytes);
+    let mut members: Vec<&dyn Aml> = vec![&ged_hid, &ged_uid, &crs];
+    if let Some(r) = &health_region {
+        members.push(r);
+    }
+    members.push(&evt);
+    Device::new(Path::new("GED0"), members).to_aml_bytes(&mut bytes);
     RawAml(bytes)
+}
+
+/// The health-event register's region and fields, and `_EVT`'s branch for the health GSI that
+/// notifies each of the `dimms` declared DIMM devices whose bit is set.
+fn health_event_aml(h: HealthEventsDesc, dimms: usize) -> (RawAml, RawAml) {
+    let mut region = Vec::new();
+    let port = u64::from(h.port);
+    let len = u64::from(geometry::nvdimm_events::LEN);
+    OpRegion::new("NHEV".into(), OpRegionSpace::SystemIO, &port, &len).to_aml_bytes(&mut region);
+    Field::new(
+        "NHEV".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            FieldEntry::Named(*b"NHLO", 32),
+            FieldEntry::Named(*b"NHHI", 32),
+        ],
+    )
+    .to_aml_bytes(&mut region);
+
+    let (lo, hi) = (Local(0), Local(1));
+    let (nhlo, nhhi) = (Path::new("NHLO"), Path::new("NHHI"));
+    let read_lo = Store::new(&lo, &nhlo);
+    let read_hi = Store::new(&hi, &nhhi);
+    let health_changed = 0x81u8;
+    let paths: Vec<Path> = (0..dimms)
+        .map(|i| Path::new(&format!("\\_SB_.{NVDIMM_ROOT}.NV{i:02X}")))
+        .collect();
+    let masks: Vec<u64> = (0..dimms).map(|i| 1u64 << (i % 32)).collect();
+    let tests: Vec<And> = (0..dimms)
+        .map(|i| And::new(&ZERO, if i < 32 { &lo } else { &hi }, &masks[i]))
+        .collect();
+    let notifies: Vec<Notify> = paths
+        .iter()
+        .map(|p| Notify::new(p, &health_changed))
+        .collect();
+    let ifs: Vec<If> = (0..dimms)
+        .map(|i| If::new(&tests[i], vec![&notifies[i]]))
+        .collect();
+    let mut body: Vec<&dyn Aml> = vec![&read_lo, &read_hi];
+    body.extend(ifs.iter().map(|i| i as &dyn Aml));
+    let arg0 = Arg(0);
+    let is_health = Equal::new(&arg0, &h.gsi);
+    let mut branch = Vec::new();
+    If::new(&is_health, body).to_aml_bytes(&mut branch);
+    (RawAml(region), RawAml(branch))
 }
 
 /// `Device (NVDR)` with `_HID "ACPI0012"` (the device Linux's NFIT driver binds to) and one
@@ -200,18 +290,23 @@ fn event_devices(power_button_gsi: Option<u32>, nvdimm_gsi: Option<u32>) -> RawA
 ///
 /// With the `_DSM` mailbox ([`dsm_mailbox`]) each child also gets
 /// `Method (_DSM, 4) { Return (\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, handle)) }`.
+/// How many DIMM devices `NVDR` declares: the `count` DIMMs there are, or with hot-add every
+/// DIMM there may be.
+fn declared_dimms(count: usize, hotplug: Option<&NvdimmHotplugDesc>) -> usize {
+    if hotplug.is_some() {
+        MAX_NVDIMMS
+    } else {
+        count
+    }
+}
+
 fn nvdimm_root_device(
     count: usize,
     hotplug: Option<&NvdimmHotplugDesc>,
     dsm: Option<&NvdimmDsmDesc>,
 ) -> RawAml {
     let hid = Name::new("_HID".into(), &"ACPI0012");
-    let children_count = if hotplug.is_some() {
-        MAX_NVDIMMS
-    } else {
-        count
-    };
-    let children: Vec<RawAml> = (0..children_count)
+    let children: Vec<RawAml> = (0..declared_dimms(count, hotplug))
         .map(|i| {
             let handle = DWordConst(nfit_handle(i));
             let adr = Name::new("_ADR".into(), &handle);
@@ -496,6 +591,7 @@ mod tests {
         desc.nvdimm_dsm = Some(NvdimmDsmDesc {
             page_addr: 0xfb000,
             doorbell_port: 0x0a18,
+            health_events: None,
         });
         let with = build(&desc);
         assert!(with.windows(dsm.len()).any(|w| w == dsm), "{with:02x?}");

@@ -57,8 +57,9 @@ mod srat;
 mod tables;
 
 pub use desc::{
-    IoApicDesc, NvdimmDesc, NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc, PowerDesc, SerialDesc,
-    MAX_CPUS, MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN, MAX_SERIAL_PORTS, NVDIMM_ALIGN,
+    HealthEventsDesc, IoApicDesc, NvdimmDesc, NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc,
+    PowerDesc, SerialDesc, MAX_CPUS, MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN, MAX_SERIAL_PORTS,
+    NVDIMM_ALIGN,
 };
 pub use dsdt::NVDIMM_ROOT;
 pub use error::AcpiError;

@@ -535,11 +535,21 @@ fn dsm_mailbox_decodes_and_runs() {
     p.nvdimm_dsm = Some(acpi::NvdimmDsmDesc {
         page_addr: 0xfb000,
         doorbell_port: 0x0a18,
+        health_events: Some(acpi::HealthEventsDesc {
+            gsi: 7,
+            port: 0x0a1c,
+        }),
     });
     let t = build_tables(&p, BASE, MAX_LEN).unwrap();
     let all = disassemble(&t, dir.path());
     let dsdt = dsl(&all, b"DSDT");
     for needle in [
+        // Health events: the GED's third interrupt, the register, one notify per DIMM.
+        "OperationRegion (NHEV, SystemIO, 0x0A1C, 0x08)",
+        "NHLO,   32,",
+        "If ((Arg0 == 0x07))",
+        "Local0 = NHLO",
+        "Notify (\\_SB.NVDR.NV01, 0x81)",
         "OperationRegion (NDPG, SystemMemory, 0x000FB000, 0x1000)",
         "OperationRegion (NDBR, SystemIO, 0x0A18, 0x04)",
         "NHDL,   32,",

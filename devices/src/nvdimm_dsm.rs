@@ -15,17 +15,23 @@
 //! | --- | --- | --- |
 //! | 0 query | ignored | bit mask of the functions supported, 8 bytes |
 //! | 1 SMART health (`ND_CMD_SMART`) | none | status, `struct nd_intel_smart` (128 bytes) |
+//! | 2 get SMART threshold | none | status, `struct nd_intel_smart_threshold` (8 bytes) |
 //! | 4 get config size | none | status, config size, max transfer (3 × u32) |
 //! | 5 get config data | offset, length (2 × u32) | status, `length` bytes |
 //! | 6 set config data | offset, length, `length` bytes | status |
+//! | 17 set SMART threshold (revision 2) | 7 bytes | status |
 //!
-//! Function 1 is offered by a DIMM with a `health=` state ([`HealthState`]), functions 4-6 by
-//! one with a label area; a DIMM with neither answers function 0 with an empty mask, so Linux finds no command
-//! family and treats it as label-less, as before the mailbox existed. Every other request gets a
+//! Functions 1, 2 and 17 are offered by a DIMM with a `health=` state ([`HealthState`]; the
+//! state and thresholds are [`smart`]'s), functions 4-6 by one with a label area; a DIMM with
+//! neither answers function 0 with bit 0 alone (the Intel family, no function: see `call` for
+//! why), so Linux finds no label functions and treats it as label-less, as before the mailbox
+//! existed. Every other request gets a
 //! 4-byte status: [`DsmStatus`]. The guest controls every byte of the page: each length and
 //! offset is checked in `u64` arithmetic against the area, the page and the transfer limit
 //! before anything is read or written, and nothing a request says can make the monitor read or
 //! write outside the label area or the page.
+
+pub mod smart;
 
 use std::sync::{Arc, RwLock};
 
@@ -33,18 +39,26 @@ use geometry::dsm_mailbox as page;
 use log::warn;
 
 use crate::bus::PioDevice;
+use crate::nvdimm_events::HealthEvents;
 use crate::pmem::labels::{LabelIoError, LabelStore};
+pub use smart::{Smart, SmartUpdate, SmartUpdateError, SMART_PAYLOAD_LEN};
 
 /// The Intel DIMM `_DSM` UUID 4309AC30-0D11-11E4-9191-0800200C9A66 as the `ToUUID` buffer the
 /// guest passes (first three fields little-endian).
 pub const INTEL_DSM_UUID: [u8; 16] = [
     0x30, 0xac, 0x09, 0x43, 0x11, 0x0d, 0xe4, 0x11, 0x91, 0x91, 0x08, 0x00, 0x20, 0x0c, 0x9a, 0x66,
 ];
-/// The only revision served (Linux's `nfit_dsm_revid()` is 1 for functions 0-6).
+/// The revision of every function but [`FUNC_SET_SMART_THRESHOLD`] (Linux's
+/// `nfit_dsm_revid()`: 1 for functions 0-6).
 pub const REVISION: u32 = 1;
+/// The revision Linux calls [`FUNC_SET_SMART_THRESHOLD`] with (`nfit_dsm_revid()`: 2 for the
+/// Intel functions from 11 on).
+pub const REVISION_2: u32 = 2;
 
 pub const FUNC_QUERY: u32 = 0;
 pub const FUNC_SMART: u32 = 1;
+pub const FUNC_SMART_THRESHOLD: u32 = 2;
+pub const FUNC_SET_SMART_THRESHOLD: u32 = 17;
 pub const FUNC_GET_CONFIG_SIZE: u32 = 4;
 pub const FUNC_GET_CONFIG_DATA: u32 = 5;
 pub const FUNC_SET_CONFIG_DATA: u32 = 6;
@@ -74,7 +88,7 @@ pub enum DsmStatus {
 }
 
 /// `health=`: the health a DIMM reports through SMART (`ndctl list -DH` shows it as
-/// `health_state`). Fixed for the run.
+/// `health_state`); the control API changes it at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthState {
     Ok,
@@ -109,42 +123,6 @@ impl std::fmt::Display for HealthState {
             HealthState::Fatal => "fatal",
         })
     }
-}
-
-/// `struct nd_intel_smart` (Linux drivers/acpi/nfit/intel.h, ndctl ndctl/lib/intel.h) after its
-/// status word: the fields we report, all marked valid.
-pub const SMART_PAYLOAD_LEN: usize = 128;
-/// Reported media temperature: 25 °C, in the 1/16 °C units of the structure.
-const SMART_TEMPERATURE: u16 = 25 * 16;
-
-/// The SMART payload for `health`: health, spares (100 %), life used (0 %), media temperature,
-/// a clean last shutdown and a shutdown count of 0.
-pub fn smart_payload(health: HealthState) -> [u8; SMART_PAYLOAD_LEN] {
-    const HEALTH_VALID: u32 = 1 << 0;
-    const SPARES_VALID: u32 = 1 << 1;
-    const USED_VALID: u32 = 1 << 2;
-    const MTEMP_VALID: u32 = 1 << 3;
-    const SHUTDOWN_COUNT_VALID: u32 = 1 << 5;
-    const SHUTDOWN_VALID: u32 = 1 << 10;
-    let mut p = [0u8; SMART_PAYLOAD_LEN];
-    let flags = HEALTH_VALID
-        | SPARES_VALID
-        | USED_VALID
-        | MTEMP_VALID
-        | SHUTDOWN_COUNT_VALID
-        | SHUTDOWN_VALID;
-    p[0..4].copy_from_slice(&flags.to_le_bytes());
-    p[8] = match health {
-        HealthState::Ok => 0,
-        HealthState::NonCritical => 1 << 0,
-        HealthState::Critical => 1 << 1,
-        HealthState::Fatal => 1 << 2,
-    };
-    p[9] = 100; // spares
-    p[10] = 0; // life used
-    p[12..14].copy_from_slice(&SMART_TEMPERATURE.to_le_bytes());
-    // shutdown_count (16..20) 0, shutdown_state (31) 0: clean.
-    p
 }
 
 /// One decoded request, as the page holds it.
@@ -192,11 +170,33 @@ impl<'a> DsmRequest<'a> {
     }
 }
 
+/// The revision function `function` is served at.
+fn revision_of(function: u32) -> u32 {
+    if function == FUNC_SET_SMART_THRESHOLD {
+        REVISION_2
+    } else {
+        REVISION
+    }
+}
+
+/// Why the control API could not change a DIMM's SMART state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SmartError {
+    #[error("DIMM {0} does not exist")]
+    NoDimm(usize),
+    #[error("DIMM {0} was started without health=, so its _DSM offers no SMART function")]
+    NoSmart(usize),
+    #[error(transparent)]
+    Value(#[from] SmartUpdateError),
+}
+
 /// The `_DSM` answers for every DIMM: the label store of each (by NFIT handle − 1), or none.
 #[derive(Default)]
 pub struct NvdimmDsm {
     dimms: RwLock<Vec<Option<Arc<dyn LabelStore>>>>,
-    health: RwLock<Vec<Option<HealthState>>>,
+    smart: RwLock<Vec<Option<Smart>>>,
+    /// Where health changes go (the GED's health interrupt); none in unit tests and fuzzing.
+    events: Option<Arc<HealthEvents>>,
 }
 
 fn status(s: DsmStatus) -> Vec<u8> {
@@ -207,24 +207,58 @@ impl NvdimmDsm {
     /// Label stores of DIMMs 0, 1, ... (NFIT handles 1, 2, ...); `None` for a DIMM without labels.
     pub fn new(dimms: Vec<Option<Arc<dyn LabelStore>>>) -> Self {
         NvdimmDsm {
-            health: RwLock::new(vec![None; dimms.len()]),
+            smart: RwLock::new(vec![None; dimms.len()]),
             dimms: RwLock::new(dimms),
+            events: None,
         }
     }
 
-    /// Sets DIMM `index`'s `health=` (None: no SMART function).
+    /// Health changes (from the API, or alarms the guest's thresholds trip) notify the guest
+    /// through `events`.
+    pub fn with_health_events(mut self, events: Arc<HealthEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Sets DIMM `index`'s `health=` at start or hot-add (None: no SMART function).
     pub fn set_health(&self, index: usize, health: Option<HealthState>) {
-        let mut all = self.health.write().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.smart.write().unwrap_or_else(|e| e.into_inner());
         if all.len() <= index {
             all.resize(index + 1, None);
         }
-        all[index] = health;
+        all[index] = health.map(Smart::new);
     }
 
-    fn health_of(&self, handle: u32) -> Option<HealthState> {
-        let all = self.health.read().unwrap_or_else(|e| e.into_inner());
-        let index = (handle as usize).checked_sub(1)?;
+    /// DIMM `index`'s SMART state, if it has one.
+    pub fn smart(&self, index: usize) -> Option<Smart> {
+        let all = self.smart.read().unwrap_or_else(|e| e.into_inner());
         all.get(index).copied().flatten()
+    }
+
+    /// Changes DIMM `index`'s reported state (the control API) and notifies the guest when
+    /// that changed anything. On an error nothing changed.
+    pub fn update_smart(&self, index: usize, update: SmartUpdate) -> Result<Smart, SmartError> {
+        if self.dimm(index as u32 + 1).is_err() {
+            return Err(SmartError::NoDimm(index));
+        }
+        let mut all = self.smart.write().unwrap_or_else(|e| e.into_inner());
+        let smart = all
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .ok_or(SmartError::NoSmart(index))?;
+        let changed = smart.update(update)?;
+        let now = *smart;
+        drop(all);
+        if changed {
+            self.notify(index);
+        }
+        Ok(now)
+    }
+
+    fn notify(&self, index: usize) {
+        if let Some(events) = &self.events {
+            events.notify(index);
+        }
     }
 
     /// Sets DIMM `index`'s label store (a hot-added DIMM).
@@ -245,37 +279,48 @@ impl NvdimmDsm {
 
     /// The answer to `req`: the bytes `_DSM` returns (at most [`page::MAX_OUT_DATA`]).
     pub fn call(&self, req: &DsmRequest<'_>) -> Vec<u8> {
-        let served = req.uuid == INTEL_DSM_UUID && req.revision == REVISION;
+        let intel = req.uuid == INTEL_DSM_UUID;
         let dimm = self.dimm(req.handle);
-        let health = dimm.is_ok().then(|| self.health_of(req.handle)).flatten();
+        let index = (req.handle as usize).wrapping_sub(1);
+        let has_smart = dimm.is_ok() && self.smart(index).is_some();
         if req.function == FUNC_QUERY {
-            // ACPI 6.x §9.1.1: function 0 answers for any UUID and revision; a mask without
-            // bit 0 means "nothing supported".
+            // ACPI 6.x §9.1.1: function 0 answers for any UUID and revision, with the functions
+            // of that revision; a mask without bit 0 means "nothing supported".
             let mut mask: u64 = 0;
-            if let (true, Ok(Some(store))) = (served, &dimm) {
+            // Every DIMM is of the Intel family, even one with no function: Linux keeps one
+            // bus-wide family bit that each DIMM's probe clears and sets again only if that
+            // DIMM answers this query (`acpi_nfit_add_dimm()`), and refuses every Intel
+            // `ND_CMD_CALL` on the bus without it, so a last-probed DIMM outside the family
+            // would cost the others their SMART (`ndctl list -DH`: "unknown").
+            if let (true, REVISION, Ok(_)) = (intel, req.revision, &dimm) {
+                mask |= 1;
+            }
+            if let (true, REVISION, Ok(Some(store))) = (intel, req.revision, &dimm) {
                 mask |= 1 | 1 << FUNC_GET_CONFIG_SIZE | 1 << FUNC_GET_CONFIG_DATA;
                 if !store.readonly() {
                     mask |= 1 << FUNC_SET_CONFIG_DATA;
                 }
             }
-            if served && health.is_some() {
-                mask |= 1 | 1 << FUNC_SMART;
+            if intel && has_smart {
+                match req.revision {
+                    REVISION => mask |= 1 | 1 << FUNC_SMART | 1 << FUNC_SMART_THRESHOLD,
+                    REVISION_2 => mask |= 1 | 1 << FUNC_SET_SMART_THRESHOLD,
+                    _ => {}
+                }
             }
             return mask.to_le_bytes().to_vec();
         }
-        if !served {
+        if !intel || req.revision != revision_of(req.function) {
             return status(DsmStatus::Unsupported);
         }
-        if req.function == FUNC_SMART {
-            return match (&dimm, health) {
+        if matches!(
+            req.function,
+            FUNC_SMART | FUNC_SMART_THRESHOLD | FUNC_SET_SMART_THRESHOLD
+        ) {
+            return match (&dimm, has_smart) {
                 (Err(()), _) => status(DsmStatus::NoMemoryDevice),
-                (Ok(_), None) => status(DsmStatus::Unsupported),
-                (Ok(_), Some(_)) if req.declared_len != 0 => status(DsmStatus::InvalidInput),
-                (Ok(_), Some(h)) => {
-                    let mut out = status(DsmStatus::Success);
-                    out.extend_from_slice(&smart_payload(h));
-                    out
-                }
+                (Ok(_), false) => status(DsmStatus::Unsupported),
+                (Ok(_), true) => self.smart_call(req, index),
             };
         }
         let store = match dimm {
@@ -289,6 +334,37 @@ impl NvdimmDsm {
             FUNC_SET_CONFIG_DATA if !store.readonly() => set_config_data(req, &*store),
             _ => status(DsmStatus::Unsupported),
         }
+    }
+}
+
+impl NvdimmDsm {
+    /// Functions 1, 2 and 17 for DIMM `index`, which has a SMART state.
+    fn smart_call(&self, req: &DsmRequest<'_>, index: usize) -> Vec<u8> {
+        let mut all = self.smart.write().unwrap_or_else(|e| e.into_inner());
+        let Some(Some(smart)) = all.get_mut(index) else {
+            return status(DsmStatus::Unsupported);
+        };
+        let mut out = status(DsmStatus::Success);
+        match req.function {
+            FUNC_SMART | FUNC_SMART_THRESHOLD if req.declared_len != 0 => {
+                return status(DsmStatus::InvalidInput)
+            }
+            FUNC_SMART => out.extend_from_slice(&smart.payload()),
+            FUNC_SMART_THRESHOLD => out.extend_from_slice(&smart.threshold_payload()),
+            _ => {
+                let input = req
+                    .input()
+                    .and_then(|i| <&[u8; smart::SET_THRESHOLD_INPUT_LEN]>::try_from(i).ok());
+                let Some(tripped) = input.and_then(|i| smart.set_thresholds(i)) else {
+                    return status(DsmStatus::InvalidInput);
+                };
+                drop(all);
+                if tripped {
+                    self.notify(index);
+                }
+            }
+        }
+        out
     }
 }
 

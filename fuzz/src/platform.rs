@@ -42,6 +42,8 @@ struct Platform {
     nvdimm_hotplug: Option<(u32, u16, u8)>,
     /// The NVDIMM `_DSM` mailbox: (page address in pages, doorbell port).
     nvdimm_dsm: Option<(u32, u16)>,
+    /// NVDIMM health events (with the mailbox): (GED interrupt, register port).
+    health_events: Option<(u8, u16)>,
 }
 
 /// The description `data` decodes to (an empty input gives a one-CPU platform).
@@ -59,6 +61,7 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
         power_button_gsi: None,
         nvdimm_hotplug: None,
         nvdimm_dsm: None,
+        health_events: None,
     });
     let raw = p.raw;
     let num_cpus = if raw {
@@ -155,6 +158,14 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
         nvdimm_dsm: p.nvdimm_dsm.map(|(page, port)| acpi::NvdimmDsmDesc {
             page_addr: u64::from(page) << 12,
             doorbell_port: port,
+            health_events: p.health_events.map(|(gsi, port)| acpi::HealthEventsDesc {
+                gsi: if raw {
+                    u32::from(gsi)
+                } else {
+                    u32::from(gsi) % 24
+                },
+                port,
+            }),
         }),
     }
 }

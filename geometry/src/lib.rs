@@ -100,3 +100,12 @@ pub mod dsm_mailbox {
     /// Bytes of I/O space the doorbell decodes.
     pub const DOORBELL_LEN: u16 = 4;
 }
+
+/// The NVDIMM health-event register (`devices::nvdimm_events`), which the GED's `_EVT` reads to
+/// learn which DIMMs to notify: two 32-bit halves, read to clear.
+pub mod nvdimm_events {
+    /// Its I/O port, right after the `_DSM` doorbell.
+    pub const PORT: u16 = super::dsm_mailbox::DOORBELL_PORT + super::dsm_mailbox::DOORBELL_LEN;
+    /// Bytes of I/O space it decodes.
+    pub const LEN: u16 = 8;
+}

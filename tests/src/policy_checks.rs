@@ -504,6 +504,15 @@ fn cached_file(name: &str, bytes: &[u8]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A guest script for an initramfs (`InitramfsSpec::with_file`), cached under a name made of
+/// `stem` and a hash of `text`, so a changed script is a new initramfs.
+pub fn cached_script(stem: &str, text: &str) -> Result<PathBuf> {
+    cached_file(
+        &format!("{stem}-{}.sh", content_hash(text.as_bytes())),
+        text.as_bytes(),
+    )
+}
+
 /// FNV-1a of `bytes`, as hex: names cache entries by their contents.
 fn content_hash(bytes: &[u8]) -> String {
     let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {

@@ -464,9 +464,11 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
 "#,
         curl = curl.display(),
     );
+    let agent = testbed::config::workspace_root().join("resources/guest-agent/pmem-report");
     let host = HostOpts::default()
         .with_host_bin(ch)
         .with_host_bin(curl)
+        .with_initramfs(testbed::InitramfsSpec::default().with_file(agent, "/usr/bin/pmem-report"))
         .with_timeout(Duration::from_secs(300));
     let run = run_on_kvm_host(&script, &host)?;
     eprintln!(
@@ -539,7 +541,7 @@ fn hot_add_through_the_api() -> testbed::Result<()> {
 set -u
 cat > vm.json <<EOF
 {{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
-  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; echo MEMMAP: \$(cat /sys/bus/nd/devices/pfn*/memmap_location /sys/bus/nd/devices/dax*/memmap_location 2>/dev/null | sort) END; done\\""}},
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; m=\$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort); [ ! -e /tmp/r ] && echo \$m | grep -qx dax.memory.memory.raw && touch /tmp/r && pmem-report --label hot --check; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; echo MEMMAP: \$(cat /sys/bus/nd/devices/pfn*/memmap_location /sys/bus/nd/devices/dax*/memmap_location 2>/dev/null | sort) END; done\\""}},
  "cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":536870912}},
  "serial":{{"mode":"File","file":"$WORK/console.log"}}}}
 EOF
@@ -562,6 +564,7 @@ ls e.img 2>/dev/null && echo @@E-CREATED@@
 i=0; while ! tail -n 1 console.log | grep -q 'MODES: dax memory memory raw END' && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
 echo "@@GUEST-LAST $(grep GUESTDEV: console.log | tail -n 1)@@"
 i=0; while ! grep -q '@@GUEST-WROTE-HOT@@' console.log && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+i=0; while ! grep -q '@@PMEM-REPORT-END hot@@' console.log && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
 sleep 2; echo "@@GUEST-MEMMAP $(grep MEMMAP: console.log | tail -n 1)@@"
 {curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters | sed 's/^/@@COUNTERS /; s/$/@@/'; echo
 # Malformed requests against the running guest: each a 4xx, nothing changed.
@@ -597,9 +600,11 @@ echo "--- console ---"; grep -v -e GUESTDEV: -e MEMMAP: console.log; grep GUESTD
         ch = sh_quote(&ch.display().to_string()),
         curl = curl.display(),
     );
+    let agent = testbed::config::workspace_root().join("resources/guest-agent/pmem-report");
     let host = HostOpts::default()
         .with_host_bin(ch)
         .with_host_bin(curl)
+        .with_initramfs(testbed::InitramfsSpec::default().with_file(agent, "/usr/bin/pmem-report"))
         .with_timeout(Duration::from_secs(300));
     let run = run_on_kvm_host(&script, &host)?;
     eprintln!(
@@ -703,7 +708,77 @@ echo "--- console ---"; grep -v -e GUESTDEV: -e MEMMAP: console.log; grep GUESTD
     {
         return Err(run.error(format!("vm.info's pmem report: {report:?}")));
     }
+    checker_agrees_with_vm_info(&run, &info)
+}
+
+/// The guest kernel's pfn checker ran on every hot-added namespace (the agent's `--check` after
+/// the adds) and found each memmap where `vm.info` says the monitor put it (`ram`, `pmem`, or
+/// `none` for the raw one), with no bad pfn: the checker's namespace is the one whose range
+/// starts at the device's `guest_base`.
+fn checker_agrees_with_vm_info(
+    run: &testbed::HostRun,
+    info: &serde_json::Value,
+) -> testbed::Result<()> {
+    let body = section_between(
+        &run.output,
+        "@@PMEM-REPORT-BEGIN hot@@",
+        "@@PMEM-REPORT-END hot@@",
+    )
+    .ok_or_else(|| run.error("no pmem-report from the guest after the adds"))?;
+    let kv: BTreeMap<&str, &str> = body
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .collect();
+    let num = |v: &str| {
+        let v = v.trim();
+        v.strip_prefix("0x")
+            .map_or_else(|| v.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+    };
+    let mut checked = 0;
+    for dev in info["pmem"].as_array().into_iter().flatten() {
+        let memmap = dev["memmap"].as_str().unwrap_or("");
+        let base = dev["guest_base"].as_u64().unwrap_or(u64::MAX);
+        let ns = kv
+            .iter()
+            .filter_map(|(k, v)| {
+                let ns = k.strip_prefix("check.")?.strip_suffix(".range_start")?;
+                (num(v) == Some(base)).then_some(ns)
+            })
+            .next()
+            .ok_or_else(|| {
+                run.error(format!(
+                    "the checker reported on no namespace at {base:#x}: {dev}"
+                ))
+            })?;
+        let get = |key: &str| kv.get(format!("check.{ns}.{key}").as_str()).copied();
+        if get("result") != Some("pass")
+            || get("failed_pfns") != Some("0")
+            || get("memmap_location") != Some(memmap)
+        {
+            return Err(run.error(format!(
+                "{}: checker on {ns}: result {:?}, failed_pfns {:?}, memmap_location {:?}; \
+                 vm.info says memmap {memmap}",
+                dev["id"],
+                get("result"),
+                get("failed_pfns"),
+                get("memmap_location")
+            )));
+        }
+        checked += 1;
+    }
+    if checked != 4 {
+        return Err(run.error(format!(
+            "the checker verdict was compared for {checked} devices, expected all 4"
+        )));
+    }
     Ok(())
+}
+
+/// The text between `open` and `close` markers (the last such section).
+fn section_between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.rfind(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(&text[start..end])
 }
 
 /// Two devices added at once, while the guest is still booting: both adds answer 200 (the API
@@ -783,4 +858,99 @@ fn section<'a>(output: &'a str, header: &str) -> &'a str {
         .min()
         .unwrap_or(rest.len());
     &rest[..end]
+}
+
+/// The guest side of `health_changes_reach_ndctl_monitor_in_the_guest`, `/health.sh`.
+const HEALTH_GUEST: &str = r#"
+for b in /sys/bus/nd/devices/ndbus*/wait_probe; do cat "$b" > /dev/null 2>&1; done
+echo "@@HEALTH-BEFORE $(ndctl list -DH | tr -d ' \n')@@"
+ndctl monitor -d nmem0 -D dimm-health-state -l /tmp/mon.log 2> /tmp/mon.err &
+sleep 3
+echo @@MONITOR-UP@@
+i=0
+while ! grep -q critical /tmp/mon.log 2>/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done
+echo "@@MON $(tr -d ' \n' < /tmp/mon.log 2>/dev/null) ERR $(cat /tmp/mon.err)@@"
+echo "@@HEALTH-AFTER $(ndctl list -DH | tr -d ' \n')@@"
+echo @@GUEST-DONE@@
+while sleep 1; do :; done
+"#;
+
+/// `vm.set-pmem-health` reaches the guest as a real DIMM's health event would: `ndctl monitor`
+/// (which arms the SMART alarms through the `_DSM` set-threshold function and then waits on
+/// the DIMM's `nfit/flags` for `Notify (NVxx, 0x81)`) logs the change to "critical", and
+/// `ndctl list -DH` shows the new state, spares and temperature. A DIMM started without
+/// `health=`, an unknown id and a bad value are refused, and the guest keeps running.
+#[test]
+fn health_changes_reach_ndctl_monitor_in_the_guest() -> testbed::Result<()> {
+    let curl = curl();
+    let script = format!(
+        r#"
+set -u
+cat > vm.json <<EOF
+{{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"sh /health.sh\\""}},
+ "memory":{{"size":536870912}},"serial":{{"mode":"File","file":"$WORK/console.log"}},
+ "pmem":[{{"file":"$WORK/a.img","size":134217728,"id":"dimm0","mode":"raw","health":"ok"}},
+         {{"file":"$WORK/b.img","size":134217728,"id":"plain","mode":"raw"}}]}}
+EOF
+# req NAME ENDPOINT [BODY]: the status code; the answer goes to NAME.out
+req() {{ {curl} -s -o "$1.out" -w '%{{http_code}}' --unix-socket api.sock -X PUT -H 'Content-Type: application/json' --data-binary "${{3:-}}" "http://localhost/api/v1/$2"; }}
+"$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
+pid=$!
+i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "@@CREATE $(req create vm.create "$(cat vm.json)")@@"
+echo "@@BOOT $(req boot vm.boot)@@"
+i=0; while ! grep -q '@@MONITOR-UP@@' console.log 2>/dev/null && [ $i -lt 2400 ]; do sleep 0.25; i=$((i+1)); done
+echo "@@PLAIN $(req plain vm.set-pmem-health '{{"id":"plain","health":"fatal"}}') $(cat plain.out)@@"
+echo "@@UNKNOWN $(req unknown vm.set-pmem-health '{{"id":"nope","health":"fatal"}}') $(cat unknown.out)@@"
+echo "@@BAD $(req bad vm.set-pmem-health '{{"id":"dimm0","spares":101}}') $(cat bad.out)@@"
+echo "@@SET $(req set vm.set-pmem-health '{{"id":"dimm0","health":"critical","spares":4,"temperature":61}}')@@"
+i=0; while ! grep -q '@@GUEST-DONE@@' console.log && [ $i -lt 1400 ]; do sleep 0.25; i=$((i+1)); done
+echo "@@EXIT-VMM $(req exit vmm.shutdown)@@"
+wait $pid
+echo "@@VMM-EXIT $?@@"
+echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
+"#,
+        curl = curl.display(),
+    );
+    let guest = testbed::policy_checks::cached_script("health", HEALTH_GUEST)?;
+    let host = HostOpts::default()
+        .with_host_bin(curl)
+        .with_initramfs(
+            testbed::InitramfsSpec::default()
+                .with_bin(testbed::policy_checks::NDCTL)
+                .with_file(guest, "/health.sh"),
+        )
+        .with_timeout(Duration::from_secs(400));
+    let run = run_on_kvm_host(&script, &host)?;
+    eprintln!(
+        "{} host: run {:.2?}\n{}",
+        run.mode, run.duration, run.output
+    );
+    run.expect_success()?;
+    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
+    for (m, want) in [
+        ("CREATE", "204"),
+        ("BOOT", "204"),
+        ("HEALTH-BEFORE", r#""health_state":"ok""#),
+        ("PLAIN", "409 "),
+        ("PLAIN", "started without health="),
+        ("UNKNOWN", "404 "),
+        ("BAD", "400 "),
+        ("SET", "204"),
+        // ndctl monitor saw the event: its log line carries the new health.
+        ("MON", r#""dimm-health-state":true"#),
+        ("MON", r#""health_state":"critical""#),
+        ("HEALTH-AFTER", r#""health_state":"critical""#),
+        ("HEALTH-AFTER", r#""spares_percentage":4"#),
+        ("HEALTH-AFTER", r#""temperature_celsius":61"#),
+        ("EXIT-VMM", "204"),
+        ("VMM-EXIT", "0"),
+    ] {
+        match value(m) {
+            Some(s) if s.contains(want) => {}
+            other => return Err(run.error(format!("{m}: {other:?}, expected {want}"))),
+        }
+    }
+    Ok(())
 }

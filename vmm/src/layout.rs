@@ -207,6 +207,10 @@ mod tests {
             nvdimm_dsm: Some(acpi::NvdimmDsmDesc {
                 page_addr: DSM_PAGE_ADDR,
                 doorbell_port: geometry::dsm_mailbox::DOORBELL_PORT,
+                health_events: Some(acpi::HealthEventsDesc {
+                    gsi: 7,
+                    port: geometry::nvdimm_events::PORT,
+                }),
             }),
         };
         let t = acpi::build_tables(&desc, ACPI_ADDR, ACPI_TABLES_MAX_SIZE).unwrap();

@@ -57,6 +57,8 @@ pub const I8042_PORT: u16 = 0x60;
 pub const GED_GSI: u32 = 5;
 /// The Generic Event Device's second interrupt: the NVDIMM set changed (re-read `_FIT`).
 pub const NVDIMM_HOTPLUG_GSI: u32 = 6;
+/// The GED interrupt for NVDIMM health events (`devices::nvdimm_events`).
+pub const NVDIMM_HEALTH_GSI: u32 = 7;
 
 /// The monitor's exit statuses (`vmm --help` and the README list them).
 pub mod exit {
@@ -213,6 +215,10 @@ fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDes
         nvdimm_dsm: Some(acpi::NvdimmDsmDesc {
             page_addr: layout::DSM_PAGE_ADDR,
             doorbell_port: geometry::dsm_mailbox::DOORBELL_PORT,
+            health_events: Some(acpi::HealthEventsDesc {
+                gsi: NVDIMM_HEALTH_GSI,
+                port: geometry::nvdimm_events::PORT,
+            }),
         }),
     }
 }
@@ -805,6 +811,16 @@ fn run_with_pmem(
             what: "register the NVDIMM hot-add irqfd",
             source,
         })?;
+    // NVDIMM health events: a write is an edge on NVDIMM_HEALTH_GSI (the guest reads which
+    // DIMMs changed and notifies them).
+    let health_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
+    vm.fd
+        .register_irqfd(&health_irq, NVDIMM_HEALTH_GSI)
+        .map_err(|source| vm::VmError::Kvm {
+            what: "register the NVDIMM health irqfd",
+            source,
+        })?;
+    let health_events = Arc::new(devices::nvdimm_events::HealthEvents::new(health_irq));
     let (hot_add_requests, hot_add_queue) = std::sync::mpsc::channel::<api::HotAddRequest>();
     let hot_add_wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
     let serial = Arc::new(Mutex::new(SerialPort::new(
@@ -847,10 +863,20 @@ fn run_with_pmem(
         Arc::new(Mutex::new(pci.data_port())),
     )?;
     // The NVDIMM _DSM mailbox (label areas): served on the vCPU thread that rings it.
-    let dsm = Arc::new(devices::nvdimm_dsm::NvdimmDsm::new(pmem.label_stores()?));
+    let dsm = Arc::new(
+        devices::nvdimm_dsm::NvdimmDsm::new(pmem.label_stores()?)
+            .with_health_events(health_events.clone()),
+    );
     for (i, d) in pmem.nfit_devices().enumerate() {
         dsm.set_health(i, d.config.health);
     }
+    bus.insert(
+        geometry::nvdimm_events::PORT,
+        geometry::nvdimm_events::LEN,
+        Arc::new(Mutex::new(devices::nvdimm_events::HealthEventRegister(
+            health_events,
+        ))),
+    )?;
     bus.insert(
         geometry::dsm_mailbox::DOORBELL_PORT,
         geometry::dsm_mailbox::DOORBELL_LEN,
@@ -937,18 +963,8 @@ fn run_with_pmem(
                 power_button: power_button.clone(),
                 pmem_report: pmem.report_json()["pmem"].clone(),
                 hints: hints.clone(),
-                formatted: pmem
-                    .devices
-                    .iter()
-                    .map(|d| {
-                        let bytes = if d.wrote_info_block {
-                            devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
-                        } else {
-                            0
-                        };
-                        (d.config.id.clone(), bytes)
-                    })
-                    .collect(),
+                devices: running_pmem(pmem),
+                dsm: dsm.clone(),
                 hot_add: api::HotAdd {
                     requests: hot_add_requests.clone(),
                     wake: hot_add_wake.clone(),
@@ -1181,11 +1197,6 @@ impl HotAddContext<'_> {
         self.dsm.set_dimm(nfit_index, label_store);
         self.dsm.set_health(nfit_index, dev.config.health);
         let id = dev.config.id.clone();
-        let formatted = if dev.wrote_info_block {
-            devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
-        } else {
-            0
-        };
         pmem.devices.push(dev);
         if let Err(e) = write_fit(self.mem, &pmem.nvdimm_descs()) {
             return bad(500, format!("vm.add-pmem: writing the FIT: {e}"));
@@ -1198,7 +1209,7 @@ impl HotAddContext<'_> {
                 }
                 if let Some(r) = &mut s.running {
                     r.pmem_report = report;
-                    r.formatted.push((id.clone(), formatted));
+                    r.devices = running_pmem(pmem);
                 }
             });
         }
@@ -1209,6 +1220,25 @@ impl HotAddContext<'_> {
         // NVDIMMs are not PCI devices: the bdf is a placeholder in cloud-hypervisor's shape.
         Ok(serde_json::json!({ "id": id, "bdf": "0000:00:00.0" }))
     }
+}
+
+/// The devices as the API addresses them: id, bytes formatted, NFIT index.
+fn running_pmem(pmem: &pmem::PmemDevices) -> Vec<api::RunningPmem> {
+    let mut nfit_index = 0..;
+    pmem.devices
+        .iter()
+        .map(|d| api::RunningPmem {
+            id: d.config.id.clone(),
+            bytes_formatted: if d.wrote_info_block {
+                devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
+            } else {
+                0
+            },
+            nfit_index: (d.config.firmware == pmem_option::Firmware::Nfit)
+                .then(|| nfit_index.next())
+                .flatten(),
+        })
+        .collect()
 }
 
 /// The monitor's exit status for a stop reason (see `vmm --help`).

@@ -140,9 +140,10 @@ fn query_lists_the_label_functions() {
     assert_eq!(call(&f, &page_for(1, 1, 0, U, &[])), 0x71u64.to_le_bytes());
     // Read-only: no set config data.
     assert_eq!(call(&f, &page_for(3, 1, 0, U, &[])), 0x31u64.to_le_bytes());
-    // No labels, no DIMM, the root, another UUID, another revision: nothing supported.
+    // No labels: the Intel family with no function (bit 0 only: see `call`).
+    assert_eq!(call(&f, &page_for(2, 1, 0, U, &[])), 1u64.to_le_bytes());
+    // No DIMM, the root, another UUID, another revision: nothing supported.
     for p in [
-        page_for(2, 1, 0, U, &[]),
         page_for(4, 1, 0, U, &[]),
         page_for(0, 1, 0, U, &[]),
         page_for(1, 1, 0, [0; 16], &[]),
@@ -489,8 +490,14 @@ fn the_doorbell_answers_in_the_page() {
 fn smart_reports_the_health_state() {
     let f = fixture();
     f.dsm.set_health(1, Some(HealthState::Critical));
-    // DIMM 2 (handle 2) has no labels but health: query offers SMART only.
-    assert_eq!(call(&f, &page_for(2, 1, 0, U, &[])), 0x3u64.to_le_bytes());
+    // DIMM 2 (handle 2) has no labels but health: query offers SMART and its threshold at
+    // revision 1, set threshold at revision 2.
+    assert_eq!(call(&f, &page_for(2, 1, 0, U, &[])), 0x7u64.to_le_bytes());
+    assert_eq!(
+        call(&f, &page_for(2, 2, 0, U, &[])),
+        (1u64 | 1 << 17).to_le_bytes()
+    );
+    assert_eq!(call(&f, &page_for(2, 3, 0, U, &[])), 0u64.to_le_bytes());
     let out = call(&f, &page_for(2, 1, 1, U, &[]));
     assert_eq!(out.len(), 4 + SMART_PAYLOAD_LEN);
     assert_eq!(status_of(&out), 0);
@@ -518,7 +525,7 @@ fn smart_reports_the_health_state() {
     );
     // Labels and health together.
     f.dsm.set_health(0, Some(HealthState::Ok));
-    assert_eq!(call(&f, &page_for(1, 1, 0, U, &[])), 0x73u64.to_le_bytes());
+    assert_eq!(call(&f, &page_for(1, 1, 0, U, &[])), 0x77u64.to_le_bytes());
     for (s, h) in [
         ("ok", HealthState::Ok),
         ("non-critical", HealthState::NonCritical),
@@ -532,4 +539,87 @@ fn smart_reports_the_health_state() {
         "sick".parse::<HealthState>().unwrap_err().to_string(),
         "health=sick: unknown value; expected ok, non-critical, critical or fatal"
     );
+}
+
+#[test]
+fn smart_thresholds_and_health_changes_notify_the_guest() {
+    let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let events = Arc::new(crate::nvdimm_events::HealthEvents::new(
+        irq.try_clone().unwrap(),
+    ));
+    let labelled: Arc<dyn LabelStore> = MemStore::new(false, false);
+    let dsm = NvdimmDsm::new(vec![Some(labelled), None]).with_health_events(events);
+    dsm.set_health(1, Some(HealthState::Ok));
+    let bell_call = |page: &[u8]| dsm.call(&DsmRequest::decode(page).unwrap());
+    // Get threshold: status + 8 bytes (ndctl's struct nd_intel_smart_threshold is 12).
+    let out = bell_call(&page_for(2, 1, 2, U, &[]));
+    assert_eq!(out.len(), 12);
+    assert_eq!(status_of(&out), 0);
+    assert_eq!(&out[4..6], &[0, 0], "no alarm enabled");
+    // Set threshold (revision 2): enable every alarm at a media temperature of 20 C, which the
+    // DIMM's 25 C crosses: the alarm trips and the guest is notified once.
+    let mut set = [0u8; 7];
+    set[0] = 0x7;
+    set[2] = 10;
+    set[3..5].copy_from_slice(&(20u16 * 16).to_le_bytes());
+    set[5..7].copy_from_slice(&(80u16 * 16).to_le_bytes());
+    let out = bell_call(&page_for(2, 2, 17, U, &set));
+    assert_eq!(out, 0u32.to_le_bytes());
+    assert_eq!(irq.read().unwrap(), 1);
+    let smart = bell_call(&page_for(2, 1, 1, U, &[]));
+    assert_eq!(smart[4 + 11], 1 << 1, "media temperature alarm tripped");
+    let out = bell_call(&page_for(2, 1, 2, U, &[]));
+    assert_eq!(&out[4..11], &set, "thresholds read back as set");
+    // Hostile set-threshold requests: wrong revision, short, long, unknown alarm bits, spares
+    // past 100 %, on a DIMM without SMART, on no DIMM. None changes anything.
+    let before = dsm.smart(1);
+    let mut bad_bits = set;
+    bad_bits[0] = 0x8;
+    let mut bad_spares = set;
+    bad_spares[2] = 101;
+    for (page, want) in [
+        (page_for(2, 1, 17, U, &set), DsmStatus::Unsupported),
+        (page_for(2, 2, 17, U, &set[..6]), DsmStatus::InvalidInput),
+        (page_for(2, 2, 17, U, &[0; 8]), DsmStatus::InvalidInput),
+        (page_for(2, 2, 17, U, &bad_bits), DsmStatus::InvalidInput),
+        (page_for(2, 2, 17, U, &bad_spares), DsmStatus::InvalidInput),
+        (
+            page_declaring(2, 2, 17, U, &set, u32::MAX),
+            DsmStatus::InvalidInput,
+        ),
+        (page_for(2, 1, 2, U, &[1]), DsmStatus::InvalidInput),
+        (page_for(1, 2, 17, U, &set), DsmStatus::Unsupported),
+        (page_for(3, 2, 17, U, &set), DsmStatus::NoMemoryDevice),
+    ] {
+        assert_eq!(bell_call(&page), (want as u32).to_le_bytes(), "{want:?}");
+    }
+    assert_eq!(dsm.smart(1), before);
+    assert!(irq.read().is_err(), "no event from refused requests");
+    // The API's changes: each real change notifies once; none for no change or an error.
+    let critical = SmartUpdate {
+        health: Some(HealthState::Critical),
+        ..Default::default()
+    };
+    assert_eq!(
+        dsm.update_smart(1, critical).unwrap().health,
+        HealthState::Critical
+    );
+    assert_eq!(irq.read().unwrap(), 1);
+    dsm.update_smart(1, critical).unwrap();
+    assert!(irq.read().is_err(), "no change, no event");
+    assert_eq!(
+        dsm.update_smart(
+            1,
+            SmartUpdate {
+                spares: Some(200),
+                ..Default::default()
+            }
+        ),
+        Err(SmartError::Value(SmartUpdateError::Spares(200)))
+    );
+    assert_eq!(dsm.update_smart(0, critical), Err(SmartError::NoSmart(0)));
+    assert_eq!(dsm.update_smart(2, critical), Err(SmartError::NoDimm(2)));
+    assert!(irq.read().is_err());
+    let smart = bell_call(&page_for(2, 1, 1, U, &[]));
+    assert_eq!(smart[4 + 8], 1 << 1, "the guest reads the new state");
 }

@@ -454,7 +454,10 @@ mod tests {
         }
         let started = std::time::Instant::now();
         assert_eq!(label_state(&area), LabelState::Uninitialised);
-        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // At most 17 checksummed candidates: well under a second even unoptimised. A scan that
+        // tried every signature (8192 of them, each checksumming up to 2 MiB) would take
+        // minutes; the bound is loose so a loaded machine does not fail it.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 
     #[test]

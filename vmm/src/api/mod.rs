@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use devices::flush_hint::FlushHints;
 use devices::lifecycle::{StopReason, StopSignal};
+use devices::nvdimm_dsm::{NvdimmDsm, SmartError};
 use serde_json::{json, Value};
 
 use crate::config::VmConfig;
@@ -56,10 +57,22 @@ pub struct RunningVm {
     /// `PmemDevices::report_json()["pmem"]`: per device mode, memmap, bytes, capacity, base.
     pub pmem_report: Value,
     pub hints: Arc<FlushHints>,
-    /// Per device (in order): its id and the bytes the monitor wrote to format it.
-    pub formatted: Vec<(String, u64)>,
+    /// Per device, in order (the flush hints' order).
+    pub devices: Vec<RunningPmem>,
+    /// The DIMMs' `_DSM` state: `vm.set-pmem-health` changes SMART there.
+    pub dsm: Arc<NvdimmDsm>,
     /// Where `vm.add-pmem` requests go: the main thread's run loop.
     pub hot_add: HotAdd,
+}
+
+/// A pmem device of the running guest as the API addresses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningPmem {
+    pub id: String,
+    /// Bytes the monitor wrote to format it (`vm.counters`).
+    pub bytes_formatted: u64,
+    /// Its index among the NFIT NVDIMMs (`_DSM`, health); None for a legacy E820 range.
+    pub nfit_index: Option<usize>,
 }
 
 /// A `vm.add-pmem` for the run loop, which owns the devices, the VM and guest memory.
@@ -271,6 +284,8 @@ const ENDPOINTS: &[(&str, http::Method)] = &[
     ("vm.power-button", http::Method::Put),
     ("vm.delete", http::Method::Put),
     ("vm.add-pmem", http::Method::Put),
+    // Ours (cloud-hypervisor has no NVDIMM health): the SMART state a DIMM reports.
+    ("vm.set-pmem-health", http::Method::Put),
 ];
 
 /// cloud-hypervisor endpoints this monitor does not have (404 with a message saying so).
@@ -350,7 +365,7 @@ impl Controller {
         if method == http::Method::Get && !req.body.is_empty() {
             return Err(ApiError::new(400, format!("GET {name}: takes no body")));
         }
-        let takes_body = name == "vm.create" || name == "vm.add-pmem";
+        let takes_body = matches!(name, "vm.create" | "vm.add-pmem" | "vm.set-pmem-health");
         if !takes_body && !req.body.is_empty() {
             return Err(ApiError::new(400, format!("PUT {name}: takes no body")));
         }
@@ -390,6 +405,10 @@ impl Controller {
                 done(http::Response::no_content())
             }
             "vm.add-pmem" => done(http::Response::json(200, &self.add_pmem(&req.body)?)),
+            "vm.set-pmem-health" => {
+                self.set_pmem_health(&req.body)?;
+                done(http::Response::no_content())
+            }
             _ => Err(ApiError::new(404, format!("{name}: no such endpoint"))),
         }
     }
@@ -449,16 +468,16 @@ impl Controller {
         let mut out = serde_json::Map::new();
         match &s.running {
             Some(r) => {
-                for (i, (id, formatted)) in r.formatted.iter().enumerate() {
+                for (i, d) in r.devices.iter().enumerate() {
                     let s = r.hints.stats(i);
                     out.insert(
-                        id.clone(),
+                        d.id.clone(),
                         json!({
                             "flush_requests": s.requests,
                             "host_flushes": s.host_flushes,
                             "failed_host_flushes": s.failed_host_flushes,
                             "largest_flush_batch": s.largest_batch,
-                            "bytes_formatted": formatted,
+                            "bytes_formatted": d.bytes_formatted,
                         }),
                     );
                 }
@@ -578,7 +597,7 @@ impl Controller {
                     "vm.add-pmem: the VM is not running; put the device into vm.create's pmem list",
                 ));
             };
-            (running.hot_add.clone(), running.formatted.len())
+            (running.hot_add.clone(), running.devices.len())
         };
         let config =
             vm_config::parse_pmem_body(body, count).map_err(|e| ApiError::new(400, e.0))?;
@@ -598,6 +617,59 @@ impl Controller {
                 500,
                 "vm.add-pmem: the monitor did not answer in time",
             )),
+        }
+    }
+
+    /// `vm.set-pmem-health {"id", "health", "spares", "temperature"}`: changes what a DIMM's
+    /// SMART reports and notifies the guest (`Notify (NVxx, 0x81)`) when anything changed.
+    /// Served on this thread: the `_DSM` state has its own lock, and the notification is an
+    /// irqfd write.
+    fn set_pmem_health(&self, body: &[u8]) -> Result<(), ApiError> {
+        const WHAT: &str = "vm.set-pmem-health";
+        let (id, update) =
+            vm_config::parse_health_body(body).map_err(|e| ApiError::new(400, e.0))?;
+        let (dsm, device) = {
+            let s = self.state.lock();
+            if s.state == VmState::NotCreated {
+                return Err(not_created());
+            }
+            let Some(running) = &s.running else {
+                return Err(not_booted(WHAT));
+            };
+            let device = running.devices.iter().find(|d| d.id == id).cloned();
+            (running.dsm.clone(), device)
+        };
+        let Some(device) = device else {
+            return Err(ApiError::new(
+                404,
+                format!("{WHAT}: no pmem device has id {id:?}"),
+            ));
+        };
+        let Some(index) = device.nfit_index else {
+            return Err(ApiError::new(
+                409,
+                format!("{WHAT}: {id} is a legacy E820 range (firmware=e820), which has no _DSM"),
+            ));
+        };
+        match dsm.update_smart(index, update) {
+            Ok(smart) => {
+                log::info!(
+                    "{id}: SMART health {}, spares {} %, temperature {} C",
+                    smart.health,
+                    smart.spares,
+                    smart.temperature / 16
+                );
+                Ok(())
+            }
+            Err(SmartError::Value(e)) => Err(ApiError::new(400, format!("{WHAT}: {e}"))),
+            Err(SmartError::NoSmart(_)) => Err(ApiError::new(
+                409,
+                format!(
+                    "{WHAT}: {id} was started without health=, so its _DSM offers no SMART \
+                     function (start it with health=ok to change its health later)"
+                ),
+            )),
+            Err(e @ SmartError::NoDimm(_)) => Err(ApiError::new(500, format!("{WHAT}: {id}: {e}"))),
         }
     }
 

@@ -10,6 +10,8 @@ struct Fixture {
     controller: Controller,
     /// The commands the fake main thread received.
     seen: Arc<Mutex<Vec<&'static str>>>,
+    /// The running guest's `_DSM` state: two NFIT DIMMs without label areas.
+    dsm: Arc<NvdimmDsm>,
 }
 
 fn fixture() -> Fixture {
@@ -52,6 +54,7 @@ fn fixture() -> Fixture {
             host_memory: Some(8 << 30),
         },
         seen,
+        dsm: Arc::new(NvdimmDsm::new(vec![None, None])),
     }
 }
 
@@ -138,7 +141,24 @@ impl Fixture {
                 ),
                 pmem_report: json!([{ "id": "data", "mode": "fsdax" }]),
                 hints: Arc::new(FlushHints::new(vec![None])),
-                formatted: vec![("data".into(), 4096)],
+                devices: vec![
+                    RunningPmem {
+                        id: "data".into(),
+                        bytes_formatted: 4096,
+                        nfit_index: Some(0),
+                    },
+                    RunningPmem {
+                        id: "plain".into(),
+                        bytes_formatted: 0,
+                        nfit_index: Some(1),
+                    },
+                    RunningPmem {
+                        id: "legacy".into(),
+                        bytes_formatted: 0,
+                        nfit_index: None,
+                    },
+                ],
+                dsm: self.dsm.clone(),
                 hot_add: HotAdd {
                     requests,
                     wake: Arc::new(
@@ -377,4 +397,72 @@ fn add_pmem_passes_on_the_run_loops_refusal_and_a_stop() {
     let (status, v) = f.call("PUT", "vm.add-pmem", r#"{"file":"/x"}"#);
     assert_eq!(status, 409, "{v}");
     assert!(v[0].as_str().unwrap().contains("nothing was added"), "{v}");
+}
+
+#[test]
+fn set_pmem_health() {
+    use devices::nvdimm_dsm::HealthState;
+    let f = fixture();
+    let body = r#"{"id":"data","health":"critical"}"#;
+    f.refused("PUT", "vm.set-pmem-health", body, 404, "no VM is created");
+    f.set_running();
+    // "data" was started with health=ok; "plain" without; "legacy" is an E820 range.
+    f.dsm.set_health(0, Some(HealthState::Ok));
+    for (body, status, says) in [
+        ("", 400, "invalid JSON body"),
+        ("[]", 400, "expected a JSON object"),
+        (r#"{"health":"ok"}"#, 400, "missing field `id`"),
+        (r#"{"id":"data"}"#, 400, "nothing to change"),
+        (
+            r#"{"id":"data","health":"sick"}"#,
+            400,
+            "health: sick: unknown value",
+        ),
+        (
+            r#"{"id":"data","spares":101}"#,
+            400,
+            "spares=101: expected a percentage",
+        ),
+        (r#"{"id":"data","spares":-1}"#, 400, "spares: invalid value"),
+        (r#"{"id":"data","temperature":500}"#, 400, "temperature=500"),
+        (
+            r#"{"id":"data","colour":"red"}"#,
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"id":"nope","health":"ok"}"#,
+            404,
+            "no pmem device has id \"nope\"",
+        ),
+        (
+            r#"{"id":"plain","health":"ok"}"#,
+            409,
+            "plain was started without health=",
+        ),
+        (r#"{"id":"legacy","health":"ok"}"#, 409, "legacy E820 range"),
+    ] {
+        f.refused("PUT", "vm.set-pmem-health", body, status, says);
+    }
+    assert_eq!(
+        f.dsm.smart(0).unwrap().health,
+        HealthState::Ok,
+        "nothing changed"
+    );
+    assert_eq!(f.call("PUT", "vm.set-pmem-health", body).0, 204);
+    assert_eq!(
+        f.call(
+            "PUT",
+            "vm.set-pmem-health",
+            r#"{"id":"data","spares":3,"temperature":70}"#
+        )
+        .0,
+        204
+    );
+    let smart = f.dsm.smart(0).unwrap();
+    assert_eq!(
+        (smart.health, smart.spares, smart.temperature),
+        (HealthState::Critical, 3, 70 * 16)
+    );
+    f.refused("GET", "vm.set-pmem-health", "", 405, "use PUT");
 }

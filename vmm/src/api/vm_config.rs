@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use devices::nvdimm_dsm::{HealthState, SmartUpdate};
 use devices::pmem::options::AlignName;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -165,6 +166,39 @@ impl PmemJson {
 pub fn parse_pmem_body(body: &[u8], index: usize) -> Result<PmemConfig, BadConfig> {
     let json: PmemJson = deserialize(body)?;
     json.to_config("pmem", index)
+}
+
+/// `vm.set-pmem-health`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthJson {
+    id: String,
+    health: Option<String>,
+    spares: Option<u8>,
+    temperature: Option<u16>,
+}
+
+/// Parses the body of `vm.set-pmem-health`: the device id and the change (at least one value).
+pub fn parse_health_body(body: &[u8]) -> Result<(String, SmartUpdate), BadConfig> {
+    let json: HealthJson = deserialize(body)?;
+    let health = match &json.health {
+        None => None,
+        Some(h) => Some(
+            h.parse::<HealthState>()
+                .map_err(|e| BadConfig(e.to_string().replacen("health=", "health: ", 1)))?,
+        ),
+    };
+    let update = SmartUpdate {
+        health,
+        spares: json.spares,
+        temperature: json.temperature,
+    };
+    if update == SmartUpdate::default() {
+        return Err(BadConfig(
+            "nothing to change: expected health, spares or temperature".into(),
+        ));
+    }
+    Ok((json.id, update))
 }
 
 /// Parses and validates the body of `vm.create`.
