@@ -416,10 +416,11 @@ struct DsmCall {
 }
 
 /// The NVDIMM `_DSM` mailbox (`devices::nvdimm_dsm`) behind its doorbell, driven by arbitrary
-/// requests against two labelled DIMMs (one read-only) and one without labels, checked against
-/// a model: the answer fits the page and is a 4-byte status (or an 8-byte mask for function 0);
-/// a successful read returns the model's bytes; only a successful write changes the area, and
-/// exactly as asked.
+/// requests against two labelled DIMMs (one read-only) and one without labels but with SMART,
+/// checked against a model: the answer fits the page and is a 4-byte status (or an 8-byte mask
+/// for function 0); a successful read returns the model's bytes; only a successful write changes
+/// the area, and exactly as asked; SMART answers have their structures' sizes and the
+/// thresholds read back as last set.
 pub fn nvdimm_dsm(data: &[u8]) {
     use devices::bus::PioDevice;
     use devices::nvdimm_dsm::{DsmDoorbell, NvdimmDsm, INTEL_DSM_UUID};
@@ -439,11 +440,19 @@ pub fn nvdimm_dsm(data: &[u8]) {
         .iter()
         .map(|s| s.bytes.lock().unwrap().clone())
         .collect();
-    let dsm = Arc::new(NvdimmDsm::new(vec![
-        Some(stores[0].clone() as Arc<dyn devices::pmem::labels::LabelStore>),
-        None,
-        Some(stores[1].clone() as Arc<dyn devices::pmem::labels::LabelStore>),
-    ]));
+    let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd");
+    let events = Arc::new(devices::nvdimm_events::HealthEvents::new(irq));
+    let dsm = Arc::new(
+        NvdimmDsm::new(vec![
+            Some(stores[0].clone() as Arc<dyn devices::pmem::labels::LabelStore>),
+            None,
+            Some(stores[1].clone() as Arc<dyn devices::pmem::labels::LabelStore>),
+        ])
+        .with_health_events(events),
+    );
+    // The DIMM without labels (handle 2) has SMART: functions 1, 2 and 17.
+    dsm.set_health(1, Some(devices::nvdimm_dsm::HealthState::Ok));
+    let mut thresholds: Option<Vec<u8>> = None;
     let shared = Arc::new(Mutex::new(vec![0u8; page::PAGE_SIZE as usize]));
     let mut bell = DsmDoorbell::new(Box::new(FuzzPage(shared.clone())), dsm);
     for _ in 0..16 {
@@ -518,6 +527,17 @@ pub fn nvdimm_dsm(data: &[u8]) {
                     assert_eq!(out.len(), 4);
                 }
                 (0, 4, Some(_)) => assert_eq!(out.len(), 12),
+                (0, 1, None) if handle == 2 => assert_eq!(out.len(), 4 + 128),
+                (0, 2, None) if handle == 2 => {
+                    assert_eq!(out.len(), 4 + 8);
+                    if let Some(t) = &thresholds {
+                        assert_eq!(&out[4..11], t.as_slice(), "thresholds as last set");
+                    }
+                }
+                (0, 17, None) if handle == 2 => {
+                    assert_eq!(out.len(), 4);
+                    thresholds = Some(input[..7].to_vec());
+                }
                 (0, ..) => panic!("success for function {function} on handle {handle}"),
                 _ => assert_eq!(out.len(), 4, "an error is a bare status"),
             }

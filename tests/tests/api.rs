@@ -468,7 +468,11 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
     let host = HostOpts::default()
         .with_host_bin(ch)
         .with_host_bin(curl)
-        .with_initramfs(testbed::InitramfsSpec::default().with_file(agent, "/usr/bin/pmem-report"))
+        .with_initramfs(
+            testbed::InitramfsSpec::default()
+                .with_file(agent, "/usr/bin/pmem-report")
+                .with_bin(testbed::policy_checks::NDCTL),
+        )
         .with_timeout(Duration::from_secs(300));
     let run = run_on_kvm_host(&script, &host)?;
     eprintln!(
@@ -541,7 +545,7 @@ fn hot_add_through_the_api() -> testbed::Result<()> {
 set -u
 cat > vm.json <<EOF
 {{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
-  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; m=\$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort); [ ! -e /tmp/r ] && echo \$m | grep -qx dax.memory.memory.raw && touch /tmp/r && pmem-report --label hot --check; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; echo MEMMAP: \$(cat /sys/bus/nd/devices/pfn*/memmap_location /sys/bus/nd/devices/dax*/memmap_location 2>/dev/null | sort) END; done\\""}},
+  "cmdline":"console=ttyS0 quiet panic=-1 -- \\"echo @@GUEST-UP@@; while sleep 1; do [ -e /dev/pmem3 ] && [ ! -e /tmp/w ] && printf HOTMARK-77 | dd of=/dev/pmem3 conv=fsync 2>/dev/null && touch /tmp/w && echo @@GUEST-WROTE-HOT@@; m=\$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort); [ ! -e /tmp/r ] && echo \$m | grep -qx dax.memory.memory.raw && touch /tmp/r && pmem-report --label hot --check && echo @@NDCTL-BEGIN@@ && ndctl list -N && echo @@NDCTL-END@@; echo GUESTDEV: \$(ls /dev | grep -e pmem -e dax) MODES: \$(cat /sys/bus/nd/devices/namespace*/mode 2>/dev/null | sort) END; echo MEMMAP: \$(cat /sys/bus/nd/devices/pfn*/memmap_location /sys/bus/nd/devices/dax*/memmap_location 2>/dev/null | sort) END; done\\""}},
  "cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":536870912}},
  "serial":{{"mode":"File","file":"$WORK/console.log"}}}}
 EOF
@@ -604,7 +608,11 @@ echo "--- console ---"; grep -v -e GUESTDEV: -e MEMMAP: console.log; grep GUESTD
     let host = HostOpts::default()
         .with_host_bin(ch)
         .with_host_bin(curl)
-        .with_initramfs(testbed::InitramfsSpec::default().with_file(agent, "/usr/bin/pmem-report"))
+        .with_initramfs(
+            testbed::InitramfsSpec::default()
+                .with_file(agent, "/usr/bin/pmem-report")
+                .with_bin(testbed::policy_checks::NDCTL),
+        )
         .with_timeout(Duration::from_secs(300));
     let run = run_on_kvm_host(&script, &host)?;
     eprintln!(
@@ -713,7 +721,8 @@ echo "--- console ---"; grep -v -e GUESTDEV: -e MEMMAP: console.log; grep GUESTD
 
 /// The guest kernel's pfn checker ran on every hot-added namespace (the agent's `--check` after
 /// the adds) and found each memmap where `vm.info` says the monitor put it (`ram`, `pmem`, or
-/// `none` for the raw one), with no bad pfn: the checker's namespace is the one whose range
+/// `none` for the raw one), with no bad pfn, and the guest's `ndctl list -N` shows each
+/// namespace in `vm.info`'s mode with its memmap there: the namespace is the one whose range
 /// starts at the device's `guest_base`.
 fn checker_agrees_with_vm_info(
     run: &testbed::HostRun,
@@ -734,6 +743,10 @@ fn checker_agrees_with_vm_info(
         v.strip_prefix("0x")
             .map_or_else(|| v.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
     };
+    let ndctl = section_between(&run.output, "@@NDCTL-BEGIN@@", "@@NDCTL-END@@")
+        .ok_or_else(|| run.error("no ndctl list -N from the guest after the adds"))?;
+    let ndctl: Vec<serde_json::Value> = serde_json::from_str(ndctl.trim())
+        .map_err(|e| run.error(format!("ndctl list -N is not JSON ({e}): {ndctl}")))?;
     let mut checked = 0;
     for dev in info["pmem"].as_array().into_iter().flatten() {
         let memmap = dev["memmap"].as_str().unwrap_or("");
@@ -762,6 +775,23 @@ fn checker_agrees_with_vm_info(
                 get("result"),
                 get("failed_pfns"),
                 get("memmap_location")
+            )));
+        }
+        // ndctl's view of the same namespace: its mode, and where it says the memmap is
+        // ("mem" in RAM, "dev" in the device; a raw namespace has no map).
+        let listed = ndctl
+            .iter()
+            .find(|n| n["dev"] == ns)
+            .ok_or_else(|| run.error(format!("ndctl list -N lacks {ns}: {ndctl:?}")))?;
+        let want_map = match memmap {
+            "ram" => Some("mem"),
+            "pmem" => Some("dev"),
+            _ => None,
+        };
+        if listed["mode"] != dev["mode"] || listed["map"].as_str() != want_map {
+            return Err(run.error(format!(
+                "{}: ndctl lists {listed}; vm.info says mode {} memmap {memmap}",
+                dev["id"], dev["mode"]
             )));
         }
         checked += 1;
