@@ -291,6 +291,38 @@ sig() {{ if [ -e "$1" ]; then md5sum < "$1" | cut -d' ' -f1; else echo absent; f
 /// runs `command` after sourcing the policy library; `args` are further vmm words (`--pmem`
 /// ...), quoted here.
 pub fn vmm_run(label: &str, memory: &str, command: &str, args: &[String]) -> Result<String> {
+    vmm_run_of(GuestImages::OURS, label, memory, command, args)
+}
+
+/// Which kernel and initramfs a [`vmm_run_of`] boots: the host script's variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestImages {
+    pub kernel: &'static str,
+    pub initramfs: &'static str,
+}
+
+impl GuestImages {
+    /// Our guest kernel and initramfs.
+    pub const OURS: GuestImages = GuestImages {
+        kernel: "$KERNEL",
+        initramfs: "$INITRAMFS",
+    };
+    /// The stock distribution kernel and its initramfs with the NVDIMM modules (the host needs
+    /// `HostOpts::stock_kernel` set).
+    pub const STOCK: GuestImages = GuestImages {
+        kernel: "$STOCK_KERNEL",
+        initramfs: "$STOCK_INITRAMFS",
+    };
+}
+
+/// [`vmm_run`] of the kernel and initramfs `images` names.
+pub fn vmm_run_of(
+    images: GuestImages,
+    label: &str,
+    memory: &str,
+    command: &str,
+    args: &[String],
+) -> Result<String> {
     let cmdline = GuestOpts::default()
         .with_command(format!(". {POLICY_LIB}; {command}"))
         .guest_cmdline()?;
@@ -298,7 +330,7 @@ pub fn vmm_run(label: &str, memory: &str, command: &str, args: &[String]) -> Res
     Ok(format!(
         r#"echo "@@RUN-BEGIN {label}@@"
 rm -f {label}.json
-"$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory {memory} --serial stdio \
+"$VMM" --kernel "{kernel}" --initramfs "{initramfs}" --cpus 1 --memory {memory} --serial stdio \
     --cmdline {cmdline} --report {label}.json {args} </dev/null
 rc=$?
 echo "@@RUN-END {label} $rc@@"
@@ -308,6 +340,8 @@ echo "@@REPORT-END {label}@@"
 "#,
         cmdline = sh_quote(&cmdline),
         args = words.join(" "),
+        kernel = images.kernel,
+        initramfs = images.initramfs,
     ))
 }
 
