@@ -536,8 +536,8 @@ fn dsm_mailbox_decodes_and_runs() {
         page_addr: 0xfb000,
         doorbell_port: 0x0a18,
         health_events: Some(acpi::HealthEventsDesc {
-            gsi: 7,
-            port: 0x0a1c,
+            gsi: 10,
+            port: 0x0a38,
         }),
     });
     let t = build_tables(&p, BASE, MAX_LEN).unwrap();
@@ -545,9 +545,9 @@ fn dsm_mailbox_decodes_and_runs() {
     let dsdt = dsl(&all, b"DSDT");
     for needle in [
         // Health events: the GED's third interrupt, the register, one notify per DIMM.
-        "OperationRegion (NHEV, SystemIO, 0x0A1C, 0x08)",
+        "OperationRegion (NHEV, SystemIO, 0x0A38, 0x08)",
         "NHLO,   32,",
-        "If ((Arg0 == 0x07))",
+        "If ((Arg0 == 0x0A))",
         "Local0 = NHLO",
         "Notify (\\_SB.NVDR.NV01, 0x81)",
         "OperationRegion (NDPG, SystemMemory, 0x000FB000, 0x1000)",

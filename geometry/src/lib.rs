@@ -104,8 +104,9 @@ pub mod dsm_mailbox {
 /// The NVDIMM health-event register (`devices::nvdimm_events`), which the GED's `_EVT` reads to
 /// learn which DIMMs to notify: two 32-bit halves, read to clear.
 pub mod nvdimm_events {
-    /// Its I/O port, right after the `_DSM` doorbell.
-    pub const PORT: u16 = super::dsm_mailbox::DOORBELL_PORT + super::dsm_mailbox::DOORBELL_LEN;
+    /// Its I/O port: 0x0a38, clear of the `_DSM` doorbell (0x0a18) and of the NVDIMM eject
+    /// registers' block (0x0a20-0x0a37).
+    pub const PORT: u16 = 0x0a38;
     /// Bytes of I/O space it decodes.
     pub const LEN: u16 = 8;
 }

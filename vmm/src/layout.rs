@@ -208,7 +208,7 @@ mod tests {
                 page_addr: DSM_PAGE_ADDR,
                 doorbell_port: geometry::dsm_mailbox::DOORBELL_PORT,
                 health_events: Some(acpi::HealthEventsDesc {
-                    gsi: 7,
+                    gsi: 10,
                     port: geometry::nvdimm_events::PORT,
                 }),
             }),

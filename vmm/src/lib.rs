@@ -57,8 +57,9 @@ pub const I8042_PORT: u16 = 0x60;
 pub const GED_GSI: u32 = 5;
 /// The Generic Event Device's second interrupt: the NVDIMM set changed (re-read `_FIT`).
 pub const NVDIMM_HOTPLUG_GSI: u32 = 6;
-/// The GED interrupt for NVDIMM health events (`devices::nvdimm_events`).
-pub const NVDIMM_HEALTH_GSI: u32 = 7;
+/// The GED interrupt for NVDIMM health events (`devices::nvdimm_events`). Not 7 (NVDIMM eject),
+/// 8 (the ISA RTC's) or 9 (the PC's SCI).
+pub const NVDIMM_HEALTH_GSI: u32 = 10;
 
 /// The monitor's exit statuses (`vmm --help` and the README list them).
 pub mod exit {
