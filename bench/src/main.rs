@@ -484,12 +484,18 @@ fn run(args: Args) -> Result<bool, String> {
         s.runs,
         timefmt::iso(started)
     );
-    if let Err(e) = plot::draw(
-        &png,
-        &plot::boot_bars(&results),
-        &plot::memmap_lines(&results, &s.memmap_policies),
-        &subtitle,
-    ) {
+    let panel = |phase: Phase| s.has(phase);
+    let bars = if panel(Phase::Boot) {
+        plot::Panel::Ran(plot::boot_bars(&results))
+    } else {
+        plot::Panel::NotRun
+    };
+    let lines = if panel(Phase::Memmap) {
+        plot::Panel::Ran(plot::memmap_lines(&results, &s.memmap_policies))
+    } else {
+        plot::Panel::NotRun
+    };
+    if let Err(e) = plot::draw(&png, &bars, &lines, &subtitle) {
         eprintln!("bench: {e}");
     }
     println!(

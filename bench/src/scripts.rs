@@ -38,6 +38,14 @@ pub const STARTED_LOG: &str = "guest started";
 /// What our vmm logs for a device once it is opened, mapped and formatted.
 pub const PMEM_READY_LOG: &str = " at guest 0x";
 
+/// The boot case of our monitor booting the bzImage (every other boot case boots the ELF
+/// vmlinux through PVH, as the peers do): `vmm-bzimage-N`.
+pub const BZIMAGE_CASE: &str = "vmm-bzimage";
+/// The guest kernel as an ELF vmlinux (PVH entry): what every monitor boots in the boot phase.
+pub const VMLINUX: &str = "\"$VMLINUX\"";
+/// The guest kernel as a bzImage: our monitor's second boot case, and the other phases.
+pub const BZIMAGE: &str = "\"$KERNEL\"";
+
 /// Guest kernel parameters for every monitor (the guest command follows `--`).
 pub const GUEST_PARAMS: &str = "console=ttyS0 quiet panic=-1";
 
@@ -158,12 +166,18 @@ impl Launch {
     }
 }
 
-/// Our vmm's command line.
-pub fn vmm_command(ram: u64, cmdline: &str, pmem: &[String], extra: &[String]) -> Vec<String> {
+/// Our vmm's command line; `kernel` is [`VMLINUX`] or [`BZIMAGE`].
+pub fn vmm_command(
+    kernel: &str,
+    ram: u64,
+    cmdline: &str,
+    pmem: &[String],
+    extra: &[String],
+) -> Vec<String> {
     let mut w: Vec<String> = [
         "\"$VMM\"",
         "--kernel",
-        "\"$KERNEL\"",
+        kernel,
         "--initramfs",
         "\"$INITRAMFS\"",
         "--cpus",
@@ -190,20 +204,32 @@ fn boot_backing(i: usize) -> String {
     format!("$WORK/pm{i}.img")
 }
 
-/// The command that boots the boot-phase guest with `n` devices on `monitor`; `None` for ours.
+/// Who boots a boot-phase guest.
+#[derive(Debug, Clone, Copy)]
+pub enum BootMonitor<'a> {
+    /// Ours, with [`VMLINUX`] or [`BZIMAGE`].
+    Vmm { kernel: &'static str },
+    /// A peer: always [`VMLINUX`].
+    Peer(PeerKind, &'a Path),
+}
+
+/// The command that boots the boot-phase guest with `n` devices on `monitor`.
 pub fn boot_command(
     s: &Settings,
-    peer: Option<(PeerKind, &Path)>,
+    monitor: BootMonitor<'_>,
     n: usize,
     qemu_firmware: Option<&str>,
 ) -> Vec<String> {
     let cmdline = guest_cmdline("sleep 600");
     let ram_mib = s.guest_ram / MIB;
-    let Some((kind, path)) = peer else {
-        let pmem: Vec<String> = (0..n)
-            .map(|i| format!("path={},memmap=none", boot_backing(i)))
-            .collect();
-        return vmm_command(s.guest_ram, &cmdline, &pmem, &[]);
+    let (kind, path) = match monitor {
+        BootMonitor::Vmm { kernel } => {
+            let pmem: Vec<String> = (0..n)
+                .map(|i| format!("path={},memmap=none", boot_backing(i)))
+                .collect();
+            return vmm_command(kernel, s.guest_ram, &cmdline, &pmem, &[]);
+        }
+        BootMonitor::Peer(kind, path) => (kind, path),
     };
     let bin = sh_quote(&path.to_string_lossy());
     match kind {
@@ -241,9 +267,10 @@ pub fn boot_command(
                 w.push("-L".into());
                 w.push(dq(fw));
             }
+            // An ELF vmlinux with a PVH note: QEMU boots it through its pvh.bin option ROM.
             w.extend([
                 "-kernel".into(),
-                "\"$KERNEL\"".into(),
+                VMLINUX.into(),
                 "-initrd".into(),
                 "\"$INITRAMFS\"".into(),
                 "-append".into(),
@@ -265,7 +292,7 @@ pub fn boot_command(
             let mut w: Vec<String> = vec![
                 bin,
                 "--kernel".into(),
-                "\"$VMLINUX\"".into(),
+                VMLINUX.into(),
                 "--initramfs".into(),
                 "\"$INITRAMFS\"".into(),
                 "--cmdline".into(),
@@ -351,35 +378,45 @@ pub fn boot_script(
             out.push_str(&firecracker_config(s, n));
         }
     }
-    let mut cases: Vec<(String, Option<(PeerKind, &Path)>)> = Vec::new();
+    let vmlinux = BootMonitor::Vmm { kernel: VMLINUX };
+    let mut cases: Vec<(String, BootMonitor<'_>)> = Vec::new();
     for &n in &s.boot_devices {
-        cases.push((format!("vmm-{n}"), None));
+        cases.push((format!("vmm-{n}"), vmlinux));
+    }
+    for &n in &s.boot_devices {
+        cases.push((
+            format!("{BZIMAGE_CASE}-{n}"),
+            BootMonitor::Vmm { kernel: BZIMAGE },
+        ));
     }
     // Our monitor with the control API on and no device: what the API server costs in resident
     // memory against `vmm-0`, and how often its thread wakes while nobody calls it.
     let api = s.boot_devices.contains(&0);
     if api {
-        cases.push((API_CASE.into(), None));
+        cases.push((API_CASE.into(), vmlinux));
     }
     for &(kind, path) in peers {
         for &n in &s.boot_devices {
-            cases.push((format!("{}-{n}", kind.name()), Some((kind, path))));
+            cases.push((
+                format!("{}-{n}", kind.name()),
+                BootMonitor::Peer(kind, path),
+            ));
         }
     }
     for run in 1..=s.runs {
-        for (case, peer) in &cases {
+        for (case, monitor) in &cases {
             let n: usize = case
                 .rsplit('-')
                 .next()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let tag = crate::lines::Tag::format("boot", case, run);
-            let mut command = boot_command(s, *peer, n, qemu_firmware);
+            let mut command = boot_command(s, *monitor, n, qemu_firmware);
             if case == API_CASE {
                 command.extend(["--api-socket".to_string(), dq("path=$WORK/api.sock")]);
             }
             let mut l = Launch::to_init(tag, s, "$WORK/pm", command);
-            if peer.is_none() {
+            if matches!(monitor, BootMonitor::Vmm { .. }) {
                 l = l.at("startup_ms", STARTED_LOG);
             }
             if case == API_CASE {
@@ -410,7 +447,7 @@ pub fn startup_script(s: &Settings, probe: &str) -> String {
                 tag,
                 s,
                 "$WORK/st",
-                vmm_command(s.guest_ram, &cmdline, &pmem, &[]),
+                vmm_command(BZIMAGE, s.guest_ram, &cmdline, &pmem, &[]),
             )
             .at("startup_ms", STARTED_LOG)
             .at("open_map_ms", PMEM_READY_LOG);
@@ -453,7 +490,7 @@ pub fn memmap_script(s: &Settings, probe: &str) -> String {
                     settle_ms: 0,
                     timeout_s: 1200,
                     idle: None,
-                    command: vmm_command(s.memmap_guest_ram, &cmdline, &pmem, &extra),
+                    command: vmm_command(BZIMAGE, s.memmap_guest_ram, &cmdline, &pmem, &extra),
                 };
                 out.push_str(&l.render());
                 out.push('\n');
@@ -498,7 +535,7 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
         settle_ms: 0,
         timeout_s: 1800,
         idle: None,
-        command: vmm_command(s.bw_guest_ram, &cmdline, &pmem, &[]),
+        command: vmm_command(BZIMAGE, s.bw_guest_ram, &cmdline, &pmem, &[]),
     };
     out.push_str(&l.render());
     out.push('\n');
@@ -561,8 +598,15 @@ mod tests {
         let s = Settings::standard(2);
         let q = [(PeerKind::Qemu, Path::new("/usr/bin/qemu-system-x86_64"))];
         let b = boot_script(&s, "/p", &q, None);
-        // 3 vmm cases, the API case and 3 qemu cases, 2 runs each.
-        assert_eq!(b.matches(" launch ").count(), 14, "{b}");
+        // 3 vmm cases (vmlinux), 3 with the bzImage, the API case and 3 qemu cases, 2 runs each.
+        assert_eq!(b.matches(" launch ").count(), 20, "{b}");
+        assert!(b.contains("--tag boot.vmm-bzimage-1.2 "), "{b}");
+        // Every monitor boots the vmlinux, but the bzImage cases.
+        for line in b.lines().filter(|l| l.contains(" launch ")) {
+            let bz = line.contains("--tag boot.vmm-bzimage-");
+            assert_eq!(line.contains("\"$KERNEL\""), bz, "{line}");
+            assert_eq!(line.contains("\"$VMLINUX\""), !bz, "{line}");
+        }
         assert!(b.contains("--tag boot.vmm-api-0.1 "), "{b}");
         assert!(b.contains("--idle-thread api --idle-s 5"));
         assert!(b.contains("--api-socket \"path=$WORK/api.sock\""), "{b}");
