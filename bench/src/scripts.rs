@@ -90,6 +90,8 @@ pub struct Launch {
     pub timeout_s: u64,
     /// After resident memory: `(thread name, seconds)` whose wakeups and CPU to count.
     pub idle: Option<(String, u64)>,
+    /// Our vmm's API socket, to read KVM's stage-2 counts at each `@@STAGE2 case@@` line.
+    pub api_socket: Option<String>,
     /// The monitor command, as shell words.
     pub command: Vec<String>,
 }
@@ -108,6 +110,7 @@ impl Launch {
             settle_ms: s.settle_ms,
             timeout_s: 300,
             idle: None,
+            api_socket: None,
             command,
         }
     }
@@ -159,6 +162,10 @@ impl Launch {
             w.push(sh_quote(thread));
             w.push("--idle-s".into());
             w.push(secs.to_string());
+        }
+        if let Some(socket) = &self.api_socket {
+            w.push("--api-socket".into());
+            w.push(dq(socket));
         }
         w.push("--".into());
         w.extend(self.command.iter().cloned());
@@ -490,6 +497,7 @@ pub fn memmap_script(s: &Settings, probe: &str) -> String {
                     settle_ms: 0,
                     timeout_s: 1200,
                     idle: None,
+                    api_socket: None,
                     command: vmm_command(BZIMAGE, s.memmap_guest_ram, &cmdline, &pmem, &extra),
                 };
                 out.push_str(&l.render());
@@ -524,6 +532,8 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
             s.bw_device
         ),
     ];
+    // The API socket: KVM's stage-2 counts at each of the guest's `@@STAGE2 case@@` lines.
+    let socket = "$WORK/bw.sock";
     let l = Launch {
         tag: crate::lines::Tag::format("bandwidth", "guest", 1),
         until: EXIT_MARKER.into(),
@@ -535,7 +545,14 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
         settle_ms: 0,
         timeout_s: 1800,
         idle: None,
-        command: vmm_command(BZIMAGE, s.bw_guest_ram, &cmdline, &pmem, &[]),
+        api_socket: Some(socket.into()),
+        command: vmm_command(
+            BZIMAGE,
+            s.bw_guest_ram,
+            &cmdline,
+            &pmem,
+            &["--api-socket".into(), dq(&format!("path={socket}"))],
+        ),
     };
     out.push_str(&l.render());
     out.push('\n');
@@ -554,7 +571,7 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
             ));
         }
     }
-    out.push_str("rm -f \"$WORK/bwf.img\" \"$WORK/bwd.img\"\nexit 0\n");
+    out.push_str("rm -f \"$WORK/bwf.img\" \"$WORK/bwd.img\" \"$WORK/bw.sock\"\nexit 0\n");
     out
 }
 
@@ -658,6 +675,8 @@ mod tests {
         let b = bandwidth_script(&s, "/p");
         assert!(b.contains("sh /bench/bw.sh 268435456 67108864 3 1"));
         assert!(b.contains("--offset 805306368"));
+        assert!(b.contains("--api-socket \"$WORK/bw.sock\" -- "), "{b}");
+        assert!(b.contains("--api-socket \"path=$WORK/bw.sock\""), "{b}");
     }
 
     #[test]
