@@ -59,6 +59,31 @@ impl Results {
     /// the figures made of summaries (ratios, start-up spread).
     pub fn finish(&mut self) {
         let mut derived = Vec::new();
+        // Boot: the time before the guest kernel's clock started (the monitor's set-up, the
+        // firmware or boot protocol, a bzImage's decompression), from the launch time and the
+        // kernel's own timestamp of init, per run.
+        let mut boot: BTreeMap<(String, usize), (Option<f64>, Option<f64>)> = BTreeMap::new();
+        for s in self.samples.iter().filter(|s| s.tag.phase == "boot") {
+            let e = boot.entry((s.tag.case.clone(), s.tag.run)).or_default();
+            match s.metric.as_str() {
+                "launch_ms" => e.0 = Some(s.value),
+                "dmesg_init_ms" => e.1 = Some(s.value),
+                _ => {}
+            }
+        }
+        for ((case, run), (launch, init)) in boot {
+            if let (Some(launch), Some(init)) = (launch, init) {
+                derived.push(Sample {
+                    tag: Tag {
+                        phase: "boot".into(),
+                        case,
+                        run,
+                    },
+                    metric: "before_kernel_ms".into(),
+                    value: ((launch - init) * 10.0).round() / 10.0,
+                });
+            }
+        }
         for s in &self.samples {
             if s.tag.phase != "memmap" {
                 continue;
@@ -236,7 +261,14 @@ pub fn expected_figures(s: &Settings) -> Vec<Key> {
     if s.has(Phase::Boot) {
         for case in ["vmm", crate::scripts::BZIMAGE_CASE] {
             for n in &s.boot_devices {
-                for m in ["launch_ms", "startup_ms", "rss_kib", "rss_total_kib"] {
+                for m in [
+                    "launch_ms",
+                    "startup_ms",
+                    "rss_kib",
+                    "rss_total_kib",
+                    "dmesg_init_ms",
+                    "before_kernel_ms",
+                ] {
                     out.push(key("boot", &format!("{case}-{n}"), m));
                 }
             }
@@ -597,6 +629,7 @@ mod tests {
              @@BENCH boot.vmm-1.1 launch_ms 1000@@\n\
              @@BENCH boot.qemu-1.1 launch_ms 1500@@\n\
              @@BENCH boot.firecracker-1.1 launch_ms 1200@@\n\
+             @@BENCH boot.vmm-1.1 dmesg_init_ms 700@@\n\
              @@BENCH startup.vmm-1G.1 startup_ms 100@@\n\
              @@BENCH startup.vmm-1T.1 startup_ms 105@@\n\
              @@BENCH bandwidth.guest-devdax.1 read_mib_s 900@@\n\
@@ -609,6 +642,7 @@ mod tests {
             16384.0
         );
         assert_eq!(get("boot", "qemu-1", "launch_vs_vmm_ratio"), 1.5);
+        assert_eq!(get("boot", "vmm-1", "before_kernel_ms"), 300.0);
         assert_eq!(get("boot", "vmm-1", "launch_vs_fastest_peer_ratio"), 0.833);
         assert_eq!(get("startup", "1T-vs-1G", "startup_growth_pct"), 5.0);
         assert_eq!(get("bandwidth", "guest-devdax", "read_vs_host_ratio"), 0.9);

@@ -12,6 +12,13 @@ use crate::settings::{size_label, PeerKind, Phase, Settings, MIB};
 
 /// The guest script of the memmap phase (installed as [`GUEST_MEMMAP`]).
 pub const MEMMAP_SH: &str = include_str!("../guest/memmap.sh");
+/// The guest script of the boot phase (installed as [`GUEST_BOOT`]): the guest kernel's boot
+/// milestones from its dmesg, then sleep.
+pub const BOOT_SH: &str = include_str!("../guest/boot.sh");
+/// Where `boot.sh` is in the guest.
+pub const GUEST_BOOT: &str = "/bench/boot.sh";
+/// The line `boot.sh` prints once it has printed its figures.
+pub const BOOT_DONE: &str = "@@BOOT-BREAKDOWN-DONE@@";
 /// The guest script of the bandwidth phase (installed as [`GUEST_BW`]).
 pub const BW_SH: &str = include_str!("../guest/bw.sh");
 /// Where the probe is in the guest.
@@ -92,6 +99,8 @@ pub struct Launch {
     pub idle: Option<(String, u64)>,
     /// Our vmm's API socket, to read KVM's stage-2 counts at each `@@STAGE2 case@@` line.
     pub api_socket: Option<String>,
+    /// After `until`, go on reading the guest's lines until one holds this.
+    pub collect_until: Option<String>,
     /// The monitor command, as shell words.
     pub command: Vec<String>,
 }
@@ -111,6 +120,7 @@ impl Launch {
             timeout_s: 300,
             idle: None,
             api_socket: None,
+            collect_until: None,
             command,
         }
     }
@@ -162,6 +172,10 @@ impl Launch {
             w.push(sh_quote(thread));
             w.push("--idle-s".into());
             w.push(secs.to_string());
+        }
+        if let Some(text) = &self.collect_until {
+            w.push("--collect-until".into());
+            w.push(sh_quote(text));
         }
         if let Some(socket) = &self.api_socket {
             w.push("--api-socket".into());
@@ -227,7 +241,7 @@ pub fn boot_command(
     n: usize,
     qemu_firmware: Option<&str>,
 ) -> Vec<String> {
-    let cmdline = guest_cmdline("sleep 600");
+    let cmdline = guest_cmdline(&boot_guest_command());
     let ram_mib = s.guest_ram / MIB;
     let (kind, path) = match monitor {
         BootMonitor::Vmm { kernel } => {
@@ -343,7 +357,7 @@ pub fn firecracker_config(s: &Settings, n: usize) -> String {
         })
         .collect();
     // In an unquoted here-document a backslash before `"` stays, which is the JSON escape.
-    let args = guest_cmdline("sleep 600").replace('"', "\\\"");
+    let args = guest_cmdline(&boot_guest_command()).replace('"', "\\\"");
     format!(
         "cat >\"$WORK/fc-{n}.json\" <<EOF\n{{\n  \"boot-source\": {{ \"kernel_image_path\": \
          \"$VMLINUX\", \"initrd_path\": \"$INITRAMFS\", \"boot_args\": \"{args}\" }},\n  \
@@ -352,6 +366,11 @@ pub fn firecracker_config(s: &Settings, n: usize) -> String {
         s.guest_ram / MIB,
         pmem.join(",\n")
     )
+}
+
+/// What the boot-phase guest runs: [`BOOT_SH`].
+pub fn boot_guest_command() -> String {
+    format!("sh {GUEST_BOOT}")
 }
 
 fn preamble(probe: &str, phase: Phase) -> String {
@@ -423,6 +442,7 @@ pub fn boot_script(
                 command.extend(["--api-socket".to_string(), dq("path=$WORK/api.sock")]);
             }
             let mut l = Launch::to_init(tag, s, "$WORK/pm", command);
+            l.collect_until = Some(BOOT_DONE.into());
             if matches!(monitor, BootMonitor::Vmm { .. }) {
                 l = l.at("startup_ms", STARTED_LOG);
             }
@@ -498,6 +518,7 @@ pub fn memmap_script(s: &Settings, probe: &str) -> String {
                     timeout_s: 1200,
                     idle: None,
                     api_socket: None,
+                    collect_until: None,
                     command: vmm_command(BZIMAGE, s.memmap_guest_ram, &cmdline, &pmem, &extra),
                 };
                 out.push_str(&l.render());
@@ -546,6 +567,7 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
         timeout_s: 1800,
         idle: None,
         api_socket: Some(socket.into()),
+        collect_until: None,
         command: vmm_command(
             BZIMAGE,
             s.bw_guest_ram,
@@ -605,6 +627,7 @@ mod tests {
             bandwidth_script(&s, "/p/bench-probe"),
             MEMMAP_SH.to_string(),
             BW_SH.to_string(),
+            BOOT_SH.to_string(),
         ] {
             sh_n(&script);
         }
@@ -633,7 +656,11 @@ mod tests {
         assert!(b.contains("q35,nvdimm=on"));
         assert!(b.contains("slots=8,maxmem=9472M"), "{b}");
         assert_eq!(b.matches("truncate -s 1073741824").count(), 8);
-        assert!(b.contains("--cmdline 'console=ttyS0 quiet panic=-1 -- \"sleep 600\"'"));
+        assert!(b.contains("--cmdline 'console=ttyS0 quiet panic=-1 -- \"sh /bench/boot.sh\"'"));
+        assert!(
+            b.contains("--collect-until @@BOOT-BREAKDOWN-DONE@@ "),
+            "{b}"
+        );
     }
 
     /// The here-document expands to JSON that parses, with the boot arguments intact.
@@ -657,7 +684,7 @@ mod tests {
         assert_eq!(v["boot-source"]["kernel_image_path"], "/k/vmlinux");
         assert_eq!(
             v["boot-source"]["boot_args"],
-            "console=ttyS0 quiet panic=-1 -- \"sleep 600\""
+            "console=ttyS0 quiet panic=-1 -- \"sh /bench/boot.sh\""
         );
         assert_eq!(v["pmem"].as_array().unwrap().len(), 2);
         assert_eq!(v["machine-config"]["mem_size_mib"], 256);

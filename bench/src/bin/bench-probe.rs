@@ -6,6 +6,7 @@
 //! bench-probe launch --tag T --until TEXT [--until-name METRIC] [--at METRIC=TEXT]...
 //!                    [--rss --ram-bytes N [--exclude PATH]... [--settle-ms MS]]
 //!                    [--idle-thread NAME [--idle-s S]] [--api-socket PATH]
+//!                    [--collect-until TEXT]
 //!                    [--timeout-s S] -- PROGRAM ARGS...
 //!     Starts PROGRAM (stdin /dev/null) and timestamps each line of its stdout and stderr with
 //!     CLOCK_MONOTONIC. METRIC_ms = time from just before the exec to the first line holding
@@ -17,7 +18,9 @@
 //!     switches and CPU time of PROGRAM's threads named NAME: idle_wakeups, idle_cpu_ms.
 //!     With --api-socket PATH (our vmm's), each "@@STAGE2 CASE@@" line PROGRAM prints reads
 //!     `vm.counters` there; the stage-2 figures of each CASE (what KVM's counts gained since the
-//!     previous such line, `bench::stage2`) are tagged PHASE.CASE.RUN of T.
+//!     previous such line, `bench::stage2`) are tagged PHASE.CASE.RUN of T. With
+//!     --collect-until TEXT it goes on reading PROGRAM's lines after the --until line (passing
+//!     bench lines on) until one holds TEXT (at most 60 s), before the memory is read.
 //! bench-probe bw --tag T --path P [--offset O] [--create] --bytes N --chunk C [--passes K]
 //!     mmap()s N bytes of P (MAP_SHARED) and copies them in chunks of C to and from an anonymous
 //!     buffer: one untimed write+read pass, then K timed read passes and K timed write passes.
@@ -293,6 +296,27 @@ fn launch(args: &[String]) -> Result<(), Failure> {
     }
     let until_at = until_at.expect("set when no problem");
     let mut lines = Vec::new();
+    if let Some(text) = o.get("collect-until") {
+        let limit = Instant::now() + Duration::from_secs(60);
+        let mut found = false;
+        while let Ok((_, line)) = rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(l) = retag(line, &tag) {
+                println!("{l}");
+            }
+            if line.contains(text) {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            lines.push(info_line(
+                &tag,
+                "missing",
+                &format!("no line with {text:?} within 60 s of {until:?}"),
+            ));
+        }
+    }
     if api_socket.is_some() {
         let t = bench::lines::Tag::parse(&tag);
         lines.extend(bench::stage2::gained(&t.phase, t.run, &stage2));
