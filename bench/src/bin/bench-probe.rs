@@ -20,7 +20,8 @@
 //!     `vm.counters` there; the stage-2 figures of each CASE (what KVM's counts gained since the
 //!     previous such line, `bench::stage2`) are tagged PHASE.CASE.RUN of T. With
 //!     --collect-until TEXT it goes on reading PROGRAM's lines after the --until line (passing
-//!     bench lines on) until one holds TEXT (at most 60 s), before the memory is read.
+//!     bench lines on, and "@@DMESG-GAP text@@" lines as dmesg_gap info lines) until one
+//!     holds TEXT (at most 60 s), before the memory is read.
 //! bench-probe bw --tag T --path P [--offset O] [--create] --bytes N --chunk C [--passes K]
 //!     mmap()s N bytes of P (MAP_SHARED) and copies them in chunks of C to and from an anonymous
 //!     buffer: one untimed write+read pass, then K timed read passes and K timed write passes.
@@ -303,6 +304,13 @@ fn launch(args: &[String]) -> Result<(), Failure> {
             let line = line.trim_end_matches(['\r', '\n']);
             if let Some(l) = retag(line, &tag) {
                 println!("{l}");
+            }
+            // boot.sh's largest gaps between kernel messages: facts for the JSON's infos.
+            if let Some(gap) = line
+                .split_once("@@DMESG-GAP ")
+                .and_then(|(_, rest)| rest.split("@@").next())
+            {
+                println!("{}", info_line(&tag, "dmesg_gap", gap));
             }
             if line.contains(text) {
                 found = true;
