@@ -60,8 +60,8 @@ impl Results {
     pub fn finish(&mut self) {
         let mut derived = Vec::new();
         // Boot: the time before the guest kernel's clock started (the monitor's set-up, the
-        // firmware or boot protocol, a bzImage's decompression), from the launch time and the
-        // kernel's own timestamp of init, per run.
+        // firmware or boot protocol, a bzImage's decompression) plus init's own work up to its
+        // marker, from the launch time and the kernel's own timestamp of init, per run.
         let mut boot: BTreeMap<(String, usize), (Option<f64>, Option<f64>)> = BTreeMap::new();
         for s in self.samples.iter().filter(|s| s.tag.phase == "boot") {
             let e = boot.entry((s.tag.case.clone(), s.tag.run)).or_default();
