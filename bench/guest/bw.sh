@@ -11,10 +11,20 @@ mkdir -p /mnt/fs
 /usr/sbin/mke2fs -q -F -t ext4 -b 4096 -E nodiscard /dev/pmem0 || { echo "bw.sh: mke2fs failed"; exit 1; }
 mount -t ext4 -o dax /dev/pmem0 /mnt/fs || { echo "bw.sh: mount -o dax failed"; exit 1; }
 grep ' /mnt/fs ' /proc/mounts | grep -q dax || { echo "bw.sh: /mnt/fs is not mounted with dax"; exit 1; }
+# KVM counts stage-2 pages per VM, not per device: the host reads the counts at each
+# @@STAGE2 case@@ line (bench::stage2), and each device's figures are what its copies added.
+# The sleeps give the host time to read them before the next copy starts.
+echo "@@STAGE2 start@@"; sleep 2
 i=1
 while [ "$i" -le "$runs" ]; do
     "$P" bw --tag "bandwidth.guest-devdax.$i" --path "$dax" --bytes "$bytes" --chunk "$chunk" --passes "$passes" || exit 1
+    i=$((i + 1))
+done
+echo "@@STAGE2 guest-devdax@@"; sleep 2
+i=1
+while [ "$i" -le "$runs" ]; do
     "$P" bw --tag "bandwidth.guest-fsdax.$i" --path /mnt/fs/bw --create --bytes "$bytes" --chunk "$chunk" --passes "$passes" || exit 1
     i=$((i + 1))
 done
+echo "@@STAGE2 guest-fsdax@@"; sleep 2
 umount /mnt/fs

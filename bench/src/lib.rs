@@ -17,5 +17,6 @@ pub mod report;
 pub mod scripts;
 pub mod settings;
 pub mod smaps;
+pub mod stage2;
 pub mod stats;
 pub mod timefmt;

@@ -11,7 +11,7 @@ use bench::lines::{self, Failure, Tag};
 use bench::machine;
 use bench::plot;
 use bench::report::{self, Results};
-use bench::scripts::{self, GUEST_BW, GUEST_MEMMAP, GUEST_PROBE, MKE2FS};
+use bench::scripts::{self, GUEST_BOOT, GUEST_BW, GUEST_MEMMAP, GUEST_PROBE, MKE2FS};
 use bench::settings::{parse_size, PeerKind, PeerState, Phase, Settings};
 use bench::timefmt;
 use testbed::{run_on_kvm_host, HostOpts, InitramfsSpec, Mode};
@@ -37,11 +37,15 @@ Output: a table on stdout; DIR/results.json (machine, settings, every sample, su
 failures, missing figures); DIR/plot.png; DIR/<phase>.sh and DIR/<phase>.log (the host script
 and console of each phase).
 
-Peers (each optional; a path that does not exist or is not executable is reported as missing
-and the run goes on):
-  PMEMVMM_BENCH_CLOUD_HYPERVISOR  cloud-hypervisor binary (virtio-pmem, boots $VMLINUX)
-  PMEMVMM_BENCH_FIRECRACKER       firecracker binary (virtio-pmem, boots $VMLINUX)
-  PMEMVMM_BENCH_QEMU              qemu-system-x86_64 (-machine q35,nvdimm=on, -device nvdimm)
+Peers (a path that does not exist or is not executable is reported as missing and the run
+goes on; a peer that runs but fails is a FAILED line; an empty value leaves the peer out):
+  PMEMVMM_BENCH_CLOUD_HYPERVISOR  cloud-hypervisor binary (virtio-pmem, boots $VMLINUX);
+                                  default ../shared/peers/cloud-hypervisor beside the repository
+  PMEMVMM_BENCH_FIRECRACKER       firecracker binary (virtio-pmem, boots $VMLINUX);
+                                  default ../shared/peers/firecracker beside the repository
+  PMEMVMM_BENCH_QEMU              qemu-system-x86_64 (-machine q35,nvdimm=on, -device nvdimm,
+                                  boots $VMLINUX through PVH); no default
+Every monitor boots the ELF vmlinux through PVH; ours also boots the bzImage (vmm-bzimage-N).
 
 Exit status: 0 when every figure of our monitor is there, 1 when some are missing (the table
 says which), 2 on bad usage.";
@@ -293,12 +297,15 @@ fn run(args: Args) -> Result<bool, String> {
     std::fs::create_dir_all(&guest_dir).map_err(|e| e.to_string())?;
     let memmap_sh = guest_dir.join("memmap.sh");
     let bw_sh = guest_dir.join("bw.sh");
+    let boot_sh = guest_dir.join("boot.sh");
+    std::fs::write(&boot_sh, scripts::BOOT_SH).map_err(|e| e.to_string())?;
     std::fs::write(&memmap_sh, scripts::MEMMAP_SH).map_err(|e| e.to_string())?;
     std::fs::write(&bw_sh, scripts::BW_SH).map_err(|e| e.to_string())?;
     let mut spec = InitramfsSpec::default()
         .with_bin(format!("{}:{GUEST_PROBE}", probe.display()))
         .with_file(&memmap_sh, GUEST_MEMMAP)
-        .with_file(&bw_sh, GUEST_BW);
+        .with_file(&bw_sh, GUEST_BW)
+        .with_file(&boot_sh, GUEST_BOOT);
     if Path::new(MKE2FS).is_file() {
         spec = spec.with_bin(MKE2FS);
     }
@@ -484,12 +491,18 @@ fn run(args: Args) -> Result<bool, String> {
         s.runs,
         timefmt::iso(started)
     );
-    if let Err(e) = plot::draw(
-        &png,
-        &plot::boot_bars(&results),
-        &plot::memmap_lines(&results, &s.memmap_policies),
-        &subtitle,
-    ) {
+    let panel = |phase: Phase| s.has(phase);
+    let bars = if panel(Phase::Boot) {
+        plot::Panel::Ran(plot::boot_bars(&results))
+    } else {
+        plot::Panel::NotRun
+    };
+    let lines = if panel(Phase::Memmap) {
+        plot::Panel::Ran(plot::memmap_lines(&results, &s.memmap_policies))
+    } else {
+        plot::Panel::NotRun
+    };
+    if let Err(e) = plot::draw(&png, &bars, &lines, &subtitle) {
         eprintln!("bench: {e}");
     }
     println!(

@@ -1,6 +1,7 @@
-//! `plot.png`: launch to guest init per monitor and device count (median bars, min-max
-//! whiskers), and guest RAM per GiB of pmem against pmem size for each memmap policy (measured:
-//! lines and dots; the vmm's formula: crosses).
+//! `plot.png`: launch to guest init, grouped by device count with the monitors side by side
+//! (median bars, min-max whiskers, one colour per monitor and a legend), and guest RAM per GiB
+//! of pmem against pmem size for each memmap policy (measured: lines and dots; the vmm's
+//! formula: crosses). A panel whose phase was not run, or gave no figures, says so.
 //!
 //! Text is drawn with `ab_glyph` from DejaVu Sans embedded by the `dejavu` crate, so the plot
 //! needs no fontconfig, freetype or installed fonts.
@@ -50,7 +51,24 @@ pub struct Line {
     pub formula: Vec<(f64, f64)>,
 }
 
-/// The bars of the boot panel, in case order (ours first).
+/// The monitors of the boot panel, in their order within a group, with their colours: ours
+/// (vmlinux), ours (bzImage), ours with the API, then the peers.
+const MONITORS: [(&str, RGBColor); 6] = [
+    ("vmm", RGBColor(31, 119, 180)),
+    ("vmm-bzimage", RGBColor(120, 170, 215)),
+    ("vmm-api", RGBColor(23, 190, 207)),
+    ("cloud-hypervisor", RGBColor(214, 39, 40)),
+    ("firecracker", RGBColor(230, 120, 20)),
+    ("qemu", RGBColor(127, 127, 127)),
+];
+
+/// A boot case's monitor and device count: `vmm-bzimage-8` is `("vmm-bzimage", 8)`.
+pub fn split_case(case: &str) -> Option<(&str, usize)> {
+    let (monitor, n) = case.rsplit_once('-')?;
+    Some((monitor, n.parse().ok()?))
+}
+
+/// The bars of the boot panel, by device count, then monitor (in [`MONITORS`] order).
 pub fn boot_bars(r: &Results) -> Vec<Bar> {
     let mut bars: Vec<Bar> = r
         .summaries
@@ -63,16 +81,55 @@ pub fn boot_bars(r: &Results) -> Vec<Bar> {
             max: s.max,
         })
         .collect();
-    let order = |b: &Bar| {
-        let (name, n) = b.label.rsplit_once('-').unwrap_or((&b.label, "0"));
-        (
-            name != "vmm",
-            name.to_string(),
-            n.parse::<u32>().unwrap_or(0),
-        )
-    };
-    bars.sort_by_key(order);
+    bars.sort_by_key(|b| {
+        let (monitor, n) = split_case(&b.label).unwrap_or((&b.label, usize::MAX));
+        let rank = MONITORS
+            .iter()
+            .position(|(m, _)| *m == monitor)
+            .unwrap_or(MONITORS.len());
+        (n, rank, b.label.clone())
+    });
     bars
+}
+
+/// Bars at their x positions, and each device-count group as `(device count, x of its
+/// centre)`.
+pub type Placed<'a> = (Vec<(f64, &'a Bar)>, Vec<(usize, f64)>);
+
+/// Where each bar goes: `(x of the bar, bar)` with a gap between device-count groups, and the
+/// groups' centres.
+pub fn bar_positions(bars: &[Bar]) -> Placed<'_> {
+    let mut placed = Vec::new();
+    let mut groups: Vec<(usize, f64)> = Vec::new();
+    let mut x = 0.0;
+    let mut group: Option<(usize, f64)> = None;
+    for b in bars {
+        let n = split_case(&b.label).map_or(usize::MAX, |(_, n)| n);
+        match group {
+            Some((g, _)) if g == n => {}
+            Some((g, start)) => {
+                groups.push((g, (start + x - 1.0) / 2.0));
+                x += 1.0;
+                group = Some((n, x));
+            }
+            None => group = Some((n, x)),
+        }
+        placed.push((x, b));
+        x += 1.0;
+    }
+    if let Some((g, start)) = group {
+        groups.push((g, (start + x - 1.0) / 2.0));
+    }
+    (placed, groups)
+}
+
+/// What a panel shows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Panel<T> {
+    /// Its phase was not part of the run.
+    NotRun,
+    /// Its phase ran; the figures (possibly none: it failed).
+    Ran(T),
 }
 
 /// The lines of the memmap panel.
@@ -108,17 +165,67 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
 }
 
 /// Writes the PNG.
-pub fn draw(path: &Path, bars: &[Bar], lines: &[Line], subtitle: &str) -> Result<(), String> {
+pub fn draw(
+    path: &Path,
+    bars: &Panel<Vec<Bar>>,
+    lines: &Panel<Vec<Line>>,
+    subtitle: &str,
+) -> Result<(), String> {
     register_font()?;
-    let root = BitMapBackend::new(path, (1500, 650)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1800, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root
         .titled(subtitle, (FONT, 16).into_font().color(&BLACK.mix(0.7)))
         .map_err(err)?;
-    let (left, right) = root.split_horizontally(720);
-    draw_bars(&left, bars)?;
-    draw_lines(&right, lines)?;
+    let (left, right) = root.split_horizontally(1020);
+    match bars {
+        Panel::Ran(b) if !b.is_empty() => draw_bars(&left, b)?,
+        Panel::Ran(_) => say(
+            &left,
+            BOOT_TITLE,
+            "the boot phase ran but gave no launch figures (see boot.log)",
+        )?,
+        Panel::NotRun => say(&left, BOOT_TITLE, "boot phase not run (see --only)")?,
+    }
+    match lines {
+        Panel::Ran(l)
+            if l.iter()
+                .any(|l| !l.measured.is_empty() || !l.formula.is_empty()) =>
+        {
+            draw_lines(&right, l)?
+        }
+        Panel::Ran(_) => say(
+            &right,
+            MEMMAP_TITLE,
+            "the memmap phase ran but gave no RAM-cost figures (see memmap.log)",
+        )?,
+        Panel::NotRun => say(&right, MEMMAP_TITLE, "memmap phase not run (see --only)")?,
+    }
     root.present().map_err(err)?;
+    Ok(())
+}
+
+const BOOT_TITLE: &str = "Launch to guest init (median; whiskers: min-max)";
+const MEMMAP_TITLE: &str = "Guest RAM per GiB of pmem (dots: measured, x: formula)";
+
+/// A panel without axes: its title and why there is nothing to draw.
+fn say<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    text: &str,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, h) = area.dim_in_pixel();
+    let area = area.titled(title, (FONT, 20)).map_err(err)?;
+    area.draw(&Text::new(
+        text.to_string(),
+        (40, (h / 2) as i32 - 40),
+        (FONT, 18).into_font().color(&BLACK.mix(0.75)),
+    ))
+    .map_err(err)?;
+    let _ = w;
     Ok(())
 }
 
@@ -129,68 +236,104 @@ fn draw_bars<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let n = bars.len().max(1);
-    let top = bars.iter().map(|b| b.max).fold(1.0, f64::max) * 1.25;
+    let (placed, groups) = bar_positions(bars);
+    let last = placed.last().map_or(0.0, |(x, _)| *x);
+    let top = bars.iter().map(|b| b.max).fold(1.0, f64::max) * 1.3;
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Launch to guest init (median; whiskers: min-max)",
-            (FONT, 20),
-        )
+        .caption(BOOT_TITLE, (FONT, 20))
         .margin(15)
-        .x_label_area_size(20)
+        .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(-0.6f64..(n as f64 - 0.4), 0f64..top)
+        .build_cartesian_2d(-0.7f64..(last + 0.7), 0f64..top)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_label_formatter(&|_| String::new())
+        .x_labels(0)
         .y_desc("ms")
         .label_style((FONT, 14))
         .draw()
         .map_err(err)?;
-    if bars.is_empty() {
-        chart
-            .draw_series(std::iter::once(Text::new(
-                "no boot figures",
-                (0.0, top / 2.0),
-                (FONT, 18),
+    let color = |b: &Bar| {
+        let monitor = split_case(&b.label).map_or(b.label.as_str(), |(m, _)| m);
+        MONITORS
+            .iter()
+            .find(|(m, _)| *m == monitor)
+            .map_or(BLACK, |(_, c)| *c)
+    };
+    // One legend entry per monitor present, drawn with its first bar.
+    let mut in_legend: Vec<String> = Vec::new();
+    for (x, b) in &placed {
+        let c = color(b);
+        let series = chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x - 0.4, 0.0), (x + 0.4, b.median)],
+                c.mix(0.8).filled(),
             )))
             .map_err(err)?;
-        return Ok(());
-    }
-    let color = |b: &Bar| {
-        if b.label.starts_with("vmm-") {
-            BLUE.mix(0.65)
-        } else {
-            RGBColor(230, 120, 20).mix(0.65)
+        let monitor = split_case(&b.label).map_or(b.label.clone(), |(m, _)| m.to_string());
+        if !in_legend.contains(&monitor) {
+            series.label(monitor.clone()).legend(move |(lx, ly)| {
+                Rectangle::new([(lx, ly - 6), (lx + 16, ly + 6)], c.mix(0.8).filled())
+            });
+            in_legend.push(monitor);
         }
-    };
+    }
     chart
-        .draw_series(bars.iter().enumerate().map(|(i, b)| {
-            let x = i as f64;
-            Rectangle::new([(x - 0.35, 0.0), (x + 0.35, b.median)], color(b).filled())
+        .draw_series(
+            placed.iter().map(|(x, b)| {
+                PathElement::new(vec![(*x, b.min), (*x, b.max)], BLACK.stroke_width(2))
+            }),
+        )
+        .map_err(err)?;
+    // The median above each whisker, centred on its bar (bars are wide enough for 5 digits).
+    let label_style =
+        (FONT, 12)
+            .into_font()
+            .color(&BLACK)
+            .pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Bottom,
+            ));
+    chart
+        .draw_series(placed.iter().map(|(x, b)| {
+            Text::new(
+                format!("{:.0}", b.median),
+                (*x, b.max.max(b.median) + top * 0.01),
+                label_style.clone(),
+            )
         }))
         .map_err(err)?;
-    chart
-        .draw_series(bars.iter().enumerate().map(|(i, b)| {
-            let x = i as f64;
-            PathElement::new(vec![(x, b.min), (x, b.max)], BLACK.stroke_width(2))
-        }))
+    // The group labels under the axis.
+    let group_style =
+        (FONT, 15)
+            .into_font()
+            .color(&BLACK)
+            .pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Top,
+            ));
+    let base = area.get_base_pixel();
+    for (n, x) in &groups {
+        let (px, py) = chart.backend_coord(&(*x, 0.0));
+        let text = match n {
+            1 => "1 device".to_string(),
+            n => format!("{n} devices"),
+        };
+        area.draw(&Text::new(
+            text,
+            (px - base.0, py - base.1 + 8),
+            group_style.clone(),
+        ))
         .map_err(err)?;
+    }
     chart
-        .draw_series(bars.iter().enumerate().flat_map(|(i, b)| {
-            let x = i as f64 - 0.34;
-            let y = b.max.max(b.median) + top * 0.06;
-            [
-                Text::new(b.label.clone(), (x, y), (FONT, 13).into_font()),
-                Text::new(
-                    format!("{:.0} ms", b.median),
-                    (x, y - top * 0.035),
-                    (FONT, 12).into_font(),
-                ),
-            ]
-        }))
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 14))
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()
         .map_err(err)?;
     Ok(())
 }
@@ -227,10 +370,7 @@ where
         0.0
     };
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Guest RAM per GiB of pmem (dots: measured, x: formula)",
-            (FONT, 20),
-        )
+        .caption(MEMMAP_TITLE, (FONT, 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(80)
@@ -316,10 +456,62 @@ mod tests {
             measured: vec![(1.0, 16000.0), (4.0, 16300.0)],
             formula: vec![(1.0, 16384.0), (4.0, 16384.0)],
         }];
-        draw(&path, &bars, &lines, "test").unwrap();
+        draw(&path, &Panel::Ran(bars), &Panel::Ran(lines), "test").unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
-        // Empty panels draw too.
-        draw(&path, &[], &[], "empty").unwrap();
+        // Panels not run, or without figures, draw too.
+        draw(&path, &Panel::NotRun, &Panel::Ran(Vec::new()), "empty").unwrap();
+    }
+
+    fn bar(label: &str) -> Bar {
+        Bar {
+            label: label.into(),
+            median: 1.0,
+            min: 1.0,
+            max: 1.0,
+        }
+    }
+
+    /// Bars go by device count, ours first within a group, with a gap between groups.
+    #[test]
+    fn groups_by_device_count() {
+        let mut r = Results::default();
+        for case in [
+            "qemu-0",
+            "vmm-8",
+            "firecracker-1",
+            "vmm-bzimage-0",
+            "vmm-0",
+            "vmm-api-0",
+            "cloud-hypervisor-0",
+            "vmm-1",
+        ] {
+            r.samples.push(crate::lines::Sample {
+                tag: crate::lines::Tag::parse(&format!("boot.{case}.1")),
+                metric: "launch_ms".into(),
+                value: 5.0,
+            });
+        }
+        r.finish();
+        let bars = boot_bars(&r);
+        let order: Vec<&str> = bars.iter().map(|b| b.label.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "vmm-0",
+                "vmm-bzimage-0",
+                "vmm-api-0",
+                "cloud-hypervisor-0",
+                "qemu-0",
+                "vmm-1",
+                "firecracker-1",
+                "vmm-8"
+            ]
+        );
+        let (placed, groups) = bar_positions(&bars);
+        let xs: Vec<f64> = placed.iter().map(|(x, _)| *x).collect();
+        assert_eq!(xs, [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 9.0]);
+        assert_eq!(groups, [(0, 2.0), (1, 6.5), (8, 9.0)]);
+        let _ = bar("x");
     }
 }

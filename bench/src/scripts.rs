@@ -12,6 +12,13 @@ use crate::settings::{size_label, PeerKind, Phase, Settings, MIB};
 
 /// The guest script of the memmap phase (installed as [`GUEST_MEMMAP`]).
 pub const MEMMAP_SH: &str = include_str!("../guest/memmap.sh");
+/// The guest script of the boot phase (installed as [`GUEST_BOOT`]): the guest kernel's boot
+/// milestones from its dmesg, then sleep.
+pub const BOOT_SH: &str = include_str!("../guest/boot.sh");
+/// Where `boot.sh` is in the guest.
+pub const GUEST_BOOT: &str = "/bench/boot.sh";
+/// The line `boot.sh` prints once it has printed its figures.
+pub const BOOT_DONE: &str = "@@BOOT-BREAKDOWN-DONE@@";
 /// The guest script of the bandwidth phase (installed as [`GUEST_BW`]).
 pub const BW_SH: &str = include_str!("../guest/bw.sh");
 /// Where the probe is in the guest.
@@ -37,6 +44,14 @@ pub const EXIT_MARKER: &str = "@@GUEST-EXIT";
 pub const STARTED_LOG: &str = "guest started";
 /// What our vmm logs for a device once it is opened, mapped and formatted.
 pub const PMEM_READY_LOG: &str = " at guest 0x";
+
+/// The boot case of our monitor booting the bzImage (every other boot case boots the ELF
+/// vmlinux through PVH, as the peers do): `vmm-bzimage-N`.
+pub const BZIMAGE_CASE: &str = "vmm-bzimage";
+/// The guest kernel as an ELF vmlinux (PVH entry): what every monitor boots in the boot phase.
+pub const VMLINUX: &str = "\"$VMLINUX\"";
+/// The guest kernel as a bzImage: our monitor's second boot case, and the other phases.
+pub const BZIMAGE: &str = "\"$KERNEL\"";
 
 /// Guest kernel parameters for every monitor (the guest command follows `--`).
 pub const GUEST_PARAMS: &str = "console=ttyS0 quiet panic=-1";
@@ -82,6 +97,10 @@ pub struct Launch {
     pub timeout_s: u64,
     /// After resident memory: `(thread name, seconds)` whose wakeups and CPU to count.
     pub idle: Option<(String, u64)>,
+    /// Our vmm's API socket, to read KVM's stage-2 counts at each `@@STAGE2 case@@` line.
+    pub api_socket: Option<String>,
+    /// After `until`, go on reading the guest's lines until one holds this.
+    pub collect_until: Option<String>,
     /// The monitor command, as shell words.
     pub command: Vec<String>,
 }
@@ -100,6 +119,8 @@ impl Launch {
             settle_ms: s.settle_ms,
             timeout_s: 300,
             idle: None,
+            api_socket: None,
+            collect_until: None,
             command,
         }
     }
@@ -152,18 +173,32 @@ impl Launch {
             w.push("--idle-s".into());
             w.push(secs.to_string());
         }
+        if let Some(text) = &self.collect_until {
+            w.push("--collect-until".into());
+            w.push(sh_quote(text));
+        }
+        if let Some(socket) = &self.api_socket {
+            w.push("--api-socket".into());
+            w.push(dq(socket));
+        }
         w.push("--".into());
         w.extend(self.command.iter().cloned());
         w.join(" ")
     }
 }
 
-/// Our vmm's command line.
-pub fn vmm_command(ram: u64, cmdline: &str, pmem: &[String], extra: &[String]) -> Vec<String> {
+/// Our vmm's command line; `kernel` is [`VMLINUX`] or [`BZIMAGE`].
+pub fn vmm_command(
+    kernel: &str,
+    ram: u64,
+    cmdline: &str,
+    pmem: &[String],
+    extra: &[String],
+) -> Vec<String> {
     let mut w: Vec<String> = [
         "\"$VMM\"",
         "--kernel",
-        "\"$KERNEL\"",
+        kernel,
         "--initramfs",
         "\"$INITRAMFS\"",
         "--cpus",
@@ -190,20 +225,32 @@ fn boot_backing(i: usize) -> String {
     format!("$WORK/pm{i}.img")
 }
 
-/// The command that boots the boot-phase guest with `n` devices on `monitor`; `None` for ours.
+/// Who boots a boot-phase guest.
+#[derive(Debug, Clone, Copy)]
+pub enum BootMonitor<'a> {
+    /// Ours, with [`VMLINUX`] or [`BZIMAGE`].
+    Vmm { kernel: &'static str },
+    /// A peer: always [`VMLINUX`].
+    Peer(PeerKind, &'a Path),
+}
+
+/// The command that boots the boot-phase guest with `n` devices on `monitor`.
 pub fn boot_command(
     s: &Settings,
-    peer: Option<(PeerKind, &Path)>,
+    monitor: BootMonitor<'_>,
     n: usize,
     qemu_firmware: Option<&str>,
 ) -> Vec<String> {
-    let cmdline = guest_cmdline("sleep 600");
+    let cmdline = guest_cmdline(&boot_guest_command());
     let ram_mib = s.guest_ram / MIB;
-    let Some((kind, path)) = peer else {
-        let pmem: Vec<String> = (0..n)
-            .map(|i| format!("path={},memmap=none", boot_backing(i)))
-            .collect();
-        return vmm_command(s.guest_ram, &cmdline, &pmem, &[]);
+    let (kind, path) = match monitor {
+        BootMonitor::Vmm { kernel } => {
+            let pmem: Vec<String> = (0..n)
+                .map(|i| format!("path={},memmap=none", boot_backing(i)))
+                .collect();
+            return vmm_command(kernel, s.guest_ram, &cmdline, &pmem, &[]);
+        }
+        BootMonitor::Peer(kind, path) => (kind, path),
     };
     let bin = sh_quote(&path.to_string_lossy());
     match kind {
@@ -241,9 +288,10 @@ pub fn boot_command(
                 w.push("-L".into());
                 w.push(dq(fw));
             }
+            // An ELF vmlinux with a PVH note: QEMU boots it through its pvh.bin option ROM.
             w.extend([
                 "-kernel".into(),
-                "\"$KERNEL\"".into(),
+                VMLINUX.into(),
                 "-initrd".into(),
                 "\"$INITRAMFS\"".into(),
                 "-append".into(),
@@ -265,7 +313,7 @@ pub fn boot_command(
             let mut w: Vec<String> = vec![
                 bin,
                 "--kernel".into(),
-                "\"$VMLINUX\"".into(),
+                VMLINUX.into(),
                 "--initramfs".into(),
                 "\"$INITRAMFS\"".into(),
                 "--cmdline".into(),
@@ -309,7 +357,7 @@ pub fn firecracker_config(s: &Settings, n: usize) -> String {
         })
         .collect();
     // In an unquoted here-document a backslash before `"` stays, which is the JSON escape.
-    let args = guest_cmdline("sleep 600").replace('"', "\\\"");
+    let args = guest_cmdline(&boot_guest_command()).replace('"', "\\\"");
     format!(
         "cat >\"$WORK/fc-{n}.json\" <<EOF\n{{\n  \"boot-source\": {{ \"kernel_image_path\": \
          \"$VMLINUX\", \"initrd_path\": \"$INITRAMFS\", \"boot_args\": \"{args}\" }},\n  \
@@ -318,6 +366,11 @@ pub fn firecracker_config(s: &Settings, n: usize) -> String {
         s.guest_ram / MIB,
         pmem.join(",\n")
     )
+}
+
+/// What the boot-phase guest runs: [`BOOT_SH`].
+pub fn boot_guest_command() -> String {
+    format!("sh {GUEST_BOOT}")
 }
 
 fn preamble(probe: &str, phase: Phase) -> String {
@@ -351,35 +404,46 @@ pub fn boot_script(
             out.push_str(&firecracker_config(s, n));
         }
     }
-    let mut cases: Vec<(String, Option<(PeerKind, &Path)>)> = Vec::new();
+    let vmlinux = BootMonitor::Vmm { kernel: VMLINUX };
+    let mut cases: Vec<(String, BootMonitor<'_>)> = Vec::new();
     for &n in &s.boot_devices {
-        cases.push((format!("vmm-{n}"), None));
+        cases.push((format!("vmm-{n}"), vmlinux));
+    }
+    for &n in &s.boot_devices {
+        cases.push((
+            format!("{BZIMAGE_CASE}-{n}"),
+            BootMonitor::Vmm { kernel: BZIMAGE },
+        ));
     }
     // Our monitor with the control API on and no device: what the API server costs in resident
     // memory against `vmm-0`, and how often its thread wakes while nobody calls it.
     let api = s.boot_devices.contains(&0);
     if api {
-        cases.push((API_CASE.into(), None));
+        cases.push((API_CASE.into(), vmlinux));
     }
     for &(kind, path) in peers {
         for &n in &s.boot_devices {
-            cases.push((format!("{}-{n}", kind.name()), Some((kind, path))));
+            cases.push((
+                format!("{}-{n}", kind.name()),
+                BootMonitor::Peer(kind, path),
+            ));
         }
     }
     for run in 1..=s.runs {
-        for (case, peer) in &cases {
+        for (case, monitor) in &cases {
             let n: usize = case
                 .rsplit('-')
                 .next()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let tag = crate::lines::Tag::format("boot", case, run);
-            let mut command = boot_command(s, *peer, n, qemu_firmware);
+            let mut command = boot_command(s, *monitor, n, qemu_firmware);
             if case == API_CASE {
                 command.extend(["--api-socket".to_string(), dq("path=$WORK/api.sock")]);
             }
             let mut l = Launch::to_init(tag, s, "$WORK/pm", command);
-            if peer.is_none() {
+            l.collect_until = Some(BOOT_DONE.into());
+            if matches!(monitor, BootMonitor::Vmm { .. }) {
                 l = l.at("startup_ms", STARTED_LOG);
             }
             if case == API_CASE {
@@ -410,7 +474,7 @@ pub fn startup_script(s: &Settings, probe: &str) -> String {
                 tag,
                 s,
                 "$WORK/st",
-                vmm_command(s.guest_ram, &cmdline, &pmem, &[]),
+                vmm_command(BZIMAGE, s.guest_ram, &cmdline, &pmem, &[]),
             )
             .at("startup_ms", STARTED_LOG)
             .at("open_map_ms", PMEM_READY_LOG);
@@ -453,7 +517,9 @@ pub fn memmap_script(s: &Settings, probe: &str) -> String {
                     settle_ms: 0,
                     timeout_s: 1200,
                     idle: None,
-                    command: vmm_command(s.memmap_guest_ram, &cmdline, &pmem, &extra),
+                    api_socket: None,
+                    collect_until: None,
+                    command: vmm_command(BZIMAGE, s.memmap_guest_ram, &cmdline, &pmem, &extra),
                 };
                 out.push_str(&l.render());
                 out.push('\n');
@@ -487,6 +553,8 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
             s.bw_device
         ),
     ];
+    // The API socket: KVM's stage-2 counts at each of the guest's `@@STAGE2 case@@` lines.
+    let socket = "$WORK/bw.sock";
     let l = Launch {
         tag: crate::lines::Tag::format("bandwidth", "guest", 1),
         until: EXIT_MARKER.into(),
@@ -498,7 +566,15 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
         settle_ms: 0,
         timeout_s: 1800,
         idle: None,
-        command: vmm_command(s.bw_guest_ram, &cmdline, &pmem, &[]),
+        api_socket: Some(socket.into()),
+        collect_until: None,
+        command: vmm_command(
+            BZIMAGE,
+            s.bw_guest_ram,
+            &cmdline,
+            &pmem,
+            &["--api-socket".into(), dq(&format!("path={socket}"))],
+        ),
     };
     out.push_str(&l.render());
     out.push('\n');
@@ -517,7 +593,7 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
             ));
         }
     }
-    out.push_str("rm -f \"$WORK/bwf.img\" \"$WORK/bwd.img\"\nexit 0\n");
+    out.push_str("rm -f \"$WORK/bwf.img\" \"$WORK/bwd.img\" \"$WORK/bw.sock\"\nexit 0\n");
     out
 }
 
@@ -551,6 +627,7 @@ mod tests {
             bandwidth_script(&s, "/p/bench-probe"),
             MEMMAP_SH.to_string(),
             BW_SH.to_string(),
+            BOOT_SH.to_string(),
         ] {
             sh_n(&script);
         }
@@ -561,8 +638,15 @@ mod tests {
         let s = Settings::standard(2);
         let q = [(PeerKind::Qemu, Path::new("/usr/bin/qemu-system-x86_64"))];
         let b = boot_script(&s, "/p", &q, None);
-        // 3 vmm cases, the API case and 3 qemu cases, 2 runs each.
-        assert_eq!(b.matches(" launch ").count(), 14, "{b}");
+        // 3 vmm cases (vmlinux), 3 with the bzImage, the API case and 3 qemu cases, 2 runs each.
+        assert_eq!(b.matches(" launch ").count(), 20, "{b}");
+        assert!(b.contains("--tag boot.vmm-bzimage-1.2 "), "{b}");
+        // Every monitor boots the vmlinux, but the bzImage cases.
+        for line in b.lines().filter(|l| l.contains(" launch ")) {
+            let bz = line.contains("--tag boot.vmm-bzimage-");
+            assert_eq!(line.contains("\"$KERNEL\""), bz, "{line}");
+            assert_eq!(line.contains("\"$VMLINUX\""), !bz, "{line}");
+        }
         assert!(b.contains("--tag boot.vmm-api-0.1 "), "{b}");
         assert!(b.contains("--idle-thread api --idle-s 5"));
         assert!(b.contains("--api-socket \"path=$WORK/api.sock\""), "{b}");
@@ -572,7 +656,11 @@ mod tests {
         assert!(b.contains("q35,nvdimm=on"));
         assert!(b.contains("slots=8,maxmem=9472M"), "{b}");
         assert_eq!(b.matches("truncate -s 1073741824").count(), 8);
-        assert!(b.contains("--cmdline 'console=ttyS0 quiet panic=-1 -- \"sleep 600\"'"));
+        assert!(b.contains("--cmdline 'console=ttyS0 quiet panic=-1 -- \"sh /bench/boot.sh\"'"));
+        assert!(
+            b.contains("--collect-until @@BOOT-BREAKDOWN-DONE@@ "),
+            "{b}"
+        );
     }
 
     /// The here-document expands to JSON that parses, with the boot arguments intact.
@@ -596,7 +684,7 @@ mod tests {
         assert_eq!(v["boot-source"]["kernel_image_path"], "/k/vmlinux");
         assert_eq!(
             v["boot-source"]["boot_args"],
-            "console=ttyS0 quiet panic=-1 -- \"sleep 600\""
+            "console=ttyS0 quiet panic=-1 -- \"sh /bench/boot.sh\""
         );
         assert_eq!(v["pmem"].as_array().unwrap().len(), 2);
         assert_eq!(v["machine-config"]["mem_size_mib"], 256);
@@ -614,6 +702,8 @@ mod tests {
         let b = bandwidth_script(&s, "/p");
         assert!(b.contains("sh /bench/bw.sh 268435456 67108864 3 1"));
         assert!(b.contains("--offset 805306368"));
+        assert!(b.contains("--api-socket \"$WORK/bw.sock\" -- "), "{b}");
+        assert!(b.contains("--api-socket \"path=$WORK/bw.sock\""), "{b}");
     }
 
     #[test]

@@ -70,6 +70,16 @@ impl PeerKind {
         }
     }
 
+    /// Its binary's name in the prebuilt peers' folder ([`testbed::config::peers_dir`]), used
+    /// when its variable is not set; QEMU is not there.
+    pub fn default_binary(self) -> Option<&'static str> {
+        match self {
+            PeerKind::CloudHypervisor => Some("cloud-hypervisor"),
+            PeerKind::Firecracker => Some("firecracker"),
+            PeerKind::Qemu => None,
+        }
+    }
+
     /// The environment variable naming its binary.
     pub fn env_var(self) -> &'static str {
         match self {
@@ -83,7 +93,8 @@ impl PeerKind {
 /// What became of a peer before anything ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerState {
-    /// The variable is not set: the peer is not part of this run.
+    /// The variable is set to the empty string, or not set for a peer without a default: the
+    /// peer is not part of this run.
     NotGiven,
     /// Set, but unusable: reported as missing with the reason; the run goes on.
     Missing(String),
@@ -208,13 +219,36 @@ impl Settings {
         }
     }
 
-    /// Reads the peers' environment variables.
-    pub fn with_peers_from_env(mut self) -> Settings {
+    /// Reads the peers' environment variables; a peer whose variable is not set at all is
+    /// taken from the prebuilt peers' folder (`../shared/peers` beside the repository), so a
+    /// plain run measures them, and a missing default binary is reported as missing.
+    pub fn with_peers_from_env(self) -> Settings {
+        self.with_peers(|var| std::env::var(var).ok(), &testbed::config::peers_dir())
+    }
+
+    /// [`Settings::with_peers_from_env`] with the environment and the peers' folder given.
+    pub fn with_peers(
+        mut self,
+        env: impl Fn(&str) -> Option<String>,
+        peers_dir: &Path,
+    ) -> Settings {
         self.peers = PeerKind::ALL
             .into_iter()
             .map(|k| {
-                let v = std::env::var(k.env_var()).unwrap_or_default();
-                (k, check_peer_path(&v))
+                let state = match (env(k.env_var()), k.default_binary()) {
+                    (Some(v), _) => check_peer_path(&v),
+                    (None, Some(bin)) => {
+                        match check_peer_path(&peers_dir.join(bin).to_string_lossy()) {
+                            PeerState::Missing(r) => PeerState::Missing(format!(
+                                "{r} (the default when {} is not set)",
+                                k.env_var()
+                            )),
+                            other => other,
+                        }
+                    }
+                    (None, None) => PeerState::NotGiven,
+                };
+                (k, state)
             })
             .collect();
         self
@@ -306,6 +340,42 @@ mod tests {
             check_peer_path("no-such-monitor-xyz"),
             PeerState::Missing(_)
         ));
+    }
+
+    /// Unset variables take the peers' folder; an empty one leaves the peer out; a set one
+    /// wins.
+    #[test]
+    fn default_peers() {
+        let dir = testbed::ScratchDir::new("peers").unwrap();
+        let fc = dir.path().join("firecracker");
+        std::fs::write(&fc, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&fc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let s = Settings::quick().with_peers(|_| None, dir.path());
+        let state =
+            |s: &Settings, k: PeerKind| s.peers.iter().find(|p| p.0 == k).unwrap().1.clone();
+        assert_eq!(
+            state(&s, PeerKind::Firecracker),
+            PeerState::Ready(fc.canonicalize().unwrap())
+        );
+        match state(&s, PeerKind::CloudHypervisor) {
+            PeerState::Missing(r) => assert!(
+                r.contains("cloud-hypervisor")
+                    && r.contains("PMEMVMM_BENCH_CLOUD_HYPERVISOR is not set"),
+                "{r}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state(&s, PeerKind::Qemu), PeerState::NotGiven);
+        let s = Settings::quick().with_peers(
+            |v| (v == "PMEMVMM_BENCH_FIRECRACKER").then(String::new),
+            dir.path(),
+        );
+        assert_eq!(state(&s, PeerKind::Firecracker), PeerState::NotGiven);
+        let s = Settings::quick().with_peers(
+            |v| (v == "PMEMVMM_BENCH_QEMU").then(|| "/bin/sh".to_string()),
+            dir.path(),
+        );
+        assert!(matches!(state(&s, PeerKind::Qemu), PeerState::Ready(_)));
     }
 
     #[test]

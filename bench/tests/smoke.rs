@@ -2,8 +2,12 @@
 //! figure of our monitor must be in `results.json` and positive (or, for the RAM cost of a
 //! memmap kept outside RAM, present), and `plot.png` must be a PNG. No timing thresholds.
 //!
-//! A peer given through an environment variable that does not exist must come out as missing
-//! with its reason while the rest of the run goes on: the test sets one.
+//! The peers: cloud-hypervisor and Firecracker come from their default place,
+//! `../shared/peers` beside the repository (the variables are unset), and must be measured:
+//! every figure of theirs present, or the test fails with the reason the run gives (a peer
+//! that is not there fails it too). A peer given through an environment variable that does not
+//! exist must come out as missing with its reason while the rest of the run goes on: the test
+//! sets QEMU's so.
 //!
 //! Like the other testbed tests this needs KVM (direct) or QEMU (nested) and fails, never
 //! skips, without them.
@@ -20,9 +24,9 @@ fn quick_run_has_every_figure() {
     cmd.arg("--quick")
         .arg("--out")
         .arg(&out)
-        .env("PMEMVMM_BENCH_FIRECRACKER", "/nonexistent/firecracker")
+        .env("PMEMVMM_BENCH_QEMU", "/nonexistent/qemu-system-x86_64")
         .env_remove("PMEMVMM_BENCH_CLOUD_HYPERVISOR")
-        .env_remove("PMEMVMM_BENCH_QEMU");
+        .env_remove("PMEMVMM_BENCH_FIRECRACKER");
     let output = cmd.output().expect("running bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -84,22 +88,33 @@ fn quick_run_has_every_figure() {
         samples.len()
     );
 
-    // The bad peer is reported as missing with its reason; the others as not given.
+    // The bad peer is reported as missing with its reason.
     let peers = doc["peers"].as_array().unwrap();
-    let fc = peers.iter().find(|p| p["peer"] == "firecracker").unwrap();
-    assert_eq!(fc["state"], "missing", "{fc}");
+    let qemu = peers.iter().find(|p| p["peer"] == "qemu").unwrap();
+    assert_eq!(qemu["state"], "missing", "{qemu}");
     assert!(
-        fc["detail"]
+        qemu["detail"]
             .as_str()
             .unwrap()
-            .contains("/nonexistent/firecracker"),
-        "{fc}"
+            .contains("/nonexistent/qemu-system-x86_64"),
+        "{qemu}"
     );
     assert!(
-        stdout.contains("peer firecracker       missing: /nonexistent/firecracker"),
+        stdout.contains("peer qemu              missing: /nonexistent/qemu-system-x86_64"),
         "{}",
         context()
     );
+    // The default peers ran, with every figure of theirs and a ratio against ours.
+    for name in ["cloud-hypervisor", "firecracker"] {
+        let p = peers.iter().find(|p| p["peer"] == name).unwrap();
+        assert_eq!(p["state"], "measured", "{p}\n{}", context());
+        let ratio = summaries.iter().find(|s| {
+            s["phase"] == "boot"
+                && s["case"] == format!("{name}-0")
+                && s["metric"] == "launch_vs_vmm_ratio"
+        });
+        assert!(ratio.is_some(), "no {name}-0 launch ratio\n{}", context());
+    }
 
     let png = std::fs::read(out.join("plot.png")).expect("plot.png");
     assert_eq!(&png[1..4], b"PNG");

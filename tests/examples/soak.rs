@@ -32,7 +32,7 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let default_peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers");
+    let default_peers = testbed::config::peers_dir();
     let mut a = Args {
         boots: 10,
         peers: default_peers

@@ -71,6 +71,12 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// Where the prebuilt peer monitors are (cloud-hypervisor, `ch-remote`, Firecracker):
+/// `../shared/peers` beside the repository root (its README says what each is).
+pub fn peers_dir() -> PathBuf {
+    workspace_root().join("../shared/peers")
+}
+
 /// Looks a program up in `PATH`, returning its full path if it is an executable file.
 pub fn which(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

@@ -10,6 +10,11 @@
 //!   stops it with `vm.shutdown` and `vmm.shutdown`, after checking `vm.info`'s pmem report,
 //!   `vm.counters` (the guest's fsync reached the flush hint, the host flushed) and that
 //!   `vm.power-button` raised the Generic Event Device's interrupt in the guest.
+//! - `stage2_counters_follow_the_guest` boots a command-line guest with `--api-socket` and one
+//!   raw 256 MiB device, reads `vm.counters`' `kvm.stage2` (KVM's `pages_4k/2m/1g`) before and
+//!   after the guest reads the whole device, and checks the counts against what the guest did:
+//!   non-zero, never more than the VM's memory, and grown by at least the device once the guest
+//!   touched all of it; the exit log reports them too.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -33,7 +38,7 @@ fn ch_remote() -> PathBuf {
         );
         return p;
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/ch-remote");
+    let p = testbed::config::peers_dir().join("ch-remote");
     assert!(
         p.is_file(),
         "ch-remote not found at {}; set PMEMVMM_CH_REMOTE to cloud-hypervisor's ch-remote",
@@ -528,6 +533,87 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
         return Err(run.error(format!("vm.counters: {counters}")));
     }
     expect("HOST-MARK", "1")?;
+    Ok(())
+}
+
+/// Bytes KVM maps in stage 2 according to a `kvm.stage2` counters entry.
+fn stage2_bytes(c: &serde_json::Value) -> Option<u64> {
+    let n = |k: &str| c[k].as_u64();
+    Some(n("pages_4k")? * 4096 + n("pages_2m")? * (2 << 20) + n("pages_1g")? * (1 << 30))
+}
+
+#[test]
+fn stage2_counters_follow_the_guest() -> testbed::Result<()> {
+    const RAM: u64 = 512 << 20;
+    const PMEM: u64 = 256 << 20;
+    let curl = curl();
+    let script = format!(
+        r#"
+set -u
+truncate -s {PMEM} data.img
+"$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory {ram_mib}M \
+  --serial file="$WORK/console.log" --api-socket path="$WORK/api.sock" \
+  --pmem path="$WORK/data.img",memmap=none \
+  --cmdline 'console=ttyS0 quiet panic=-1 -- "echo @@GUEST-UP@@; sleep 8; dd if=/dev/pmem0 of=/dev/null bs=1M 2>/dev/null && echo @@GUEST-TOUCHED@@; sleep 600"' \
+  2> vmm.log < /dev/null &
+pid=$!
+counters() {{ {curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters; }}
+i=0; while ! grep -q '@@GUEST-UP@@' console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+echo "--- before ---"; counters; echo
+i=0; while ! grep -q '@@GUEST-TOUCHED@@' console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+grep -q '@@GUEST-TOUCHED@@' console.log && echo @@TOUCHED-SEEN@@
+echo "--- after ---"; counters; echo
+kill -TERM $pid; wait $pid
+echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
+"#,
+        ram_mib = RAM >> 20,
+        curl = curl.display(),
+    );
+    let host = HostOpts::default()
+        .with_host_bin(curl)
+        .with_timeout(Duration::from_secs(300));
+    let run = run_on_kvm_host(&script, &host)?;
+    eprintln!(
+        "{} host: run {:.2?}\n{}",
+        run.mode, run.duration, run.output
+    );
+    run.expect_success()?;
+    if !run.output.contains("@@TOUCHED-SEEN@@") {
+        return Err(run.error("the guest did not read its pmem device"));
+    }
+    let stage2 = |header: &str| -> testbed::Result<(serde_json::Value, u64)> {
+        let text = section(&run.output, header);
+        let v: serde_json::Value = serde_json::from_str(text.trim())
+            .map_err(|e| run.error(format!("vm.counters is not JSON ({e}): {text}")))?;
+        let c = v["kvm.stage2"].clone();
+        let bytes = stage2_bytes(&c)
+            .ok_or_else(|| run.error(format!("no kvm.stage2 page counts in vm.counters: {v}")))?;
+        Ok((c, bytes))
+    };
+    let (before_c, before) = stage2("--- before ---")?;
+    let (after_c, after) = stage2("--- after ---")?;
+    eprintln!("stage 2 before: {before_c} ({before} bytes); after: {after_c} ({after} bytes)");
+    // The guest booted from RAM: something is mapped; and never more than the VM has.
+    if before == 0 || after > RAM + PMEM {
+        return Err(run.error(format!(
+            "stage-2 counts out of range: before {before_c}, after {after_c}, the VM has {} MiB",
+            (RAM + PMEM) >> 20
+        )));
+    }
+    // Reading the whole device maps all of it (RAM the read used only adds to that).
+    // (Minus what the guest touched at boot: its partition scan read the first pages.)
+    if after < before + PMEM / 10 * 9 {
+        return Err(run.error(format!(
+            "after the guest read its {} MiB device stage 2 grew by {} MiB only ({before_c} -> \
+             {after_c})",
+            PMEM >> 20,
+            after.saturating_sub(before) >> 20
+        )));
+    }
+    let log = section(&run.output, "--- vmm ---");
+    if !log.contains("stage-2 mappings (KVM, RAM and pmem): ") {
+        return Err(run.error("the exit log has no stage-2 mappings line"));
+    }
     Ok(())
 }
 

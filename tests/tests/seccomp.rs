@@ -336,6 +336,16 @@ fn api_lifecycle_survives_under_the_filter() -> Result<()> {
             "the guest's fsync on the hot-added device did not reach the host: {counters}"
         )));
     }
+    // KVM's stage-2 counts, read by the API thread from the statistics descriptor the main
+    // thread opened at vm.boot, both under their filters.
+    if counters["kvm.stage2"]["pages_4k"].as_u64().unwrap_or(0)
+        + counters["kvm.stage2"]["pages_2m"].as_u64().unwrap_or(0)
+        == 0
+    {
+        return Err(run.error(format!(
+            "vm.counters has no stage-2 page counts of the running guest: {counters}"
+        )));
+    }
     for (snapshot, vcpus) in [
         ("THREADS-IDLE", 0),
         ("THREADS-RUNNING", 2),

@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod events;
 pub mod host;
 pub mod identity;
+pub mod kvm_stats;
 pub mod layout;
 pub mod output;
 pub mod pmem;
@@ -35,7 +36,7 @@ use devices::lifecycle::{StopReason, StopSignal};
 use devices::power::{ResetControl, SleepControl};
 use devices::serial::SerialPort;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use log::info;
+use log::{info, warn};
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -970,6 +971,7 @@ fn run_with_pmem(
                     requests: hot_add_requests.clone(),
                     wake: hot_add_wake.clone(),
                 },
+                stats: vm.stats.clone(),
             },
         );
         // Before this thread's filter: a thread started now does not inherit it (the command
@@ -1027,6 +1029,12 @@ fn run_with_pmem(
     drop(hot_add_queue);
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
+    if let Some(stats) = &vm.stats {
+        match stats.read() {
+            Ok(pages) => info!("stage-2 mappings (KVM, RAM and pmem): {pages}"),
+            Err(e) => warn!("{e}"),
+        }
+    }
     for (i, d) in pmem.devices.iter().enumerate() {
         let s = hints.stats(i);
         info!(

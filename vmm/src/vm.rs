@@ -15,6 +15,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::Entry;
 use crate::cpu::{self, CpuError};
+use crate::kvm_stats::VmStats;
 use crate::layout;
 use crate::pmem::{PmemDevice, PmemDevices};
 
@@ -50,6 +51,8 @@ pub struct Vm {
     pub pmem_mappings: Vec<Arc<PmemMapping>>,
     /// Slot number of pmem device 0; device `i` has slot `first_pmem_slot + i`.
     pub first_pmem_slot: u32,
+    /// KVM's statistics of this VM (stage-2 page sizes), when this KVM has them.
+    pub stats: Option<Arc<VmStats>>,
 }
 
 impl Vm {
@@ -81,6 +84,15 @@ impl Vm {
         // its slots) goes before the mappings it points into.
         let mut pmem_mappings: Vec<Arc<PmemMapping>> = Vec::with_capacity(pmem.devices.len());
         let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        // What KVM counts about the VM is reported, not needed: a KVM without binary
+        // statistics runs the guest all the same.
+        let stats = match VmStats::open(&fd) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                log::warn!("{e}; stage-2 page sizes will not be reported");
+                None
+            }
+        };
         fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("set TSS address"))?;
         fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
@@ -164,6 +176,7 @@ impl Vm {
             vcpus,
             pmem_mappings,
             first_pmem_slot,
+            stats,
         })
     }
 

@@ -5,7 +5,8 @@
 //! ```text
 //! bench-probe launch --tag T --until TEXT [--until-name METRIC] [--at METRIC=TEXT]...
 //!                    [--rss --ram-bytes N [--exclude PATH]... [--settle-ms MS]]
-//!                    [--idle-thread NAME [--idle-s S]]
+//!                    [--idle-thread NAME [--idle-s S]] [--api-socket PATH]
+//!                    [--collect-until TEXT]
 //!                    [--timeout-s S] -- PROGRAM ARGS...
 //!     Starts PROGRAM (stdin /dev/null) and timestamps each line of its stdout and stderr with
 //!     CLOCK_MONOTONIC. METRIC_ms = time from just before the exec to the first line holding
@@ -15,6 +16,12 @@
 //!     prints are passed on (a two-field "@@BENCH metric value@@" gets tag T). With
 //!     --idle-thread NAME [--idle-s S] it then counts, over S seconds (default 5), the context
 //!     switches and CPU time of PROGRAM's threads named NAME: idle_wakeups, idle_cpu_ms.
+//!     With --api-socket PATH (our vmm's), each "@@STAGE2 CASE@@" line PROGRAM prints reads
+//!     `vm.counters` there; the stage-2 figures of each CASE (what KVM's counts gained since the
+//!     previous such line, `bench::stage2`) are tagged PHASE.CASE.RUN of T. With
+//!     --collect-until TEXT it goes on reading PROGRAM's lines after the --until line (passing
+//!     bench lines on, and "@@DMESG-GAP text@@" lines as dmesg_gap info lines) until one
+//!     holds TEXT (at most 60 s), before the memory is read.
 //! bench-probe bw --tag T --path P [--offset O] [--create] --bytes N --chunk C [--passes K]
 //!     mmap()s N bytes of P (MAP_SHARED) and copies them in chunks of C to and from an anonymous
 //!     buffer: one untimed write+read pass, then K timed read passes and K timed write passes.
@@ -211,6 +218,9 @@ fn launch(args: &[String]) -> Result<(), Failure> {
     spawn_reader(out, tx.clone());
     spawn_reader(err, tx);
 
+    let api_socket = o.get("api-socket").map(std::path::PathBuf::from);
+    let mut stage2: Vec<(String, bench::stage2::Pages)> = Vec::new();
+    let mut stage2_failures: Vec<String> = Vec::new();
     let mut tail: VecDeque<String> = VecDeque::new();
     let deadline = started + timeout;
     let mut until_at: Option<Duration> = None;
@@ -232,6 +242,21 @@ fn launch(args: &[String]) -> Result<(), Failure> {
                 }
                 if let Some(l) = retag(&line, &tag) {
                     println!("{l}");
+                }
+                if let (Some(socket), Some(case)) = (&api_socket, bench::stage2::marker_case(&line))
+                {
+                    match bench::stage2::query(socket)
+                        .and_then(|c| bench::stage2::Pages::from_counters(&c))
+                    {
+                        Ok(p) => {
+                            println!(
+                                "{}",
+                                info_line(&tag, &format!("stage2_{case}"), &format!("{p:?}"))
+                            );
+                            stage2.push((case.to_string(), p));
+                        }
+                        Err(e) => stage2_failures.push(format!("{case}: {e}")),
+                    }
                 }
                 if line.contains(until.as_str()) {
                     until_at = Some(t);
@@ -272,6 +297,41 @@ fn launch(args: &[String]) -> Result<(), Failure> {
     }
     let until_at = until_at.expect("set when no problem");
     let mut lines = Vec::new();
+    if let Some(text) = o.get("collect-until") {
+        let limit = Instant::now() + Duration::from_secs(60);
+        let mut found = false;
+        while let Ok((_, line)) = rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(l) = retag(line, &tag) {
+                println!("{l}");
+            }
+            // boot.sh's largest gaps between kernel messages: facts for the JSON's infos.
+            if let Some(gap) = line
+                .split_once("@@DMESG-GAP ")
+                .and_then(|(_, rest)| rest.split("@@").next())
+            {
+                println!("{}", info_line(&tag, "dmesg_gap", gap));
+            }
+            if line.contains(text) {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            lines.push(info_line(
+                &tag,
+                "missing",
+                &format!("no line with {text:?} within 60 s of {until:?}"),
+            ));
+        }
+    }
+    if api_socket.is_some() {
+        let t = bench::lines::Tag::parse(&tag);
+        lines.extend(bench::stage2::gained(&t.phase, t.run, &stage2));
+        for f in &stage2_failures {
+            lines.push(fail_line(&format!("{}.stage2.{}", t.phase, t.run), f));
+        }
+    }
     if !until_name.is_empty() {
         lines.push(sample_line(&tag, &until_name, ms(until_at)));
     }

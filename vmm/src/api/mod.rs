@@ -63,6 +63,8 @@ pub struct RunningVm {
     pub dsm: Arc<NvdimmDsm>,
     /// Where `vm.add-pmem` requests go: the main thread's run loop.
     pub hot_add: HotAdd,
+    /// KVM's statistics of the VM (stage-2 page sizes), when this KVM has them.
+    pub stats: Option<Arc<crate::kvm_stats::VmStats>>,
 }
 
 /// A pmem device of the running guest as the API addresses it.
@@ -468,6 +470,12 @@ impl Controller {
         let mut out = serde_json::Map::new();
         match &s.running {
             Some(r) => {
+                if let Some(stats) = &r.stats {
+                    let pages = stats
+                        .read()
+                        .map_err(|e| ApiError::new(500, e.to_string()))?;
+                    out.insert(STAGE2_COUNTERS.into(), stage2_json(&pages));
+                }
                 for (i, d) in r.devices.iter().enumerate() {
                     let s = r.hints.stats(i);
                     out.insert(
@@ -702,6 +710,19 @@ pub fn ping() -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "features": ["nvdimm-nfit"],
+    })
+}
+
+/// The `vm.counters` entry with KVM's stage-2 page counts of the running VM. A device id
+/// cannot hold a '.', so no device's entry can have this name.
+pub const STAGE2_COUNTERS: &str = "kvm.stage2";
+
+/// KVM's names and counts (leaf entries of each size, for all memory slots together).
+fn stage2_json(p: &crate::kvm_stats::Stage2Pages) -> Value {
+    json!({
+        "pages_4k": p.pages_4k,
+        "pages_2m": p.pages_2m,
+        "pages_1g": p.pages_1g,
     })
 }
 

@@ -12,6 +12,21 @@ struct Fixture {
     seen: Arc<Mutex<Vec<&'static str>>>,
     /// The running guest's `_DSM` state: two NFIT DIMMs without label areas.
     dsm: Arc<NvdimmDsm>,
+    /// The running VM's KVM statistics: a recorded file whose page counts a test may change.
+    stats_file: tempfile::NamedTempFile,
+}
+
+/// A statistics reader over `file`, which starts as the recorded file with 300 4K, 64 2M and
+/// one 1G page.
+fn recorded_stats(file: &tempfile::NamedTempFile) -> crate::kvm_stats::VmStats {
+    set_recorded_pages(file, [300, 64, 1]);
+    crate::kvm_stats::VmStats::from_file(file.reopen().unwrap()).unwrap()
+}
+
+fn set_recorded_pages(file: &tempfile::NamedTempFile, pages: [u64; 3]) {
+    use std::os::unix::fs::FileExt;
+    let blob = crate::kvm_stats::recorded::with_pages(pages);
+    file.as_file().write_all_at(&blob, 0).unwrap();
 }
 
 fn fixture() -> Fixture {
@@ -55,6 +70,7 @@ fn fixture() -> Fixture {
         },
         seen,
         dsm: Arc::new(NvdimmDsm::new(vec![None, None])),
+        stats_file: tempfile::NamedTempFile::new().unwrap(),
     }
 }
 
@@ -166,6 +182,7 @@ impl Fixture {
                             .unwrap(),
                     ),
                 },
+                stats: Some(Arc::new(recorded_stats(&self.stats_file))),
             },
         );
         stop
@@ -288,6 +305,17 @@ fn a_running_vm() {
             "largest_flush_batch": 0,
             "bytes_formatted": 4096
         })
+    );
+    // KVM's stage-2 counts, read from the statistics file at each request.
+    assert_eq!(
+        counters[STAGE2_COUNTERS],
+        json!({ "pages_4k": 300, "pages_2m": 64, "pages_1g": 1 })
+    );
+    set_recorded_pages(&f.stats_file, [5, 6, 0]);
+    let (_, counters) = f.call("GET", "vm.counters", "");
+    assert_eq!(
+        counters[STAGE2_COUNTERS],
+        json!({ "pages_4k": 5, "pages_2m": 6, "pages_1g": 0 })
     );
     // vm.power-button raises the GED's interrupt.
     assert_eq!(f.call("PUT", "vm.power-button", "").0, 204);

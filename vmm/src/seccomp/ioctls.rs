@@ -41,6 +41,8 @@ pub const KVM_CREATE_IRQCHIP: u64 = 0xae60;
 pub const KVM_IRQFD: u64 = 0x4020_ae76;
 /// `_IOW(KVMIO, 0x77, struct kvm_pit_config)`
 pub const KVM_CREATE_PIT2: u64 = 0x4040_ae77;
+/// `_IO(KVMIO, 0xce)`: the VM's binary statistics (`crate::kvm_stats`).
+pub const KVM_GET_STATS_FD: u64 = 0xaece;
 
 // vCPU ioctls.
 /// `_IO(KVMIO, 0x80)`
@@ -112,6 +114,7 @@ mod tests {
             KVM_CREATE_PIT2,
             iow(KVMIO, 0x77, size_of::<kvm_pit_config>())
         );
+        assert_eq!(KVM_GET_STATS_FD, io(KVMIO, 0xce));
         assert_eq!(KVM_RUN, io(KVMIO, 0x80));
         assert_eq!(KVM_GET_REGS, ior(KVMIO, 0x81, size_of::<kvm_regs>()));
         assert_eq!(KVM_SET_REGS, iow(KVMIO, 0x82, size_of::<kvm_regs>()));

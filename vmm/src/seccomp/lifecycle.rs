@@ -63,6 +63,8 @@ pub const LIST: List = List {
             KVM_SET_CPUID2,
             KVM_GET_TSC_KHZ,
             KVM_SET_XCRS,
+            // The VM's statistics descriptor (`crate::kvm_stats`), opened with the VM.
+            KVM_GET_STATS_FD,
         ]),
     ],
 };

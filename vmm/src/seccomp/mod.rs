@@ -14,6 +14,7 @@
 //! | [`api`] | accept, read and answer one connection at a time |
 //! | [`event_loop`] | the main thread while a guest runs, and its way out |
 //! | [`hot_add`] | `vm.add-pmem`: open, check, format and map a backing, add a KVM slot |
+//! | [`kvm_stats`] | reading KVM's VM statistics (`vm.counters`, the exit log) |
 //! | [`lifecycle`] | API mode's `vm.create`, `vm.boot`, reboot, `vm.delete`, and new threads |
 //!
 //! Filters are per thread and stack: a thread starts under the filter of the thread that spawned
@@ -32,7 +33,8 @@ mod api;
 mod common;
 mod event_loop;
 mod hot_add;
-mod ioctls;
+pub(crate) mod ioctls;
+mod kvm_stats;
 mod lifecycle;
 mod vcpu;
 
@@ -109,18 +111,24 @@ impl ThreadKind {
     /// The lists this kind's filter allows.
     fn lists(self) -> &'static [List] {
         match self {
-            ThreadKind::Main => &[common::LIST, event_loop::LIST],
-            ThreadKind::MainWithApi => &[common::LIST, event_loop::LIST, hot_add::LIST],
+            ThreadKind::Main => &[common::LIST, event_loop::LIST, kvm_stats::LIST],
+            ThreadKind::MainWithApi => &[
+                common::LIST,
+                event_loop::LIST,
+                hot_add::LIST,
+                kvm_stats::LIST,
+            ],
             ThreadKind::Vmm => &[
                 common::LIST,
                 event_loop::LIST,
+                kvm_stats::LIST,
                 hot_add::LIST,
                 lifecycle::LIST,
                 // The vCPU threads it starts stay under this filter (filters stack).
                 vcpu::LIST,
             ],
             ThreadKind::Vcpu => &[common::LIST, vcpu::LIST],
-            ThreadKind::Api => &[common::LIST, api::LIST],
+            ThreadKind::Api => &[common::LIST, api::LIST, kvm_stats::LIST],
         }
     }
 }
