@@ -74,6 +74,10 @@ pub mod exit {
     /// flush at exit): the guest was stopped; what it wrote since its last successful flush may
     /// not be durable.
     pub const FLUSH_FAILED: u8 = 5;
+    /// A backing failed under the guest: the host could not supply a page of it (its file
+    /// system is full, the device returns I/O errors, the device-dax was removed). The guest was
+    /// stopped at the access; what it flushed before is on the backing.
+    pub const BACKING_FAULT: u8 = 6;
     /// Stopped by signal N: 128 + N.
     pub const SIGNAL_BASE: u8 = 128;
 }
@@ -127,6 +131,13 @@ pub enum VmmError {
         path: std::path::PathBuf,
         source: Box<devices::pmem::flush_hint::FlushFailed>,
     },
+    /// A backing could not supply a page the guest touched; the guest was stopped at the access.
+    #[error("{id} ({}): the backing failed under the guest, which was stopped at the access: {cause}", .path.display())]
+    BackingFault {
+        id: String,
+        path: std::path::PathBuf,
+        cause: devices::pmem::fault::BackingFault,
+    },
     /// Flushing a backing on the way out failed.
     #[error(transparent)]
     ExitFlushFailed(#[from] pmem::FlushError),
@@ -160,6 +171,7 @@ impl VmmError {
             VmmError::GuestFlushFailed { .. } | VmmError::ExitFlushFailed(_) => {
                 return exit::FLUSH_FAILED
             }
+            VmmError::BackingFault { .. } => return exit::BACKING_FAULT,
             VmmError::Acpi(_)
             | VmmError::Seccomp(_)
             | VmmError::HostUnsuitable(_)
@@ -1032,6 +1044,16 @@ fn run_with_pmem(
                     id: d.config.id.clone(),
                     path: d.config.path.clone(),
                     source: Box::new(f),
+                }
+            }
+            Some(vcpu::VcpuFailure::MemoryFault { id, gpa, source }) => {
+                match pmem.diagnose_fault(gpa) {
+                    Some((d, cause)) => VmmError::BackingFault {
+                        id: d.config.id.clone(),
+                        path: d.config.path.clone(),
+                        cause,
+                    },
+                    None => VmmError::Vcpu(vcpu::VcpuFailure::MemoryFault { id, gpa, source }),
                 }
             }
             Some(other) => VmmError::Vcpu(other),
