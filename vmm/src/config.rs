@@ -28,6 +28,9 @@ Exit status:
   5    a host flush of guest data failed (msync of a --pmem backing, for a guest flush or at
        exit): the guest was stopped before its flush completed; data written since its last
        successful flush may not be durable
+  6    a --pmem backing failed under the guest (the host could not supply a page the guest
+       touched: its file system is full, the device returns I/O errors, the device-dax was
+       removed): the guest was stopped at the access; what it flushed before is on the backing
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) after an orderly shutdown;
        before the guest started, files this run created are removed
   159  (as a shell reports it) killed by SIGSYS: a thread made a system call outside its
