@@ -20,6 +20,7 @@ pub mod output;
 pub mod pmem;
 pub mod pmem_option;
 pub mod seccomp;
+pub mod sigbus;
 pub mod size;
 pub mod terminal;
 pub mod vcpu;
@@ -468,6 +469,7 @@ pub struct RunHooks<'a> {
 /// Starts the monitor as `launch` says: a command-line VM (with or without the API), or an
 /// empty monitor that waits for `vm.create`. Returns the exit status.
 pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
+    sigbus::install().map_err(io_err("installing the SIGBUS handler"))?;
     let socket = match &launch.api_socket {
         Some(option) => Some(api::socket::ApiSocket::prepare(option)?),
         None => None,

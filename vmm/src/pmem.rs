@@ -82,6 +82,9 @@ pub struct PmemDevice {
     pub labels: Option<(LabelGeometry, LabelState)>,
     /// What finding out why the backing failed under the guest needs, opened with it.
     pub fault_probe: FaultProbe,
+    /// The mapping as the SIGBUS handler knows it (a fault in the monitor's own access names
+    /// this device).
+    pub sigbus: crate::sigbus::Registration,
 }
 
 impl PmemDevice {
@@ -623,11 +626,18 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
         d.window.size,
         plan.report
     );
+    let sigbus = crate::sigbus::register(
+        mapping.as_ptr(),
+        mapping.len() as usize,
+        &d.config.id,
+        &d.config.path,
+    );
     Ok(PmemDevice {
         config: d.config,
         window: d.window,
         kind,
         fault_probe: FaultProbe::new(&backing),
+        sigbus,
         backing,
         wrote_info_block: plan.action.bytes().is_some(),
         report: plan.report,
