@@ -251,13 +251,14 @@ fn block_device_returning_eio_on_read() -> Result<()> {
     )
 }
 
-/// As above, but after the swap the guest writes and fsyncs: the host's flush (msync) fails with
-/// EIO, and the guest's flush must not complete (issue 10, defect 7): exit 5, one line naming
-/// pmem0 and the I/O error.
+/// As above, but after the swap the guest overwrites the start of its flushed pattern (pages
+/// the host holds in memory, so the store itself succeeds) and fsyncs: the host's flush (msync)
+/// fails with EIO, and the guest's flush must not complete (issue 10, defect 7): exit 5, one
+/// line naming pmem0 and the I/O error. The backing keeps the flushed pattern.
 #[test]
 fn block_device_returning_eio_on_flush() -> Result<()> {
     dm_case(
-        "pat late 65536 > /tmp/l; writeat /dev/pmem0 /tmp/l 2097152 && sync /dev/pmem0",
+        "pat late 65536 > /tmp/l; writeat /dev/pmem0 /tmp/l 0 && sync /dev/pmem0",
         EXIT_FLUSH_FAILED,
         &["flush", "Input/output error"],
     )
