@@ -1291,6 +1291,19 @@ mod tests {
             },
         });
         assert_eq!(at_exit.exit_status(), exit::FLUSH_FAILED);
+        let fault = VmmError::BackingFault {
+            id: "pmem2".into(),
+            path: "/dev/dax0.0".into(),
+            cause: devices::pmem::fault::BackingFault::DaxRemoved,
+        };
+        assert_eq!(fault.exit_status(), exit::BACKING_FAULT);
+        let text = fault.to_string();
+        assert!(
+            text.starts_with("pmem2 (/dev/dax0.0): the backing failed under the guest")
+                && text.contains("device-dax was removed")
+                && !text.contains('\n'),
+            "{text}"
+        );
         // Writing into guest memory is the monitor's failure, not the user's.
         let internal = VmmError::Boot(boot::BootError::GuestMemory("at 0x7000: x".into()));
         assert_eq!(internal.exit_status(), exit::FAILURE);
