@@ -28,6 +28,9 @@ Exit status:
   5    a host flush of guest data failed (msync of a --pmem backing, for a guest flush or at
        exit): the guest was stopped before its flush completed; data written since its last
        successful flush may not be durable
+  6    a --pmem backing failed under the guest (the host could not supply a page the guest
+       touched: its file system is full, the device returns I/O errors, the device-dax was
+       removed): the guest was stopped at the access; what it flushed before is on the backing
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) after an orderly shutdown;
        before the guest started, files this run created are removed
   159  (as a shell reports it) killed by SIGSYS: a thread made a system call outside its
@@ -96,6 +99,13 @@ pub struct Cli {
     /// socket)
     #[arg(long, value_name = "path=PATH|fd=N")]
     pub api_socket: Option<String>,
+    /// Leave HLT to the guest (KVM_CAP_X86_DISABLE_EXITS, as QEMU's -overcommit cpu-pm=on): a
+    /// halted vCPU keeps its host CPU busy instead of sleeping, and in exchange a backing that
+    /// fails under the guest (a full file system under a sparse file, an I/O error, a removed
+    /// device-dax) stops it with exit status 6 and a line naming the device; without it KVM
+    /// retries such a fault forever and the guest's vCPU hangs
+    #[arg(long, requires = "kernel")]
+    pub halt_in_guest: bool,
     /// Seccomp filters on every thread of the monitor (main, vCPU, API), each with its own
     /// allow list: true (a system call outside the list kills the monitor with SIGSYS), false
     /// (no filters) or log (allowed and logged by the host kernel's audit, to find a missing
@@ -127,6 +137,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     pub pmem: Vec<PmemConfig>,
     pub report: Option<PathBuf>,
+    /// `--halt-in-guest`: HLT without an exit, so a failing backing is reported (`vm`).
+    pub halt_in_guest: bool,
 }
 
 /// How many `--pmem` devices one guest may have (NFIT handles and ACPI names are sized for it).
@@ -203,6 +215,7 @@ pub struct VmSpec {
     /// Each device as validated by `pmem_option::pmem_from_pairs`, with the text that names
     /// it in messages (the `--pmem` value, or `pmem[i]` in the API).
     pub pmem: Vec<(String, PmemConfig)>,
+    pub halt_in_guest: bool,
 }
 
 impl Launch {
@@ -241,6 +254,7 @@ impl Launch {
                         serial: cli.serial,
                         report: cli.report,
                         pmem,
+                        halt_in_guest: cli.halt_in_guest,
                     },
                     host_memory,
                 )?)
@@ -385,6 +399,7 @@ impl VmConfig {
             serial,
             pmem,
             report: cli.report,
+            halt_in_guest: cli.halt_in_guest,
         })
     }
 }

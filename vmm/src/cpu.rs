@@ -104,6 +104,8 @@ pub struct CpuidParams {
     pub tsc_deadline: bool,
     /// The vCPU's TSC frequency (`KVM_GET_TSC_KHZ`), for the hypervisor timing leaf.
     pub tsc_khz: Option<u32>,
+    /// Offer KVM's asynchronous page faults; off with HLT in the guest (`vm::halt_in_guest`).
+    pub async_pf: bool,
 }
 
 /// XCR0 bits (state components, SDM vol. 1, 13.1).
@@ -151,6 +153,9 @@ const EXT1_ECX_SVM: u32 = 1 << 2;
 /// The hypervisor timing leaf (VMware's convention, which Linux and others read): EAX the TSC
 /// frequency in kHz, EBX the local APIC timer frequency in kHz (KVM's APIC bus runs at 1 GHz).
 pub const CPUID_TSC_LEAF: u32 = 0x4000_0010;
+/// KVM's paravirtual features in CPUID 0x4000_0001 EAX that make up asynchronous page faults:
+/// `KVM_FEATURE_ASYNC_PF` (4), `KVM_FEATURE_ASYNC_PF_VMEXIT` (10), `KVM_FEATURE_ASYNC_PF_INT` (14).
+pub const KVM_FEATURES_ASYNC_PF: u32 = (1 << 4) | (1 << 10) | (1 << 14);
 const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
 
 fn is_intel(cpuid: &CpuId) -> bool {
@@ -239,6 +244,7 @@ pub fn guest_cpuid(supported: &CpuId, params: &CpuidParams) -> CpuId {
         count,
         tsc_deadline,
         tsc_khz,
+        async_pf,
     } = *params;
     let intel = is_intel(supported);
     let xcr0 = guest_xcr0(supported);
@@ -356,6 +362,11 @@ pub fn guest_cpuid(supported: &CpuId, params: &CpuidParams) -> CpuId {
             }
             0x4000_0000 if tsc_khz.is_some() => {
                 e.eax = e.eax.max(CPUID_TSC_LEAF);
+            }
+            // With HLT in the guest, no asynchronous page faults for it: with them KVM may retry
+            // a fault on a failing backing forever instead of reporting it (`vm::halt_in_guest`).
+            0x4000_0001 if !async_pf => {
+                e.eax &= !KVM_FEATURES_ASYNC_PF;
             }
             0x8000_0001 => {
                 e.ecx &= !EXT1_ECX_SVM;
@@ -598,6 +609,7 @@ mod tests {
             count,
             tsc_deadline: true,
             tsc_khz: None,
+            async_pf: true,
         }
     }
 
@@ -778,8 +790,17 @@ mod tests {
         assert_eq!(find(&with, 0x4000_0000, 0).eax, CPUID_TSC_LEAF);
         let t = find(&with, CPUID_TSC_LEAF, 0);
         assert_eq!((t.eax, t.ebx), (2_994_000, 1_000_000));
-        // kvm-clock's feature leaf is untouched.
+        // kvm-clock's features are untouched.
         assert_eq!(find(&with, 0x4000_0001, 0).eax, 0x0100_00fb);
+        // With HLT in the guest, asynchronous page faults (bit 4 of 0xfb) go.
+        let no_apf = guest_cpuid(
+            &synthetic_amd(),
+            &CpuidParams {
+                async_pf: false,
+                ..params(0, 1)
+            },
+        );
+        assert_eq!(find(&no_apf, 0x4000_0001, 0).eax, 0x0100_00eb);
         let without = guest_cpuid(&synthetic_amd(), &params(0, 1));
         assert_eq!(find(&without, 0x4000_0000, 0).eax, 0x4000_0001);
         assert!(!without

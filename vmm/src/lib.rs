@@ -21,6 +21,7 @@ pub mod output;
 pub mod pmem;
 pub mod pmem_option;
 pub mod seccomp;
+pub mod sigbus;
 pub mod size;
 pub mod terminal;
 pub mod vcpu;
@@ -78,6 +79,10 @@ pub mod exit {
     /// flush at exit): the guest was stopped; what it wrote since its last successful flush may
     /// not be durable.
     pub const FLUSH_FAILED: u8 = 5;
+    /// A backing failed under the guest: the host could not supply a page of it (its file
+    /// system is full, the device returns I/O errors, the device-dax was removed). The guest was
+    /// stopped at the access; what it flushed before is on the backing.
+    pub const BACKING_FAULT: u8 = 6;
     /// Stopped by signal N: 128 + N.
     pub const SIGNAL_BASE: u8 = 128;
 }
@@ -131,6 +136,13 @@ pub enum VmmError {
         path: std::path::PathBuf,
         source: Box<devices::pmem::flush_hint::FlushFailed>,
     },
+    /// A backing could not supply a page the guest touched; the guest was stopped at the access.
+    #[error("{id} ({}): the backing failed under the guest, which was stopped at the access: {cause}", .path.display())]
+    BackingFault {
+        id: String,
+        path: std::path::PathBuf,
+        cause: devices::pmem::fault::BackingFault,
+    },
     /// Flushing a backing on the way out failed.
     #[error(transparent)]
     ExitFlushFailed(#[from] pmem::FlushError),
@@ -164,6 +176,7 @@ impl VmmError {
             VmmError::GuestFlushFailed { .. } | VmmError::ExitFlushFailed(_) => {
                 return exit::FLUSH_FAILED
             }
+            VmmError::BackingFault { .. } => return exit::BACKING_FAULT,
             VmmError::Acpi(_)
             | VmmError::Seccomp(_)
             | VmmError::HostUnsuitable(_)
@@ -464,6 +477,7 @@ pub struct RunHooks<'a> {
 /// Starts the monitor as `launch` says: a command-line VM (with or without the API), or an
 /// empty monitor that waits for `vm.create`. Returns the exit status.
 pub fn launch(launch: config::Launch) -> Result<u8, VmmError> {
+    sigbus::install().map_err(io_err("installing the SIGBUS handler"))?;
     let socket = match &launch.api_socket {
         Some(option) => Some(api::socket::ApiSocket::prepare(option)?),
         None => None,
@@ -732,7 +746,12 @@ fn run_checked(cfg: &VmConfig, checked: Checked, around: Around) -> Result<StopR
     let mut created: Vec<std::path::PathBuf> = Vec::new();
     let started = (|| {
         stop_if_signalled()?;
-        let vm = vm::Vm::create(&kvm, &mem, cfg.cpus, entry, &pmem)?;
+        let halt = if cfg.halt_in_guest {
+            vm::HaltExits::InGuest
+        } else {
+            vm::HaltExits::ToHost
+        };
+        let vm = vm::Vm::create(&kvm, &mem, cfg.cpus, entry, &pmem, halt)?;
         let serial: devices::serial::Output = match (&cfg.serial, serial) {
             (SerialMode::File(_), Some(out)) => {
                 let new = out.is_new().then(|| out.path().to_path_buf());
@@ -1059,6 +1078,16 @@ fn run_with_pmem(
                     source: Box::new(f),
                 }
             }
+            Some(vcpu::VcpuFailure::MemoryFault { id, gpa, source }) => {
+                match pmem.diagnose_fault(gpa) {
+                    Some((d, cause)) => VmmError::BackingFault {
+                        id: d.config.id.clone(),
+                        path: d.config.path.clone(),
+                        cause,
+                    },
+                    None => VmmError::Vcpu(vcpu::VcpuFailure::MemoryFault { id, gpa, source }),
+                }
+            }
             Some(other) => VmmError::Vcpu(other),
             None => VmmError::StoppedAfterError,
         });
@@ -1306,6 +1335,19 @@ mod tests {
             },
         });
         assert_eq!(at_exit.exit_status(), exit::FLUSH_FAILED);
+        let fault = VmmError::BackingFault {
+            id: "pmem2".into(),
+            path: "/dev/dax0.0".into(),
+            cause: devices::pmem::fault::BackingFault::DaxRemoved,
+        };
+        assert_eq!(fault.exit_status(), exit::BACKING_FAULT);
+        let text = fault.to_string();
+        assert!(
+            text.starts_with("pmem2 (/dev/dax0.0): the backing failed under the guest")
+                && text.contains("device-dax was removed")
+                && !text.contains('\n'),
+            "{text}"
+        );
         // Writing into guest memory is the monitor's failure, not the user's.
         let internal = VmmError::Boot(boot::BootError::GuestMemory("at 0x7000: x".into()));
         assert_eq!(internal.exit_status(), exit::FAILURE);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use devices::bus::{BusError, MmioBus};
 use devices::pmem::backing::{Backing, BackingError, BackingKind, BackingRequest, PmemMapping};
+use devices::pmem::fault::{BackingFault, FaultProbe};
 use devices::pmem::flush_hint::{FlushHints, FlushTarget};
 use devices::pmem::format::{
     self, BackingAccess, FormatError, FormatRequest, MemmapPlacement, NamespaceAccess,
@@ -79,6 +80,11 @@ pub struct PmemDevice {
     pub extents: Extents,
     /// `labels=on`: where the label area is, and what it held when the monitor started.
     pub labels: Option<(LabelGeometry, LabelState)>,
+    /// What finding out why the backing failed under the guest needs, opened with it.
+    pub fault_probe: FaultProbe,
+    /// The mapping as the SIGBUS handler knows it (a fault in the monitor's own access names
+    /// this device).
+    pub sigbus: crate::sigbus::Registration,
 }
 
 impl PmemDevice {
@@ -620,10 +626,18 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
         d.window.size,
         plan.report
     );
+    let sigbus = crate::sigbus::register(
+        mapping.as_ptr(),
+        mapping.len() as usize,
+        &d.config.id,
+        &d.config.path,
+    );
     Ok(PmemDevice {
         config: d.config,
         window: d.window,
         kind,
+        fault_probe: FaultProbe::new(&backing),
+        sigbus,
         backing,
         wrote_info_block: plan.action.bytes().is_some(),
         report: plan.report,
@@ -784,6 +798,28 @@ impl PmemDevices {
         let mut bus = MmioBus::new();
         bus.insert(layout::FLUSH_HINT_BASE, hints.len(), hints.clone())?;
         Ok((bus, hints))
+    }
+
+    /// Which backing failed under the guest, and why, after KVM could not map guest memory
+    /// (`gpa` when KVM said where). The device whose window holds `gpa` is asked first (with the
+    /// offset); then every device, in order; the first with a fault is the answer.
+    pub fn diagnose_fault(&self, gpa: Option<u64>) -> Option<(&PmemDevice, BackingFault)> {
+        let hit = gpa.and_then(|a| {
+            self.devices
+                .iter()
+                .find(|d| (d.window.base..d.window.base + d.window.size).contains(&a))
+                .map(|d| (d, a - d.window.base))
+        });
+        if let Some((d, offset)) = hit {
+            if let Some(fault) = d.fault_probe.diagnose(&d.backing, &d.mapping, Some(offset)) {
+                return Some((d, fault));
+            }
+        }
+        self.devices.iter().find_map(|d| {
+            d.fault_probe
+                .diagnose(&d.backing, &d.mapping, None)
+                .map(|fault| (d, fault))
+        })
     }
 
     /// Writes every dirty page of file and block-device backings to the host's storage.

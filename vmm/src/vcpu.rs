@@ -58,6 +58,19 @@ pub enum VcpuFailure {
         id: u32,
         source: seccomp::SeccompError,
     },
+    /// KVM could not map guest memory: the host's page fault on the memory behind a guest
+    /// address failed (`KVM_RUN` returned `EFAULT` or `EHWPOISON`). `gpa` is the guest address
+    /// when KVM said (`KVM_EXIT_MEMORY_FAULT`); Linux 6.12 does not for file or device memory.
+    /// The monitor asks the backings which one failed and why (`PmemDevices::diagnose_fault`).
+    #[error(
+        "vCPU {id}: KVM could not map guest memory{} ({source}); no backing reported a fault",
+        .gpa.map(|a| format!(" at {a:#x}")).unwrap_or_default()
+    )]
+    MemoryFault {
+        id: u32,
+        gpa: Option<u64>,
+        source: kvm_ioctls::Error,
+    },
     /// `KVM_RUN` itself failed.
     #[error("vCPU {id}: KVM_RUN failed: {source}")]
     Run { id: u32, source: kvm_ioctls::Error },
@@ -249,6 +262,15 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                     VcpuExit::FailEntry(reason, cpu) => {
                         fail(stop, error, VcpuFailure::FailEntry { id, reason, cpu })
                     }
+                    VcpuExit::MemoryFault { gpa, .. } => fail(
+                        stop,
+                        error,
+                        VcpuFailure::MemoryFault {
+                            id,
+                            gpa: Some(gpa),
+                            source: kvm_ioctls::Error::new(libc::EFAULT),
+                        },
+                    ),
                     other => {
                         warn!("vCPU {id}: unhandled exit {other:?}");
                     }
@@ -256,6 +278,17 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
+            }
+            Err(source) if source.errno() == libc::EFAULT || source.errno() == libc::EHWPOISON => {
+                fail(
+                    stop,
+                    error,
+                    VcpuFailure::MemoryFault {
+                        id,
+                        gpa: None,
+                        source,
+                    },
+                )
             }
             Err(source) => fail(stop, error, VcpuFailure::Run { id, source }),
         }

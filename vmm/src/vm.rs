@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use devices::pmem::mapping::PmemMapping;
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_X86_DISABLE_EXITS,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, KVM_X86_DISABLE_EXITS_HLT,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use log::warn;
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -79,6 +80,7 @@ impl Vm {
         cpus: u32,
         entry: Entry,
         pmem: &PmemDevices,
+        halt: HaltExits,
     ) -> Result<Vm, VmError> {
         // Declared before `fd`: locals drop in reverse order, so on an error return the VM (and
         // its slots) goes before the mappings it points into.
@@ -97,6 +99,9 @@ impl Vm {
             .map_err(kvm_err("set TSS address"))?;
         fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
             .map_err(kvm_err("set identity map address"))?;
+        if halt == HaltExits::InGuest {
+            halt_in_guest(&fd);
+        }
         // PIC + IOAPIC + local APICs in the kernel, and the PIT the kernel calibrates against.
         fd.create_irq_chip().map_err(kvm_err("create irqchip"))?;
         fd.create_pit2(kvm_pit_config {
@@ -165,6 +170,7 @@ impl Vm {
                 count: cpus,
                 tsc_deadline,
                 tsc_khz,
+                async_pf: halt == HaltExits::ToHost,
             };
             let cpuid = cpu::guest_cpuid(&supported, &params);
             cpu::configure_vcpu(&vcpu, id, &cpuid)?;
@@ -201,5 +207,47 @@ impl Vm {
         unsafe { self.fd.set_user_memory_region(desc) }.map_err(kvm_err("add pmem slot"))?;
         self.pmem_mappings.push(Arc::clone(&dev.mapping));
         Ok(())
+    }
+}
+
+/// Where a guest's HLT goes (`--halt-in-guest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaltExits {
+    /// The default: HLT exits to KVM, which sleeps the vCPU's thread until an interrupt.
+    ToHost,
+    /// HLT halts the CPU in guest mode: see [`halt_in_guest`].
+    InGuest,
+}
+
+/// Lets the guest's HLT halt the CPU without an exit (`KVM_X86_DISABLE_EXITS_HLT`), before any
+/// vCPU exists. Why: with HLT exits on, KVM answers a guest access to a backing page the host
+/// cannot supply (a hole on a full file system, a block device's I/O error, a removed
+/// device-dax) with an "asynchronous page fault": it halts the vCPU, retries the fault in a
+/// worker, which fails silently, and lets the vCPU run into the same fault again, forever; the
+/// guest is wedged and the monitor never hears of it. With HLT in the guest (and the guest's
+/// own asynchronous page faults hidden, `cpu::guest_cpuid`), KVM faults the page in
+/// synchronously and a failure comes back as `KVM_RUN` returning `EFAULT`, which the monitor
+/// turns into a stop naming the backing (`PmemDevices::diagnose_fault`). The cost: a halted
+/// vCPU stays in guest mode, so its thread looks busy to the host scheduler instead of sleeping.
+/// A KVM without the capability keeps HLT exits (and the hang), with a warning.
+fn halt_in_guest(fd: &VmFd) {
+    let supported = fd.check_extension_raw(u64::from(KVM_CAP_X86_DISABLE_EXITS));
+    if supported < 0 || supported as u32 & KVM_X86_DISABLE_EXITS_HLT == 0 {
+        warn!(
+            "this KVM cannot leave HLT to the guest (KVM_CAP_X86_DISABLE_EXITS): a backing \
+             that fails under the guest will wedge its vCPU instead of stopping it"
+        );
+        return;
+    }
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_DISABLE_EXITS,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(KVM_X86_DISABLE_EXITS_HLT);
+    if let Err(e) = fd.enable_cap(&cap) {
+        warn!(
+            "KVM refused to leave HLT to the guest ({e}): a backing that fails under the guest \
+             will wedge its vCPU instead of stopping it"
+        );
     }
 }

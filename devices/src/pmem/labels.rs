@@ -18,10 +18,12 @@
 //! of the label area.
 
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::backing::{BackingError, BackingKind};
 use super::bytes::Bytes;
 use super::mapping::PmemMapping;
 
@@ -237,7 +239,7 @@ pub enum LabelIoError {
     #[error("the DIMM is read-only")]
     ReadOnly,
     #[error("{0}")]
-    Flush(#[from] super::backing::BackingError),
+    Flush(#[from] BackingError),
 }
 
 /// The label bytes of one DIMM. Offsets are relative to the start of the label area.
@@ -288,6 +290,15 @@ impl MappedLabelArea {
         v
     }
 
+    /// Files and block devices are read and written with `pread`/`pwrite` on the mapping's own
+    /// descriptor (same page cache, so the guest and the mapping see the bytes): a store
+    /// through the mapping into a hole of a sparse file on a full file system raises SIGBUS in
+    /// the monitor, where `pwrite` returns `ENOSPC` and the guest's `_DSM` call gets status 4.
+    /// Device-dax has no `read`/`write`, so its labels go through the mapping.
+    fn via_file(&self) -> bool {
+        !matches!(self.mapping.kind(), BackingKind::DevDax { .. })
+    }
+
     fn ptr(&self, offset: u32) -> *mut u8 {
         // In range: callers checked offset against the area, which `new` checked against the
         // mapping; the sum fits the address space because the mapping does.
@@ -308,6 +319,13 @@ impl LabelStore for MappedLabelArea {
 
     fn read(&self, offset: u32, buf: &mut [u8]) -> Result<(), LabelIoError> {
         check_range(offset, buf.len(), self.size())?;
+        if self.via_file() {
+            self.mapping
+                .file()
+                .read_exact_at(buf, self.geometry.label_offset + u64::from(offset))
+                .map_err(|e| BackingError::io(self.mapping.path(), "pread", e))?;
+            return Ok(());
+        }
         // SAFETY: [ptr(offset), + buf.len()) is inside the label area (checked above), which is
         // inside the live mapping (`new`, and `self.mapping` keeps it mapped); `buf` is a
         // distinct Rust buffer. Nothing else writes the area concurrently: the guest cannot
@@ -324,9 +342,16 @@ impl LabelStore for MappedLabelArea {
         if data.is_empty() {
             return Ok(());
         }
-        // SAFETY: as in `read`; the mapping is writable (checked above), so the stores cannot
-        // fault.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr(offset), data.len()) };
+        if self.via_file() {
+            self.mapping
+                .file()
+                .write_all_at(data, self.geometry.label_offset + u64::from(offset))
+                .map_err(|e| BackingError::io(self.mapping.path(), "pwrite", e))?;
+        } else {
+            // SAFETY: as in `read`; the mapping is writable (checked above), and a device-dax
+            // has no holes to fill, so the stores cannot fault while the device is bound.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr(offset), data.len()) };
+        }
         self.mapping.flush_range(
             self.geometry.label_offset + u64::from(offset),
             data.len() as u64,

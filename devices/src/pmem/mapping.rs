@@ -256,6 +256,16 @@ impl PmemMapping {
         self.readonly
     }
 
+    /// The backing's path, for messages.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The backing's open file, the descriptor the mapping was made from (same page cache).
+    pub fn file(&self) -> &File {
+        &self._file
+    }
+
     /// Makes bytes `[offset, offset + len)` of the backing durable, as [`flush`](Self::flush)
     /// does for the whole mapping: an `msync` of the pages holding them for a file or block
     /// device, cache-line write-backs for device-dax (which has no `msync`). For label writes

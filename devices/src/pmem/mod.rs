@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | [`backing`] | open, lock, identify and size a backing (file, device-dax, block device) |
 //! | [`dax_sysfs`] | device-dax size and alignment from sysfs |
+//! | [`fault`] | why a backing could not supply a page of its mapping (full file system, I/O error, removed device-dax) |
 //! | [`mapping`] | [`mapping::PmemMapping`], the RAII owner of a backing's mmap; flush |
 //! | [`infoblock`] | the pfn/dax info block (`struct nd_pfn_sb`) and the layout it implies |
 //! | [`labels`] | the label area: where it lives, the capacity it leaves, what it holds, its bytes for the `_DSM` mailbox |
@@ -17,6 +18,7 @@
 pub mod backing;
 pub mod bytes;
 pub mod dax_sysfs;
+pub mod fault;
 pub mod format;
 pub mod infoblock;
 pub mod labels;

@@ -36,8 +36,9 @@ pub trait NamespaceAccess {
 ///   with `lseek(SEEK_DATA/SEEK_HOLE)` (which moves the descriptor's file offset; nothing else
 ///   uses it), so a sparse terabyte costs nothing.
 /// * Device-dax: it has no `read`/`write`/`fsync` (`dax_fops`), and `msync` fails with `EINVAL`,
-///   so reads and writes go through the mapping and a write is made durable with `clflush` on
-///   every cache line it touched and an `sfence`.
+///   so reads and writes go through the mapping (a write as one `process_vm_writev`, so SIGKILL
+///   cannot tear it) and a write is made durable with `clflush` on every cache line it touched
+///   and an `sfence`.
 pub struct BackingAccess<'a> {
     file: &'a File,
     mapping: &'a PmemMapping,
@@ -197,12 +198,41 @@ impl NamespaceAccess for BackingAccess<'_> {
             return self.file.sync_data();
         }
         let dst = self.mapped(offset);
-        // SAFETY: [dst, dst + len) lies inside the live mapping (checked), which is writable (the
-        // backing is not read-only, so it was mapped PROT_WRITE), and cannot overlap `data`. The
-        // guest is not running yet.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        copy_in_kernel(dst, data)?;
         flush_cache_lines(dst, data.len())
     }
+}
+
+/// Copies `data` to `dst`, an address in this process's writable mapping of a backing, with one
+/// `process_vm_writev` on the monitor itself instead of a `memcpy`. Why: a signal, even SIGKILL,
+/// takes effect only when a system call returns, and the kernel copies a page in one go, so an
+/// info block (4 KiB, page aligned) is either written whole or not at all when the monitor is
+/// killed; a user-space copy killed midway leaves a torn block that is neither the old one nor a
+/// valid new one. (Files and block devices get the same from `pwrite`.)
+fn copy_in_kernel(dst: *mut u8, data: &[u8]) -> io::Result<()> {
+    let local = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: dst.cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: `local` describes `data`, readable for its length; `remote` describes
+    // [dst, dst + len) of our own address space, which the caller checked lies inside the live,
+    // writable mapping, so the kernel writes nothing else; no Rust reference covers those
+    // bytes, and the guest is not running.
+    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != data.len() {
+        return Err(io::Error::other(format!(
+            "process_vm_writev wrote {n} of {} bytes",
+            data.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Writes back and invalidates every cache line of `[addr, addr + len)` and fences, so that the

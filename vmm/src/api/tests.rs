@@ -146,6 +146,7 @@ impl Fixture {
             serial: SerialMode::Off,
             pmem: vec![crate::pmem_option::parse_pmem("path=/p,id=data", 0).unwrap()],
             report: None,
+            halt_in_guest: false,
         };
         self.controller.state.started(
             &cfg,

@@ -271,6 +271,8 @@ pub fn parse_vm_config(body: &[u8], host_memory: Option<u64>) -> Result<VmConfig
         serial,
         report: None,
         pmem,
+        // cloud-hypervisor's VmConfig has no such setting: API-created VMs keep HLT exits.
+        halt_in_guest: false,
     };
     VmConfig::validate(spec, host_memory).map_err(|e| {
         let crate::config::ConfigError::Invalid {

@@ -13,6 +13,7 @@
 //! | [`vcpu`] | `KVM_RUN` and a flush hint's `msync` |
 //! | [`api`] | accept, read and answer one connection at a time |
 //! | [`event_loop`] | the main thread while a guest runs, and its way out |
+//! | [`fault_probe`] | the main thread finding out which backing failed under the guest, and why |
 //! | [`hot_add`] | `vm.add-pmem`: open, check, format and map a backing, add a KVM slot |
 //! | [`kvm_stats`] | reading KVM's VM statistics (`vm.counters`, the exit log) |
 //! | [`lifecycle`] | API mode's `vm.create`, `vm.boot`, reboot, `vm.delete`, and new threads |
@@ -32,6 +33,7 @@
 mod api;
 mod common;
 mod event_loop;
+mod fault_probe;
 mod hot_add;
 pub(crate) mod ioctls;
 mod kvm_stats;
@@ -111,10 +113,16 @@ impl ThreadKind {
     /// The lists this kind's filter allows.
     fn lists(self) -> &'static [List] {
         match self {
-            ThreadKind::Main => &[common::LIST, event_loop::LIST, kvm_stats::LIST],
+            ThreadKind::Main => &[
+                common::LIST,
+                event_loop::LIST,
+                fault_probe::LIST,
+                kvm_stats::LIST,
+            ],
             ThreadKind::MainWithApi => &[
                 common::LIST,
                 event_loop::LIST,
+                fault_probe::LIST,
                 hot_add::LIST,
                 kvm_stats::LIST,
             ],
@@ -122,6 +130,7 @@ impl ThreadKind {
                 common::LIST,
                 event_loop::LIST,
                 kvm_stats::LIST,
+                fault_probe::LIST,
                 hot_add::LIST,
                 lifecycle::LIST,
                 // The vCPU threads it starts stay under this filter (filters stack).

@@ -13,5 +13,9 @@ pub const LIST: List = List {
         Allow::ioctl(&[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]),
         // devices::flush_hint: a guest flush becomes an msync of the DIMM's mapping.
         Allow::any(libc::SYS_msync),
+        // devices::pmem::labels: the `_DSM` mailbox reads and writes a file's or block device's
+        // label area with pread/pwrite (a store into a hole could SIGBUS the monitor).
+        Allow::any(libc::SYS_pread64),
+        Allow::any(libc::SYS_pwrite64),
     ],
 };
