@@ -834,3 +834,51 @@ fn read_at(path: &std::path::Path, offset: u64, len: u64) -> Result<Vec<u8>> {
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(buf)
 }
+
+/// A flush storm: all four vCPUs of the guest write and `fsync` `/dev/pmem0` in tight loops for
+/// 10 s, each fsync a REQ_PREFLUSH that the pmem driver turns into a flush-hint write. The
+/// monitor group-commits them (README, Durability): the exit line must show guest flush
+/// requests, no more host `msync`s than requests, none failed. (That no flush completes before
+/// an `msync` that started after it finishes, and that at most one runs at a time, is
+/// `devices::flush_hint`'s unit tests' business: the guest cannot see it.)
+#[test]
+fn flush_storm_is_group_committed() -> Result<()> {
+    let storm = "end=$(( $(cut -d. -f1 /proc/uptime) + 10 )); \
+        for c in 0 1 2 3; do ( n=0; while [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do \
+        dd if=/dev/zero of=/dev/pmem0 bs=4096 count=1 seek=$c conv=fsync,notrunc 2>/dev/null; \
+        n=$((n+1)); done; echo \"@@STORM $c $n@@\" ) & done; wait";
+    let opts = pmem_guest(storm)?
+        .with_cpus(4)
+        .with_before("truncate -s 64M pm.img")
+        .with_vmm_args(pmem(format!("path=pm.img{RAW}")));
+    let (run, _) = boot(opts)?;
+    run.expect_success()?;
+    let loops: u64 = marker_values(run.console(), "STORM")
+        .iter()
+        .filter_map(|v| v.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    // "pmem0: N guest flush requests, M host flushes (F failed, at most K requests per flush)"
+    let line = run
+        .console()
+        .lines()
+        .find(|l| l.contains("pmem0: ") && l.contains("guest flush requests"))
+        .ok_or_else(|| run.error("no flush counters line for pmem0 at exit"))?;
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // The line's numbers after "pmem0": requests, host flushes, failed, largest batch.
+    let [_, requests, flushes, failed, batch] = numbers[numbers.len() - 5..] else {
+        return Err(run.error(format!("unreadable counters line: {line}")));
+    };
+    eprintln!(
+        "flush storm: {loops} fsyncs by 4 vCPUs in 10 s; {requests} flush requests, {flushes} \
+         host flushes, largest batch {batch}"
+    );
+    run.check(loops > 0 && requests >= loops, || {
+        format!("{loops} guest fsyncs but {requests} flush requests: {line}")
+    })?;
+    run.check(flushes > 0 && flushes <= requests && failed == 0, || {
+        format!("host flushes must be 1..=requests, none failed: {line}")
+    })
+}
