@@ -105,7 +105,23 @@ impl Fixture {
 
     fn set_running_with(&self, answer: Option<Result<Value, ApiError>>) -> Arc<StopSignal> {
         let (requests, queue) = mpsc::channel::<HotAddRequest>();
+        let (removals, removal_queue) = mpsc::channel::<RemoveRequest>();
         let seen = self.seen.clone();
+        // The run loop's removals: "data" is released, "busy" refused, anything else unknown.
+        let seen_removals = self.seen.clone();
+        std::thread::spawn(move || {
+            for request in removal_queue {
+                seen_removals.lock().unwrap().push("remove-device");
+                let answer = match request.id.as_str() {
+                    "data" => Ok(()),
+                    _ => Err(ApiError::new(
+                        409,
+                        format!("guest refused to release {}: in use", request.id),
+                    )),
+                };
+                let _ = request.reply.send(answer);
+            }
+        });
         std::thread::spawn(move || {
             for request in queue {
                 seen.lock().unwrap().push("add-pmem");
@@ -138,9 +154,21 @@ impl Fixture {
                 ),
                 pmem_report: json!([{ "id": "data", "mode": "fsdax" }]),
                 hints: Arc::new(FlushHints::new(vec![None])),
-                formatted: vec![("data".into(), 4096)],
-                hot_add: HotAdd {
-                    requests,
+                devices: vec![
+                    ApiDevice {
+                        id: "data".into(),
+                        slot: 0,
+                        bytes_formatted: 4096,
+                    },
+                    ApiDevice {
+                        id: "busy".into(),
+                        slot: 1,
+                        bytes_formatted: 0,
+                    },
+                ],
+                hotplug: HotPlug {
+                    add: requests,
+                    remove: removals,
                     wake: Arc::new(
                         vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
                             .unwrap(),
@@ -377,4 +405,56 @@ fn add_pmem_passes_on_the_run_loops_refusal_and_a_stop() {
     let (status, v) = f.call("PUT", "vm.add-pmem", r#"{"file":"/x"}"#);
     assert_eq!(status, 409, "{v}");
     assert!(v[0].as_str().unwrap().contains("nothing was added"), "{v}");
+}
+
+#[test]
+fn remove_device_refusals_and_answers() {
+    let f = fixture();
+    let body = r#"{"id":"data"}"#;
+    f.refused("PUT", "vm.remove-device", body, 404, "no VM is created");
+    f.refused("GET", "vm.remove-device", "", 405, "use PUT");
+    assert_eq!(
+        f.call("PUT", "vm.create", r#"{"payload":{"kernel":"/k"}}"#)
+            .0,
+        204
+    );
+    f.seen.lock().unwrap().clear();
+    f.refused("PUT", "vm.remove-device", body, 405, "not running");
+    f.set_running();
+    for (bad, status, needle) in [
+        ("", 400, "invalid JSON body"),
+        ("[]", 400, "invalid JSON body"),
+        (r#"{}"#, 400, "missing field `id`"),
+        (r#"{"id":""}"#, 400, "id: expected the id of a device"),
+        (r#"{"id":5}"#, 400, "id: invalid type"),
+        (r#"{"id":"data","force":true}"#, 400, "force: unknown field"),
+        (
+            r#"{"id":"data","timeout_ms":0}"#,
+            400,
+            "timeout_ms: 0 is not between",
+        ),
+        (
+            r#"{"id":"data","timeout_ms":120001}"#,
+            400,
+            "timeout_ms: 120001",
+        ),
+        (
+            r#"{"id":"pmem7"}"#,
+            404,
+            "no device with id \"pmem7\"; the guest has data, busy",
+        ),
+    ] {
+        f.refused("PUT", "vm.remove-device", bad, status, needle);
+    }
+    // A known id reaches the run loop, whose answer is passed on: 204, or its refusal.
+    let (status, v) = f.call(
+        "PUT",
+        "vm.remove-device",
+        r#"{"id":"data","timeout_ms":500}"#,
+    );
+    assert_eq!(status, 204, "{v}");
+    let (status, v) = f.call("PUT", "vm.remove-device", r#"{"id":"busy"}"#);
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v[0], "guest refused to release busy: in use");
+    assert_eq!(*f.seen.lock().unwrap(), ["remove-device", "remove-device"]);
 }
