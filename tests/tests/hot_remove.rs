@@ -159,7 +159,7 @@ while sleep 0.5; do
   [ "$c" = "$last" ] && continue
   last=$c
   case "$c" in
-    MOUNT) d=$(hot); mkfs.ext4 -q -F /dev/$d && mount -o dax /dev/$d /mnt && echo HOTDATA-4242 > /mnt/f && sync && echo "@@G-MOUNTED $d@@" ;;
+    MOUNT) d=$(hot); mkfs.ext4 -q -F -b 4096 /dev/$d && mount -o dax /dev/$d /mnt && echo HOTDATA-4242 > /mnt/f && sync && echo "@@G-MOUNTED $d@@" ;;
     UMOUNT) umount /mnt && echo @@G-UMOUNTED@@ ;;
     CHECK) d=$(hot); mount -o dax /dev/$d /mnt && echo "@@G-READ $(cat /mnt/f)@@"; umount /mnt ;;
     HOLD) exec 3</dev/$(dax) && echo "@@G-HOLD $(dax)@@" ;;
@@ -189,7 +189,7 @@ set -u
 # setcmd WORD: the guest's next command, through the control device's backing.
 setcmd() {{ printf '%-16s' "$1" | tr ' ' '\000' | dd of=ctl.img bs=16 count=1 conv=notrunc 2>/dev/null; }}
 # step WORD MARKER: send a command and wait for the guest's marker.
-step() {{ setcmd "$1"; waitfor "$2" console.log 1200 || echo "@@NO $2@@"; }}
+step() {{ setcmd "$1"; waitfor "$2" console.log 480 || {{ echo "@@NO $2@@"; tail -n 15 console.log; }}; }}
 cat > vm.json <<JSON
 {{"payload":{{"kernel":"$KERNEL","initramfs":"$INITRAMFS",
   "cmdline":"console=ttyS0 quiet panic=-1 -- \"sh /hr.sh\""}},
@@ -238,7 +238,7 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
     let host = HostOpts::default()
         .with_initramfs(initramfs)
         .with_host_bin(curl)
-        .with_timeout(Duration::from_secs(600));
+        .with_timeout(Duration::from_secs(900));
     let run = run_on_kvm_host(&script, &host)?;
     eprintln!(
         "{} host: run {:.2?}\n{}",
