@@ -316,7 +316,9 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
         return Err(run.error(format!("after hot-c's removal: {se:?} (before: {sd:?})")));
     }
     // memmap=ram: 512 MiB of pmem has 8 MiB of struct pages in RAM, which the removal frees.
-    if sc.memfree_kb < sb.memfree_kb + 5 * 1024 {
+    // The mkfs, mount and umount in between move the page cache by a few MiB either way (two
+    // runs measured +12.2 and +6.6 MiB), so half the memmap is the bar.
+    if sc.memfree_kb < sb.memfree_kb + 4 * 1024 {
         return Err(run.error(format!(
             "MemFree did not get the memmap back: {} KiB with hot-a, {} KiB after its removal",
             sb.memfree_kb, sc.memfree_kb
