@@ -100,6 +100,22 @@ pub struct NvdimmHotplugDesc {
     pub fit_max: u32,
     /// The Generic Event Device interrupt that means "the NVDIMM set changed".
     pub gsi: u32,
+    /// NVDIMM hot-remove: the monitor's eject request and the guest's answer. None: DIMMs are
+    /// only ever added.
+    pub eject: Option<NvdimmEjectDesc>,
+}
+
+/// How the monitor asks the guest to release a DIMM and hears its answer (docs/hot-remove.md):
+/// a Generic Event Device interrupt whose `_EVT` reads the DIMM to release from the eject
+/// registers ([`geometry::nvdimm_eject`]) and notifies its device with 3 (eject request); every
+/// DIMM device gets `_EJ0` (the guest released it) and `_OST` (the guest's status, a refusal
+/// with its reason), both of which write the registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvdimmEjectDesc {
+    /// First I/O port of the eject registers ([`geometry::nvdimm_eject::LEN`] ports).
+    pub port: u16,
+    /// The Generic Event Device interrupt that means "release the DIMM in the request register".
+    pub gsi: u32,
 }
 
 /// The single IOAPIC.
@@ -206,6 +222,12 @@ pub struct NvdimmDesc {
     /// Control-region serial number; part of the DIMM `id` Linux and ndctl show, so it must be
     /// distinct per DIMM.
     pub serial_number: u32,
+    /// The DIMM's place among the platform's possible DIMMs, below [`MAX_NVDIMMS`]: its NFIT
+    /// device handle is [`crate::nfit_handle`]`(slot)`, its structure indexes `slot + 1`, its
+    /// ACPI device `\_SB.NVDR.NVxx` with `xx` = `slot` in hex. A DIMM keeps its slot while it
+    /// exists, so removing one at runtime changes nothing the guest knows of the others; slots
+    /// are distinct.
+    pub slot: usize,
     /// Guest-physical address of the DIMM's flush hint: an uncached MMIO location the guest
     /// writes after its own cache write-back whenever it needs data durable (fsync, REQ_FLUSH,
     /// REQ_FUA: `generic_nvdimm_flush()`). The monitor traps the write and makes the host side
@@ -260,6 +282,14 @@ impl PlatformDesc {
             }
         }
         self.validate_nvdimms()?;
+        if let Some(e) = self.nvdimm_hotplug.and_then(|h| h.eject) {
+            if e.port
+                .checked_add(geometry::nvdimm_eject::LEN - 1)
+                .is_none()
+            {
+                return Err(AcpiError::EjectPort { port: e.port });
+            }
+        }
         if let Some(d) = &self.nvdimm_dsm {
             let page = geometry::dsm_mailbox::PAGE_SIZE;
             if !d.page_addr.is_multiple_of(page)
@@ -329,6 +359,13 @@ impl PlatformDesc {
                     size: d.size,
                 });
             }
+            if d.slot >= MAX_NVDIMMS {
+                return Err(AcpiError::NvdimmSlot {
+                    index,
+                    slot: d.slot,
+                    max: MAX_NVDIMMS,
+                });
+            }
             if let Some(domain) = d.proximity_domain.filter(|&p| p > MAX_PROXIMITY_DOMAIN) {
                 return Err(AcpiError::NvdimmProximityDomain {
                     index,
@@ -345,6 +382,13 @@ impl PlatformDesc {
                     return Err(AcpiError::NvdimmOverlap {
                         first: i,
                         second: j,
+                    });
+                }
+                if a.slot == b.slot {
+                    return Err(AcpiError::NvdimmDuplicateSlot {
+                        first: i,
+                        second: j,
+                        slot: a.slot,
                     });
                 }
                 if a.serial_number == b.serial_number {

@@ -26,15 +26,16 @@
 //! present and enabled.
 
 use acpi_tables::aml::{
-    And, Arg, DeRefOf, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
-    FieldUpdateRule, GreaterThan, If, Index, Interrupt, Local, Method, MethodCall, Mid, Name,
-    Notify, ObjectType, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Return, Scope,
-    SizeOf, Store, IO, ZERO,
+    Add, And, Arg, DeRefOf, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry,
+    FieldLockRule, FieldUpdateRule, GreaterThan, If, Index, Interrupt, LessThan, Local, Method,
+    MethodCall, Mid, Name, Notify, ObjectType, OpRegion, OpRegionSpace, Package, Path,
+    ResourceTemplate, Return, Scope, SizeOf, Store, While, IO, ONE, ZERO,
 };
 use acpi_tables::{Aml, AmlSink};
 
 use crate::desc::{
-    HealthEventsDesc, NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc, SerialDesc, MAX_NVDIMMS,
+    HealthEventsDesc, NvdimmDsmDesc, NvdimmEjectDesc, NvdimmHotplugDesc, PlatformDesc, SerialDesc,
+    MAX_NVDIMMS,
 };
 use crate::nfit::nfit_handle;
 use crate::power::S5_SLEEP_TYPE;
@@ -108,6 +109,7 @@ pub(crate) fn build(desc: &PlatformDesc) -> Vec<u8> {
         event_devices(
             desc.power.power_button_gsi,
             desc.nvdimm_hotplug.as_ref().map(|h| h.gsi),
+            desc.nvdimm_hotplug.and_then(|h| h.eject).map(|e| e.gsi),
             health,
         )
     });
@@ -158,9 +160,11 @@ fn serial_device(i: usize, s: &SerialDesc) -> RawAml {
 /// one fires, runs `_EVT` with its GSI. A power-button GSI notifies `PWRB` with 0x80 ("button
 /// pressed"), which the button driver (`CONFIG_ACPI_BUTTON`) turns into a `KEY_POWER` input
 /// event and an ACPI netlink event for acpid or systemd-logind; the hot-add GSI notifies the
-/// NVDIMM root device with 0x80, on which Linux re-reads `_FIT`. One GSI per event. The health
-/// GSI (with `health`: its description and how many DIMM devices are declared) reads which
-/// DIMMs changed from the health-event register and notifies each with 0x81:
+/// NVDIMM root device with 0x80, on which Linux re-reads `_FIT`; the eject GSI calls
+/// `\_SB.NVDR.NEVT`, which notifies the DIMM the monitor asks for with 3 (eject request, see
+/// [`eject_registers`]). One GSI per event. The health GSI (with `health`: its description and
+/// how many DIMM devices are declared) reads which DIMMs changed from the health-event register
+/// and notifies each with 0x81:
 ///
 /// ```text
 /// OperationRegion (NHEV, SystemIO, port, 8)
@@ -173,6 +177,7 @@ fn serial_device(i: usize, s: &SerialDesc) -> RawAml {
 fn event_devices(
     power_button_gsi: Option<u32>,
     nvdimm_gsi: Option<u32>,
+    eject_gsi: Option<u32>,
     health: Option<(HealthEventsDesc, usize)>,
 ) -> RawAml {
     let mut bytes = Vec::new();
@@ -183,11 +188,16 @@ fn event_devices(
     }
     let ged_hid = Name::new("_HID".into(), &"ACPI0013");
     let ged_uid = Name::new("_UID".into(), &0u8);
-    let irqs: Vec<Interrupt> = [power_button_gsi, nvdimm_gsi, health.map(|(h, _)| h.gsi)]
-        .into_iter()
-        .flatten()
-        .map(|gsi| Interrupt::new(true, true, false, false, gsi))
-        .collect();
+    let irqs: Vec<Interrupt> = [
+        power_button_gsi,
+        nvdimm_gsi,
+        eject_gsi,
+        health.map(|(h, _)| h.gsi),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|gsi| Interrupt::new(true, true, false, false, gsi))
+    .collect();
     let crs_items: Vec<&dyn Aml> = irqs.iter().map(|i| i as &dyn Aml).collect();
     let crs = Name::new("_CRS".into(), &ResourceTemplate::new(crs_items));
     let pressed = 0x80u8;
@@ -202,12 +212,19 @@ fn event_devices(
     let is_nvd = Equal::new(&arg0, &nvd_gsi);
     let if_pwr = If::new(&is_pwr, vec![&notify_pwrb]);
     let if_nvd = If::new(&is_nvd, vec![&notify_nvdr]);
+    let ej_gsi = eject_gsi.unwrap_or(0);
+    let is_ej = Equal::new(&arg0, &ej_gsi);
+    let call_nevt = MethodCall::new(Path::new(EJECT_EVENT_PATH), vec![]);
+    let if_ej = If::new(&is_ej, vec![&call_nevt]);
     let mut evt_body: Vec<&dyn Aml> = Vec::new();
     if power_button_gsi.is_some() {
         evt_body.push(&if_pwr);
     }
     if nvdimm_gsi.is_some() {
         evt_body.push(&if_nvd);
+    }
+    if eject_gsi.is_some() {
+        evt_body.push(&if_ej);
     }
     let (health_region, if_health) = match health {
         Some((h, dimms)) => {
@@ -306,6 +323,7 @@ fn nvdimm_root_device(
     dsm: Option<&NvdimmDsmDesc>,
 ) -> RawAml {
     let hid = Name::new("_HID".into(), &"ACPI0012");
+    let eject = hotplug.and_then(|h| h.eject);
     let children: Vec<RawAml> = (0..declared_dimms(count, hotplug))
         .map(|i| {
             let handle = DWordConst(nfit_handle(i));
@@ -314,9 +332,19 @@ fn nvdimm_root_device(
             let call = MethodCall::new(Path::new(DSM_CALL_PATH), vec![&a0, &a1, &a2, &a3, &handle]);
             let ret = Return::new(&call);
             let dsm_method = Method::new("_DSM".into(), 4, false, vec![&ret]);
+            let nejd = Path::new(EJECT_DONE_PATH);
+            let store_ej = Store::new(&nejd, &handle);
+            let ej0 = Method::new("_EJ0".into(), 1, false, vec![&store_ej]);
+            let (a0, a1, a2) = (Arg(0), Arg(1), Arg(2));
+            let ost_call = MethodCall::new(Path::new(OST_CALL_PATH), vec![&a0, &a1, &a2, &handle]);
+            let ost = Method::new("_OST".into(), 3, false, vec![&ost_call]);
             let mut members: Vec<&dyn Aml> = vec![&adr];
             if dsm.is_some() {
                 members.push(&dsm_method);
+            }
+            if eject.is_some() {
+                members.push(&ej0);
+                members.push(&ost);
             }
             let mut bytes = Vec::new();
             Device::new(Path::new(&format!("NV{i:02X}")), members).to_aml_bytes(&mut bytes);
@@ -332,6 +360,10 @@ fn nvdimm_root_device(
     if let Some(mailbox) = &mailbox {
         members.push(mailbox);
     }
+    let eject_aml = eject.map(|e| eject_registers(e, declared_dimms(count, hotplug)));
+    if let Some(eject_aml) = &eject_aml {
+        members.push(eject_aml);
+    }
     members.extend(children.iter().map(|c| c as &dyn Aml));
     let mut bytes = Vec::new();
     Device::new(Path::new(NVDIMM_ROOT), members).to_aml_bytes(&mut bytes);
@@ -340,6 +372,145 @@ fn nvdimm_root_device(
 
 /// The method every DIMM's `_DSM` calls.
 const DSM_CALL_PATH: &str = "\\_SB_.NVDR.NCAL";
+/// The method the GED's eject event calls.
+const EJECT_EVENT_PATH: &str = "\\_SB_.NVDR.NEVT";
+/// The register every DIMM's `_EJ0` writes its handle to.
+const EJECT_DONE_PATH: &str = "\\_SB_.NVDR.NEJD";
+/// The method every DIMM's `_OST` calls.
+const OST_CALL_PATH: &str = "\\_SB_.NVDR.NOST";
+
+/// The eject registers ([`geometry::nvdimm_eject`]) in the root device, `NEVT` (the GED's eject
+/// event: notify the DIMM the monitor asks for) and `NOST` (every DIMM's `_OST` with its handle
+/// as Arg3):
+///
+/// ```text
+/// OperationRegion (NEJR, SystemIO, port, 24)
+/// Field (NEJR, DWordAcc, NoLock, Preserve) { NREQ,32, NEJD,32, NOHD,32, NOEV,32 }
+/// Field (NEJR, ByteAcc, NoLock, Preserve) { Offset (16), NORB,8 }
+/// Field (NEJR, DWordAcc, NoLock, Preserve) { Offset (20), NOSC,32 }
+/// Method (NEVT, 0, Serialized) {
+///     Local0 = NREQ
+///     If (Local0 == 0x00000001) { Notify (NV00, 3) }     // one If per possible DIMM
+///     ...
+/// }
+/// Method (NOST, 4, Serialized) {
+///     NOHD = Arg3  NOEV = Arg0                          // a new report
+///     If (ObjectType (Arg2) == 3) {                      // a Buffer: the status information
+///         Local1 = SizeOf (Arg2)
+///         If (Local1 > 64) { Local1 = 64 }
+///         Local0 = Zero
+///         While (Local0 < Local1) { NORB = DerefOf (Index (Arg2, Local0))  Local0 += 1 }
+///     }
+///     NOSC = Arg1                                        // completes it
+/// }
+/// ```
+///
+/// `NOST` is `Serialized`, so two reports never interleave. The monitor trusts none of it: it
+/// acts only on the handle it asked for (docs/hot-remove.md).
+fn eject_registers(e: NvdimmEjectDesc, children: usize) -> RawAml {
+    use geometry::nvdimm_eject as reg;
+    let mut bytes = Vec::new();
+    let port = u64::from(e.port);
+    let len = u64::from(reg::LEN);
+    OpRegion::new("NEJR".into(), OpRegionSpace::SystemIO, &port, &len).to_aml_bytes(&mut bytes);
+    let dword = |name: &[u8; 4]| FieldEntry::Named(*name, 32);
+    Field::new(
+        "NEJR".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            dword(b"NREQ"),
+            dword(b"NEJD"),
+            dword(b"NOHD"),
+            dword(b"NOEV"),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+    Field::new(
+        "NEJR".into(),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            FieldEntry::Reserved(usize::from(reg::OST_REASON) * 8),
+            FieldEntry::Named(*b"NORB", 8),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+    Field::new(
+        "NEJR".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            FieldEntry::Reserved(usize::from(reg::OST_STATUS) * 8),
+            dword(b"NOSC"),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+
+    // NEVT: one If per possible DIMM, as Notify needs the device's name.
+    let local0 = Local(0);
+    let local1 = Local(1);
+    let nreq = Path::new("NREQ");
+    let load = Store::new(&local0, &nreq);
+    let eject_request = 3u8;
+    let handles: Vec<DWordConst> = (0..children).map(|i| DWordConst(nfit_handle(i))).collect();
+    let names: Vec<Path> = (0..children)
+        .map(|i| Path::new(&format!("NV{i:02X}")))
+        .collect();
+    let notifies: Vec<Notify> = names
+        .iter()
+        .map(|n| Notify::new(n, &eject_request))
+        .collect();
+    let tests: Vec<Equal> = handles.iter().map(|h| Equal::new(&local0, h)).collect();
+    let ifs: Vec<If> = tests
+        .iter()
+        .zip(&notifies)
+        .map(|(t, n)| If::new(t, vec![n]))
+        .collect();
+    let mut nevt_body: Vec<&dyn Aml> = vec![&load];
+    nevt_body.extend(ifs.iter().map(|i| i as &dyn Aml));
+    Method::new("NEVT".into(), 0, true, nevt_body).to_aml_bytes(&mut bytes);
+
+    // NOST.
+    const BUFFER: u8 = 3;
+    let (a0, a1, a2, a3) = (Arg(0), Arg(1), Arg(2), Arg(3));
+    let (nohd, noev, norb, nosc) = (
+        Path::new("NOHD"),
+        Path::new("NOEV"),
+        Path::new("NORB"),
+        Path::new("NOSC"),
+    );
+    let store_handle = Store::new(&nohd, &a3);
+    let store_event = Store::new(&noev, &a0);
+    let size = SizeOf::new(&a2);
+    let load_len = Store::new(&local1, &size);
+    let max = reg::MAX_REASON_LEN;
+    let too_long = GreaterThan::new(&local1, &max);
+    let clamp = Store::new(&local1, &max);
+    let if_too_long = If::new(&too_long, vec![&clamp]);
+    let start = Store::new(&local0, &ZERO);
+    let byte_at = Index::new(&ZERO, &a2, &local0);
+    let byte = DeRefOf::new(&byte_at);
+    let store_byte = Store::new(&norb, &byte);
+    let next = Add::new(&local0, &local0, &ONE);
+    let more = LessThan::new(&local0, &local1);
+    let copy = While::new(&more, vec![&store_byte, &next]);
+    let type_of_arg2 = ObjectType::new(&a2);
+    let is_buffer = Equal::new(&type_of_arg2, &BUFFER);
+    let if_buffer = If::new(&is_buffer, vec![&load_len, &if_too_long, &start, &copy]);
+    let store_status = Store::new(&nosc, &a1);
+    Method::new(
+        "NOST".into(),
+        4,
+        true,
+        vec![&store_handle, &store_event, &if_buffer, &store_status],
+    )
+    .to_aml_bytes(&mut bytes);
+    RawAml(bytes)
+}
 
 /// The `_DSM` mailbox in the root device: the page's two views (request and answer,
 /// [`geometry::dsm_mailbox`]), the doorbell, and `NCAL`, which every DIMM's `_DSM` calls with
@@ -565,6 +736,7 @@ mod tests {
             proximity_domain: None,
             readonly: false,
             serial_number: 1,
+            slot: 0,
             flush_hint: None,
         };
         let mut desc = PlatformDesc {

@@ -31,6 +31,20 @@ pub enum AcpiError {
         second: usize,
         serial_number: u32,
     },
+    #[error("NVDIMM eject registers at port {port:#x} run past the last I/O port")]
+    EjectPort { port: u16 },
+    #[error("NVDIMM {index}: slot {slot} is not below {max}")]
+    NvdimmSlot {
+        index: usize,
+        slot: usize,
+        max: usize,
+    },
+    #[error("NVDIMMs {first} and {second} share slot {slot}")]
+    NvdimmDuplicateSlot {
+        first: usize,
+        second: usize,
+        slot: usize,
+    },
     #[error("NVDIMM {index}: proximity domain {domain} is above {max}, which Linux cannot map")]
     NvdimmProximityDomain { index: usize, domain: u32, max: u32 },
     #[error(

@@ -28,6 +28,7 @@
 //!         proximity_domain: Some(1),
 //!         readonly: false,
 //!         serial_number: 1,
+//!         slot: 0,
 //!         flush_hint: Some(0xfe00_0000),
 //!     }],
 //!     ram: vec![(0, 2 << 30)],
@@ -57,9 +58,9 @@ mod srat;
 mod tables;
 
 pub use desc::{
-    HealthEventsDesc, IoApicDesc, NvdimmDesc, NvdimmDsmDesc, NvdimmHotplugDesc, PlatformDesc,
-    PowerDesc, SerialDesc, MAX_CPUS, MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN, MAX_SERIAL_PORTS,
-    NVDIMM_ALIGN,
+    HealthEventsDesc, IoApicDesc, NvdimmDesc, NvdimmDsmDesc, NvdimmEjectDesc, NvdimmHotplugDesc,
+    PlatformDesc, PowerDesc, SerialDesc, MAX_CPUS, MAX_NVDIMMS, MAX_PROXIMITY_DOMAIN,
+    MAX_SERIAL_PORTS, NVDIMM_ALIGN,
 };
 pub use dsdt::NVDIMM_ROOT;
 pub use error::AcpiError;

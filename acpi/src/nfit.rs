@@ -1,6 +1,6 @@
 //! NFIT, the NVDIMM Firmware Interface Table (ACPI 6.x §5.2.25).
 //!
-//! Per DIMM `i` we emit three structures, in this order: a System Physical Address range
+//! Per DIMM in slot `i` ([`NvdimmDesc::slot`]) we emit three structures, in this order: a System Physical Address range
 //! (type 0), an NVDIMM Region Mapping (type 1) tying the range to the DIMM's device handle, and
 //! an NVDIMM Control Region (type 4). One Platform Capabilities structure (type 7) closes the
 //! table. Linux 6.12 (drivers/acpi/nfit/core.c) rejects the whole table if a SPA or mapping has
@@ -113,7 +113,8 @@ pub const MAX_FIT_LEN: usize = MAX_NVDIMMS
 /// The complete NFIT for `nvdimms` (validated, non-empty).
 pub(crate) fn build(nvdimms: &[NvdimmDesc]) -> Vec<u8> {
     let mut table = new_table(SIGNATURE, HEADER_LEN, REVISION);
-    for (i, dimm) in nvdimms.iter().enumerate() {
+    for dimm in nvdimms {
+        let i = dimm.slot;
         table.append_slice(spa(i, dimm).as_slice());
         table.append_slice(memdev(i, dimm).as_slice());
         table.append_slice(dcr(i, dimm).as_slice());
@@ -255,6 +256,7 @@ mod tests {
             proximity_domain: None,
             readonly: false,
             serial_number: 1,
+            slot: 0,
             flush_hint: None,
         };
         assert_eq!(spa(0, &d).len(), 64 - 8);

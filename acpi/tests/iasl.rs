@@ -469,8 +469,10 @@ fn acpiexec_runs_the_power_button_event() {
     }
 }
 
-/// NVDIMM hot-add: `_FIT` runs (acpiexec's simulated memory reads a zero length, so an empty
-/// buffer), every possible DIMM has its device, and the GED's second interrupt notifies NVDR.
+/// NVDIMM hot-add and hot-remove: `_FIT` runs (acpiexec's simulated memory reads a zero length,
+/// so an empty buffer), every possible DIMM has its device, the GED's second interrupt notifies
+/// NVDR, its third runs the eject event (the simulated request register reads 0: no notify),
+/// and a DIMM's `_EJ0` and `_OST` (with a status buffer, copied byte by byte) run cleanly.
 #[test]
 fn acpiexec_runs_fit_and_the_hotplug_event() {
     let dir = Scratch::new("acpiexec-fit");
@@ -480,6 +482,10 @@ fn acpiexec_runs_fit_and_the_hotplug_event() {
         fit_addr: 0xfc000,
         fit_max: acpi::MAX_FIT_LEN as u32,
         gsi: 6,
+        eject: Some(acpi::NvdimmEjectDesc {
+            port: 0x0a20,
+            gsi: 7,
+        }),
     });
     let t = build_tables(&p, BASE, MAX_LEN).unwrap();
     let mut files = Vec::new();
@@ -497,7 +503,8 @@ fn acpiexec_runs_fit_and_the_hotplug_event() {
     }
     let commands = "evaluate \\_SB.NVDR._FIT; evaluate \\_SB.NVDR.NV3F._ADR; \
                     evaluate \\_SB.GED0._CRS; evaluate \\_SB.GED0._EVT 6; \
-                    evaluate \\_SB.GED0._EVT 5";
+                    evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 7; \
+                    evaluate \\_SB.NVDR.NV02._EJ0 1; evaluate \\_SB.NVDR.NV02._OST 3 0x81 (69 6e 20 75 73 65)";
     let mut args = vec!["-b", commands];
     args.extend(files.iter().map(String::as_str));
     let out = run("acpiexec", &args, dir.path());
@@ -509,8 +516,13 @@ fn acpiexec_runs_fit_and_the_hotplug_event() {
         "[Buffer] Length 00",
         // NFIT handle of DIMM 63
         "[Integer] = 0000000000000040",
-        // Two interrupts, GSI 5 and 6.
+        // Three interrupts, GSI 5, 6 and 7 (eject).
         "89 06 00 03 01 05 00 00 00 89 06 00 03 01 06 00",
+        "00 00 89 06 00 03 01 07 00 00 00 79 00",
+        // The eject request event, a DIMM's _EJ0 and its _OST with a reason buffer run.
+        "No object was returned from evaluation of \\_SB.GED0._EVT",
+        "No object was returned from evaluation of \\_SB.NVDR.NV02._EJ0",
+        "No object was returned from evaluation of \\_SB.NVDR.NV02._OST",
         "Notify on [NVDR]",
         "Notify on [PWRB]",
     ] {

@@ -337,6 +337,7 @@ const DIMM_A: NvdimmDesc = NvdimmDesc {
     proximity_domain: None,
     readonly: false,
     serial_number: 0xdead_beef,
+    slot: 0,
     flush_hint: None,
 };
 
@@ -347,6 +348,7 @@ const DIMM_B: NvdimmDesc = NvdimmDesc {
     proximity_domain: Some(0xfe),
     readonly: true,
     serial_number: 2,
+    slot: 1,
     flush_hint: None,
 };
 
@@ -645,6 +647,7 @@ fn numa_platform(cpus: u32, domains: &[Option<u32>]) -> PlatformDesc {
                 proximity_domain,
                 readonly: false,
                 serial_number: 0x2000 + i as u32,
+                slot: i,
                 flush_hint: None,
             })
             .collect(),

@@ -192,6 +192,17 @@ impl Dimm {
         }
     }
 
+    fn reset_counters(&self) {
+        for c in [
+            &self.requests,
+            &self.host_flushes,
+            &self.failed_host_flushes,
+            &self.largest_batch,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn stats(&self) -> FlushStats {
         FlushStats {
             requests: self.requests.load(Ordering::Relaxed),
@@ -238,12 +249,17 @@ impl FlushHints {
         }
     }
 
-    /// Gives DIMM `index` (a hot-added one) its flush target. False when `index` is beyond
-    /// the range.
+    /// Gives DIMM `index` (a hot-added one) its flush target, or takes it away (`None`: the
+    /// DIMM was removed, the slot's page flushes nothing). A new target starts with zero
+    /// counters, so a DIMM that takes a freed slot does not report its predecessor's. False
+    /// when `index` is beyond the range.
     pub fn set_target(&self, index: usize, target: Option<Arc<dyn FlushTarget>>) -> bool {
         let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
         match targets.get_mut(index) {
             Some(slot) => {
+                if target.is_some() {
+                    self.dimms[index].reset_counters();
+                }
                 *slot = target;
                 true
             }

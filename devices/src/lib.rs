@@ -9,6 +9,7 @@ pub mod flush_hint;
 pub mod i8042;
 pub mod lifecycle;
 pub mod nvdimm_dsm;
+pub mod nvdimm_eject;
 pub mod nvdimm_events;
 pub mod pci;
 pub mod pmem;

@@ -116,6 +116,7 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
             }),
             readonly: d.readonly,
             serial_number: d.serial_number,
+            slot: i,
             flush_hint: d.flush_hint.then_some(0xfe00_0000 + i as u64 * 4096),
         });
     }
@@ -154,6 +155,7 @@ pub fn platform_from_bytes(data: &[u8]) -> PlatformDesc {
             } else {
                 u32::from(gsi) % 24
             },
+            eject: None,
         }),
         nvdimm_dsm: p.nvdimm_dsm.map(|(page, port)| acpi::NvdimmDsmDesc {
             page_addr: u64::from(page) << 12,

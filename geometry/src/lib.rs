@@ -101,12 +101,56 @@ pub mod dsm_mailbox {
     pub const DOORBELL_LEN: u16 = 4;
 }
 
+/// The NVDIMM eject registers: how the monitor asks the guest to release a DIMM and how the
+/// guest answers (docs/hot-remove.md). The `acpi` crate writes the AML that uses them (the
+/// GED's eject event, every DIMM's `_EJ0` and `_OST`), `devices::nvdimm_eject` serves them.
+/// Registers are little-endian u32 at `PORT + offset`, except the one-byte [`OST_REASON`].
+pub mod nvdimm_eject {
+    /// First I/O port of the block (after the `_DSM` doorbell; nothing else of ours uses it).
+    pub const PORT: u16 = 0x0a20;
+    /// Bytes of I/O space the block decodes.
+    pub const LEN: u16 = 24;
+    /// Read: the NFIT device handle of the DIMM the monitor asks the guest to release, 0 when
+    /// it asks for nothing. The GED's eject event reads it and notifies that DIMM's device.
+    pub const REQUEST: u16 = 0;
+    /// Write (`_EJ0`): the handle of a DIMM the guest has released; the monitor may now take it.
+    pub const EJECT: u16 = 4;
+    /// Write (`_OST`, first): the handle the report is about; starts a report (clears the
+    /// reason collected so far).
+    pub const OST_HANDLE: u16 = 8;
+    /// Write (`_OST`): the source event, `_OST`'s Arg0.
+    pub const OST_EVENT: u16 = 12;
+    /// Write (`_OST`), one byte at a time: the status information, `_OST`'s Arg2, which our
+    /// guest kernel fills with the reason it refuses (text); at most [`MAX_REASON_LEN`] bytes
+    /// are kept.
+    pub const OST_REASON: u16 = 16;
+    /// Write (`_OST`, last): the status code, `_OST`'s Arg1; completes the report.
+    pub const OST_STATUS: u16 = 20;
+    /// Bytes of `_OST` status information the monitor keeps (and the AML passes on).
+    pub const MAX_REASON_LEN: u32 = 64;
+    /// `_OST` source event of an eject request (ACPI 6.5 §6.3.5: the notify value, 3).
+    pub const EVENT_EJECT_REQUEST: u32 = 3;
+    /// `_OST` status for an eject request (ACPI 6.5 §6.3.5): success.
+    pub const OST_SUCCESS: u32 = 0;
+    /// `_OST` status: non-specific failure.
+    pub const OST_NON_SPECIFIC_FAILURE: u32 = 1;
+    /// `_OST` status for an eject request: the OS does not support ejecting the device.
+    pub const OST_EJECT_NOT_SUPPORTED: u32 = 0x80;
+    /// `_OST` status for an eject request: the device is in use by an application.
+    pub const OST_DEVICE_IN_USE: u32 = 0x81;
+    /// `_OST` status for an eject request: the device is busy.
+    pub const OST_DEVICE_BUSY: u32 = 0x82;
+    /// `_OST` status for an eject request: an ejection dependency is busy.
+    pub const OST_EJECT_DEPENDENCY_BUSY: u32 = 0x83;
+    /// `_OST` status for an eject request: ejection is in progress (not an answer yet).
+    pub const OST_EJECT_IN_PROGRESS: u32 = 0x84;
+}
+
 /// The NVDIMM health-event register (`devices::nvdimm_events`), which the GED's `_EVT` reads to
 /// learn which DIMMs to notify: two 32-bit halves, read to clear.
 pub mod nvdimm_events {
-    /// Its I/O port: 0x0a38, clear of the `_DSM` doorbell (0x0a18) and of the NVDIMM eject
-    /// registers' block (0x0a20-0x0a37).
-    pub const PORT: u16 = 0x0a38;
+    /// Its I/O port: right after the NVDIMM eject registers' block.
+    pub const PORT: u16 = super::nvdimm_eject::PORT + super::nvdimm_eject::LEN;
     /// Bytes of I/O space it decodes.
     pub const LEN: u16 = 8;
 }

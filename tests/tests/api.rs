@@ -383,6 +383,14 @@ fn refusals_on_this_machine() {
             404,
             "no VM is created",
         ),
+        (
+            "PUT",
+            "vm.remove-device",
+            Some(r#"{"id":"pmem0"}"#.to_string()),
+            404,
+            "no VM is created",
+        ),
+        ("PUT", "vm.remove-device", None, 400, "invalid JSON body"),
     ];
     for (method, endpoint, body, status, needle) in &cases {
         let (got, text) = m.curl(method, endpoint, body.as_deref());

@@ -186,6 +186,7 @@ mod tests {
                 proximity_domain: Some(1),
                 readonly: false,
                 serial_number: i as u32 + 1,
+                slot: i,
                 flush_hint: Some(FLUSH_HINT_BASE + i as u64 * PAGE_SIZE),
             })
             .collect();
@@ -203,6 +204,10 @@ mod tests {
                 fit_addr: FIT_ADDR,
                 fit_max: FIT_MAX,
                 gsi: 6,
+                eject: Some(acpi::NvdimmEjectDesc {
+                    port: geometry::nvdimm_eject::PORT,
+                    gsi: 7,
+                }),
             }),
             nvdimm_dsm: Some(acpi::NvdimmDsmDesc {
                 page_addr: DSM_PAGE_ADDR,

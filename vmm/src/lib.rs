@@ -14,6 +14,7 @@ pub mod config;
 pub mod cpu;
 pub mod events;
 pub mod host;
+mod hot_remove;
 pub mod identity;
 pub mod kvm_stats;
 pub mod layout;
@@ -59,6 +60,9 @@ pub const I8042_PORT: u16 = 0x60;
 pub const GED_GSI: u32 = 5;
 /// The Generic Event Device's second interrupt: the NVDIMM set changed (re-read `_FIT`).
 pub const NVDIMM_HOTPLUG_GSI: u32 = 6;
+/// The Generic Event Device's third interrupt: release the NVDIMM in the eject request register
+/// (docs/hot-remove.md).
+pub const NVDIMM_EJECT_GSI: u32 = 7;
 /// The GED interrupt for NVDIMM health events (`devices::nvdimm_events`). Not 7 (NVDIMM eject),
 /// 8 (the ISA RTC's) or 9 (the PC's SCI).
 pub const NVDIMM_HEALTH_GSI: u32 = 10;
@@ -226,6 +230,10 @@ fn platform(cfg: &VmConfig, nvdimms: Vec<acpi::NvdimmDesc>) -> acpi::PlatformDes
             fit_addr: layout::FIT_ADDR,
             fit_max: layout::FIT_MAX,
             gsi: NVDIMM_HOTPLUG_GSI,
+            eject: Some(acpi::NvdimmEjectDesc {
+                port: geometry::nvdimm_eject::PORT,
+                gsi: NVDIMM_EJECT_GSI,
+            }),
         }),
         nvdimm_dsm: Some(acpi::NvdimmDsmDesc {
             page_addr: layout::DSM_PAGE_ADDR,
@@ -832,6 +840,15 @@ fn run_with_pmem(
             what: "register the NVDIMM hot-add irqfd",
             source,
         })?;
+    // NVDIMM hot-remove: a write is an edge on NVDIMM_EJECT_GSI (the guest reads the eject
+    // request register and notifies that DIMM's device).
+    let eject_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
+    vm.fd
+        .register_irqfd(&eject_irq, NVDIMM_EJECT_GSI)
+        .map_err(|source| vm::VmError::Kvm {
+            what: "register the NVDIMM eject irqfd",
+            source,
+        })?;
     // NVDIMM health events: a write is an edge on NVDIMM_HEALTH_GSI (the guest reads which
     // DIMMs changed and notifies them).
     let health_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?;
@@ -843,7 +860,16 @@ fn run_with_pmem(
         })?;
     let health_events = Arc::new(devices::nvdimm_events::HealthEvents::new(health_irq));
     let (hot_add_requests, hot_add_queue) = std::sync::mpsc::channel::<api::HotAddRequest>();
-    let hot_add_wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
+    let (remove_requests, remove_queue) = std::sync::mpsc::channel::<api::RemoveRequest>();
+    // Wakes the run loop for a hot-add or hot-remove request, and when the guest answers an
+    // eject request.
+    let hotplug_wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err("creating an eventfd"))?);
+    let eject = devices::nvdimm_eject::EjectState::new(Box::new({
+        let wake = hotplug_wake.clone();
+        move || {
+            let _ = wake.write(1);
+        }
+    }));
     let serial = Arc::new(Mutex::new(SerialPort::new(
         irq,
         input_ready
@@ -906,6 +932,14 @@ fn run_with_pmem(
             dsm.clone(),
         ))),
     )?;
+    // The NVDIMM eject registers (hot-remove): answered on the vCPU thread, acted on here.
+    bus.insert(
+        geometry::nvdimm_eject::PORT,
+        geometry::nvdimm_eject::LEN,
+        Arc::new(Mutex::new(devices::nvdimm_eject::EjectRegisters::new(
+            eject.clone(),
+        ))),
+    )?;
     let (mmio, hints) = pmem.mmio_bus()?;
     let bus = Arc::new(vcpu::Devices { pio: bus, mmio });
 
@@ -918,7 +952,7 @@ fn run_with_pmem(
         events::SignalWatcher::new(stop.clone()).map_err(io_err("creating a signalfd"))?,
     )));
     manager.add_subscriber(Arc::new(Mutex::new(events::Waker::new(
-        hot_add_wake.clone(),
+        hotplug_wake.clone(),
     ))));
     // Console input only makes sense when a person is typing at the console.
     let _raw_terminal = if cfg.serial == SerialMode::Stdio {
@@ -984,11 +1018,12 @@ fn run_with_pmem(
                 power_button: power_button.clone(),
                 pmem_report: pmem.report_json()["pmem"].clone(),
                 hints: hints.clone(),
-                devices: running_pmem(pmem),
+                devices: pmem.devices.iter().map(api_device).collect(),
                 dsm: dsm.clone(),
-                hot_add: api::HotAdd {
-                    requests: hot_add_requests.clone(),
-                    wake: hot_add_wake.clone(),
+                hotplug: api::HotPlug {
+                    add: hot_add_requests.clone(),
+                    remove: remove_requests.clone(),
+                    wake: hotplug_wake.clone(),
                 },
                 stats: vm.stats.clone(),
             },
@@ -1013,13 +1048,17 @@ fn run_with_pmem(
     );
     sandbox.selftest(seccomp::SelftestThread::Main);
     drop(hot_add_requests);
-    let mut hot = HotAddContext {
+    drop(remove_requests);
+    let mut hot = HotPlugContext {
         cfg,
         claims,
         mem: &mem,
         hints: &hints,
         dsm: &dsm,
         irq: &hotplug_irq,
+        eject: &eject,
+        eject_irq: &eject_irq,
+        removal: None,
         api: api_state,
     };
 
@@ -1027,7 +1066,8 @@ fn run_with_pmem(
         if let Some(reason) = stop.reason() {
             break reason;
         }
-        if let Err(e) = manager.run_with_timeout(1000) {
+        // At least once a second, sooner when a removal's time is up.
+        if let Err(e) = manager.run_with_timeout(hot.wait_ms(1000)) {
             stop.request(StopReason::Error);
             *error.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(vcpu::VcpuFailure::EventLoop(e));
@@ -1043,9 +1083,23 @@ fn run_with_pmem(
             };
             let _ = request.reply.send(result);
         }
+        while let Ok(request) = remove_queue.try_recv() {
+            if stop.reason().is_some() {
+                let _ = request.reply.send(Err(api::ApiError::new(
+                    409,
+                    "vm.remove-device: the guest is stopping; nothing was removed",
+                )));
+            } else {
+                hot.request_removal(pmem, request);
+            }
+        }
+        hot.poll_removal(pmem, &mut vm);
     };
-    // Requests still queued are answered "not added" as their senders see the queue go.
+    // Requests still queued are answered "not added" / "not removed" as their senders see the
+    // queues go; a removal the guest has not answered yet is answered the same way.
     drop(hot_add_queue);
+    drop(remove_queue);
+    drop(hot);
     vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
     if let Some(stats) = &vm.stats {
@@ -1054,8 +1108,8 @@ fn run_with_pmem(
             Err(e) => warn!("{e}"),
         }
     }
-    for (i, d) in pmem.devices.iter().enumerate() {
-        let s = hints.stats(i);
+    for d in &pmem.devices {
+        let s = hints.stats(d.slot);
         info!(
             "{}: {} guest flush requests, {} host flushes ({} failed, at most {} requests per flush)",
             d.config.id,
@@ -1070,12 +1124,16 @@ fn run_with_pmem(
     // guest's data is not durable, whatever else happened.
     if reason == StopReason::Error || matches!(failure, Some(vcpu::VcpuFailure::Flush(_))) {
         return Err(match failure {
+            // The failed hint is the device's slot. A device removed since cannot have failed:
+            // its hint lost its target before the removal, and a failure stops the guest.
             Some(vcpu::VcpuFailure::Flush(f)) => {
-                let d = &pmem.devices[f.index];
-                VmmError::GuestFlushFailed {
-                    id: d.config.id.clone(),
-                    path: d.config.path.clone(),
-                    source: Box::new(f),
+                match pmem.devices.iter().find(|d| d.slot == f.index) {
+                    Some(d) => VmmError::GuestFlushFailed {
+                        id: d.config.id.clone(),
+                        path: d.config.path.clone(),
+                        source: Box::new(f),
+                    },
+                    None => VmmError::Vcpu(vcpu::VcpuFailure::Flush(f)),
                 }
             }
             Some(vcpu::VcpuFailure::MemoryFault { id, gpa, source }) => {
@@ -1097,15 +1155,36 @@ fn run_with_pmem(
     Ok(reason)
 }
 
-/// What an NVDIMM hot-add needs from the run loop.
-struct HotAddContext<'a> {
+/// What NVDIMM hot-add and hot-remove (`hot_remove`) need from the run loop.
+struct HotPlugContext<'a> {
     cfg: &'a VmConfig,
     claims: &'a [(Role, PathBuf, Extents)],
     mem: &'a GuestMemoryMmap,
     hints: &'a devices::flush_hint::FlushHints,
     dsm: &'a devices::nvdimm_dsm::NvdimmDsm,
+    /// The hot-add GSI's irqfd: the guest re-reads `_FIT`.
     irq: &'a EventFd,
+    /// The eject request register and the guest's answer.
+    eject: &'a devices::nvdimm_eject::EjectState,
+    /// The eject GSI's irqfd: the guest reads the eject request.
+    eject_irq: &'a EventFd,
+    /// The removal waiting for the guest's answer, if any.
+    removal: Option<hot_remove::PendingRemoval>,
     api: Option<&'a api::ApiState>,
+}
+
+/// A device as the API's `vm.counters`, `vm.remove-device` and `vm.set-pmem-health` see it.
+fn api_device(d: &pmem::PmemDevice) -> api::ApiDevice {
+    api::ApiDevice {
+        id: d.config.id.clone(),
+        slot: d.slot,
+        nfit_slot: d.nfit_slot,
+        bytes_formatted: if d.wrote_info_block {
+            devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
+        } else {
+            0
+        },
+    }
 }
 
 /// A path's identity as it is now: what it resolves to, or the planned identity of a new file.
@@ -1119,7 +1198,7 @@ fn current_extents(path: &std::path::Path) -> io::Result<Extents> {
     }
 }
 
-impl HotAddContext<'_> {
+impl HotPlugContext<'_> {
     /// `vm.add-pmem` on the running guest: the checks of a command-line device (the `--pmem`
     /// validation already ran in the API thread; here: identity against every backing, input
     /// and output, the layout above the windows in use, the format plan), all before anything
@@ -1133,13 +1212,15 @@ impl HotAddContext<'_> {
         config: pmem_option::PmemConfig,
     ) -> Result<serde_json::Value, api::ApiError> {
         let bad = |status, message: String| Err(api::ApiError::new(status, message));
-        let index = pmem.devices.len();
-        if index >= geometry::MAX_PMEM_DEVICES {
+        let Some((slot, nfit_slot)) = pmem.free_slots() else {
             return bad(
                 409,
-                format!("vm.add-pmem: the guest has {index} devices, the most it can have"),
+                format!(
+                    "vm.add-pmem: the guest has {} devices, the most it can have",
+                    pmem.devices.len()
+                ),
             );
-        }
+        };
         if let Some(d) = pmem.devices.iter().find(|d| d.config.id == config.id) {
             return bad(
                 409,
@@ -1213,9 +1294,12 @@ impl HotAddContext<'_> {
         let mut committed = plan
             .commit()
             .map_err(|e| api::ApiError::from_vmm_for_api(&VmmError::Pmem(e)))?;
-        let Some(dev) = committed.devices.pop() else {
+        let Some(mut dev) = committed.devices.pop() else {
             return bad(500, "vm.add-pmem: the device vanished".into());
         };
+        // Hot-added devices are NVDIMMs, in the lowest free slots.
+        dev.slot = slot;
+        dev.nfit_slot = Some(nfit_slot);
         let label_store = match dev.label_store() {
             Ok(store) => store,
             Err(e) => {
@@ -1223,18 +1307,17 @@ impl HotAddContext<'_> {
                 return bad(500, format!("vm.add-pmem: {e}"));
             }
         };
-        if let Err(e) = vm.add_pmem_slot(index, &dev) {
+        if let Err(e) = vm.add_pmem_slot(&dev) {
             pmem::PmemDevices { devices: vec![dev] }.abandon();
             return bad(500, format!("vm.add-pmem: {e}"));
         }
         let target = (!dev.config.readonly)
             .then(|| dev.mapping.clone() as Arc<dyn devices::flush_hint::FlushTarget>);
-        self.hints.set_target(index, target);
-        // Hot-added devices are NVDIMMs: the next NFIT handle.
-        let nfit_index = pmem.nfit_devices().count();
-        self.dsm.set_dimm(nfit_index, label_store);
-        self.dsm.set_health(nfit_index, dev.config.health);
+        self.hints.set_target(slot, target);
+        self.dsm.set_dimm(nfit_slot, label_store);
+        self.dsm.set_health(nfit_slot, dev.config.health);
         let id = dev.config.id.clone();
+        let device = api_device(&dev);
         pmem.devices.push(dev);
         if let Err(e) = write_fit(self.mem, &pmem.nvdimm_descs()) {
             return bad(500, format!("vm.add-pmem: writing the FIT: {e}"));
@@ -1247,7 +1330,7 @@ impl HotAddContext<'_> {
                 }
                 if let Some(r) = &mut s.running {
                     r.pmem_report = report;
-                    r.devices = running_pmem(pmem);
+                    r.devices.push(device);
                 }
             });
         }
@@ -1258,25 +1341,6 @@ impl HotAddContext<'_> {
         // NVDIMMs are not PCI devices: the bdf is a placeholder in cloud-hypervisor's shape.
         Ok(serde_json::json!({ "id": id, "bdf": "0000:00:00.0" }))
     }
-}
-
-/// The devices as the API addresses them: id, bytes formatted, NFIT index.
-fn running_pmem(pmem: &pmem::PmemDevices) -> Vec<api::RunningPmem> {
-    let mut nfit_index = 0..;
-    pmem.devices
-        .iter()
-        .map(|d| api::RunningPmem {
-            id: d.config.id.clone(),
-            bytes_formatted: if d.wrote_info_block {
-                devices::pmem::infoblock::INFO_BLOCK_SIZE as u64
-            } else {
-                0
-            },
-            nfit_index: (d.config.firmware == pmem_option::Firmware::Nfit)
-                .then(|| nfit_index.next())
-                .flatten(),
-        })
-        .collect()
 }
 
 /// The monitor's exit status for a stop reason (see `vmm --help`).

@@ -85,6 +85,14 @@ pub struct PmemDevice {
     /// The mapping as the SIGBUS handler knows it (a fault in the monitor's own access names
     /// this device).
     pub sigbus: crate::sigbus::Registration,
+    /// The device's slot, below `geometry::MAX_PMEM_DEVICES`: its KVM memory slot is the
+    /// first pmem slot plus this, its flush hint page this one. At boot the command-line
+    /// position; a hot-added device takes the lowest free one. Kept while the device exists.
+    pub slot: usize,
+    /// The NVDIMM's slot among the NFIT's DIMMs ([`acpi::NvdimmDesc::slot`]: its handle, its
+    /// `_DSM` mailbox entry), `None` for a legacy E820 range. At boot the NVDIMMs' command-line
+    /// order; a hot-added device takes the lowest free one.
+    pub nfit_slot: Option<usize>,
 }
 
 impl PmemDevice {
@@ -461,9 +469,16 @@ impl PmemPlan {
             .map(|d| (d.config.path.as_path(), !d.config.readonly, &d.extents))
     }
 
-    /// The NFIT's view of the devices, in command-line order (see [`nvdimm_descs`]).
+    /// The NFIT's view of the devices, in command-line order (see [`nvdimm_desc`]).
     pub fn nvdimm_descs(&self) -> Vec<acpi::NvdimmDesc> {
-        nvdimm_descs(self.devices.iter().map(|d| (&d.config, d.window)))
+        let slots = boot_slots(self.devices.iter().map(|d| &d.config));
+        self.devices
+            .iter()
+            .zip(slots)
+            .filter_map(|(d, (slot, nfit_slot))| {
+                nfit_slot.map(|n| nvdimm_desc(&d.config, d.window, slot, n))
+            })
+            .collect()
     }
 
     /// The legacy persistent-memory ranges for the guest's memory map.
@@ -476,13 +491,14 @@ impl PmemPlan {
     /// (the format step restores a block whose write failed).
     pub fn commit(self) -> Result<PmemDevices, PmemError> {
         let mut done = PmemDevices::default();
-        let mut rest = self.devices.into_iter();
-        while let Some(d) = rest.next() {
-            match commit_one(d) {
+        let slots = boot_slots(self.devices.iter().map(|d| &d.config));
+        let mut rest = self.devices.into_iter().zip(slots);
+        while let Some((d, (slot, nfit_slot))) = rest.next() {
+            match commit_one(d, slot, nfit_slot) {
                 Ok(dev) => done.devices.push(dev),
                 Err(e) => {
                     PmemPlan {
-                        devices: rest.collect(),
+                        devices: rest.map(|(d, _)| d).collect(),
                     }
                     .abandon();
                     done.abandon();
@@ -560,7 +576,7 @@ enum Either {
     New(u64),
 }
 
-fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
+fn commit_one(d: Planned, slot: usize, nfit_slot: Option<usize>) -> Result<PmemDevice, PmemError> {
     let plan = d.plan.expect("PmemPlan::plan ran before commit");
     let path = || d.config.path.display().to_string();
     let (backing, mapping) = match d.source {
@@ -644,27 +660,45 @@ fn commit_one(d: Planned) -> Result<PmemDevice, PmemError> {
         mapping,
         extents,
         labels,
+        slot,
+        nfit_slot,
     })
 }
 
-/// The NFIT's view of the devices: the `firmware=nfit` ones, in command-line order. The
-/// flush hint of device *i* (counting every device) stays at slot *i*.
-fn nvdimm_descs<'a>(
-    devices: impl Iterator<Item = (&'a PmemConfig, PmemWindow)>,
-) -> Vec<acpi::NvdimmDesc> {
-    devices
+/// The slots of the devices of a command line ([`PmemDevice::slot`], [`PmemDevice::nfit_slot`]):
+/// device *i* has slot *i*; the NVDIMMs are numbered densely in order, the E820 ranges have none.
+fn boot_slots<'a>(configs: impl Iterator<Item = &'a PmemConfig>) -> Vec<(usize, Option<usize>)> {
+    let mut nfit = 0;
+    configs
         .enumerate()
-        .filter(|(_, (config, _))| config.firmware == Firmware::Nfit)
-        .enumerate()
-        .map(|(nfit_index, (i, (config, window)))| acpi::NvdimmDesc {
-            base: window.base,
-            size: window.size,
-            proximity_domain: config.numa,
-            readonly: config.readonly,
-            serial_number: nfit_index as u32 + 1,
-            flush_hint: Some(FlushHints::address(layout::FLUSH_HINT_BASE, i)),
+        .map(|(i, c)| match c.firmware {
+            Firmware::Nfit => {
+                nfit += 1;
+                (i, Some(nfit - 1))
+            }
+            Firmware::E820 => (i, None),
         })
         .collect()
+}
+
+/// The NFIT's view of an NVDIMM in device slot `slot` and NFIT slot `nfit_slot`: its flush hint
+/// is the device slot's page, its serial number (unique, part of the DIMM id Linux shows)
+/// `nfit_slot + 1`.
+fn nvdimm_desc(
+    config: &PmemConfig,
+    window: PmemWindow,
+    slot: usize,
+    nfit_slot: usize,
+) -> acpi::NvdimmDesc {
+    acpi::NvdimmDesc {
+        base: window.base,
+        size: window.size,
+        proximity_domain: config.numa,
+        readonly: config.readonly,
+        serial_number: nfit_slot as u32 + 1,
+        slot: nfit_slot,
+        flush_hint: Some(FlushHints::address(layout::FLUSH_HINT_BASE, slot)),
+    }
 }
 
 /// The windows of the `firmware=e820` devices: legacy persistent-memory ranges in the
@@ -678,25 +712,6 @@ fn legacy_e820_ranges<'a>(
         .collect()
 }
 
-/// Device *i*'s NFIT handle, `None` for a `firmware=e820` device.
-fn nfit_handle_of<'a>(
-    mut configs: impl Iterator<Item = &'a PmemConfig>,
-    index: usize,
-) -> Option<u32> {
-    let mut nfit_index = 0;
-    for (i, c) in configs.by_ref().enumerate() {
-        if c.firmware == Firmware::Nfit {
-            if i == index {
-                return Some(acpi::nfit_handle(nfit_index));
-            }
-            nfit_index += 1;
-        } else if i == index {
-            return None;
-        }
-    }
-    None
-}
-
 impl PmemDevices {
     /// Gives up before the guest ran: unmaps everything and removes the files this run created.
     pub fn abandon(self) {
@@ -706,9 +721,25 @@ impl PmemDevices {
         }
     }
 
-    /// The NFIT's view of the devices, in command-line order (see [`nvdimm_descs`]).
+    /// The NFIT's view of the devices (see [`nvdimm_desc`]).
     pub fn nvdimm_descs(&self) -> Vec<acpi::NvdimmDesc> {
-        nvdimm_descs(self.devices.iter().map(|d| (&d.config, d.window)))
+        self.devices
+            .iter()
+            .filter_map(|d| {
+                d.nfit_slot
+                    .map(|n| nvdimm_desc(&d.config, d.window, d.slot, n))
+            })
+            .collect()
+    }
+
+    /// The lowest device slot and the lowest NFIT slot no device holds, for a device added
+    /// now; `None` when every slot is taken.
+    pub fn free_slots(&self) -> Option<(usize, usize)> {
+        let free =
+            |taken: &dyn Fn(usize) -> bool| (0..geometry::MAX_PMEM_DEVICES).find(|&s| !taken(s));
+        let slot = free(&|s| self.devices.iter().any(|d| d.slot == s))?;
+        let nfit = free(&|s| self.devices.iter().any(|d| d.nfit_slot == Some(s)))?;
+        Some((slot, nfit))
     }
 
     /// The machine-readable report (`vmm --report`): one object per device, in command-line
@@ -717,8 +748,7 @@ impl PmemDevices {
         let devices: Vec<serde_json::Value> = self
             .devices
             .iter()
-            .enumerate()
-            .map(|(i, d)| {
+            .map(|d| {
                 let r = &d.report;
                 serde_json::json!({
                     "id": d.config.id,
@@ -729,7 +759,7 @@ impl PmemDevices {
                         BackingKind::BlockDevice => "block",
                     },
                     "firmware": d.config.firmware.as_str(),
-                    "nfit_handle": nfit_handle_of(self.devices.iter().map(|d| &d.config), i),
+                    "nfit_handle": d.nfit_slot.map(acpi::nfit_handle),
                     "guest_base": d.window.base,
                     "size": d.window.size,
                     "readonly": d.config.readonly,
@@ -759,7 +789,7 @@ impl PmemDevices {
                         },
                     })),
                     "flush_hint": (d.config.firmware == Firmware::Nfit)
-                        .then(|| FlushHints::address(layout::FLUSH_HINT_BASE, i)),
+                        .then(|| FlushHints::address(layout::FLUSH_HINT_BASE, d.slot)),
                 })
             })
             .collect();
@@ -973,18 +1003,20 @@ mod tests {
             descs[1].flush_hint,
             Some(FlushHints::address(layout::FLUSH_HINT_BASE, 4))
         );
-        let handles: Vec<Option<u32>> = (0..5).map(|i| nfit_handle_of(configs.iter(), i)).collect();
-        assert_eq!(
-            handles,
-            vec![
-                None,
-                None,
-                Some(acpi::nfit_handle(0)),
-                None,
-                Some(acpi::nfit_handle(1))
-            ]
-        );
+        assert_eq!(descs.iter().map(|d| d.slot).collect::<Vec<_>>(), vec![0, 1]);
         let devices = plan.commit().unwrap();
+        let slots: Vec<(usize, Option<usize>)> = devices
+            .devices
+            .iter()
+            .map(|d| (d.slot, d.nfit_slot))
+            .collect();
+        assert_eq!(
+            slots,
+            vec![(0, None), (1, None), (2, Some(0)), (3, None), (4, Some(1))]
+        );
+        // The devices' own view agrees with the plan's.
+        assert_eq!(devices.nvdimm_descs(), descs);
+        assert_eq!(devices.free_slots(), Some((5, 2)));
         let report = devices.report_json();
         assert_eq!(report["pmem"][0]["firmware"], "e820");
         assert!(report["pmem"][0]["nfit_handle"].is_null());

@@ -172,6 +172,11 @@ pub fn parse_pmem(text: &str, index: usize) -> Result<PmemConfig, PmemOptionErro
     pmem_from_pairs(&pairs, index)
 }
 
+/// The id of the `index`th device (from 0) when none is given: `pmem<index>`.
+pub fn default_id(index: usize) -> String {
+    format!("pmem{index}")
+}
+
 /// Validates one device given as `key=value` pairs with the keys of `--pmem`: the one
 /// validation of a pmem device, used by the command line and by the API (`vm.create`'s `pmem`
 /// entries and `vm.add-pmem`, whose JSON fields are translated to these keys).
@@ -276,7 +281,7 @@ pub fn pmem_from_pairs(
         path,
         size,
         readonly,
-        id: id.unwrap_or_else(|| format!("pmem{index}")),
+        id: id.unwrap_or_else(|| default_id(index)),
         numa,
         memmap,
         mode,

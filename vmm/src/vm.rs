@@ -2,6 +2,7 @@
 //! together from guest memory that already holds the kernel, the boot structures and the ACPI
 //! tables.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use devices::pmem::mapping::PmemMapping;
@@ -37,6 +38,10 @@ pub enum VmError {
         "--pmem readonly=on: this host's KVM has no read-only memory slots (KVM_CAP_READONLY_MEM)"
     )]
     NoReadonlySlots,
+    #[error("KVM memory slot {slot} is already in use")]
+    SlotInUse { slot: u32 },
+    #[error("KVM memory slot {slot} does not exist")]
+    NoSuchSlot { slot: u32 },
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -46,11 +51,14 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub struct Vm {
     pub fd: VmFd,
     pub vcpus: Vec<VcpuFd>,
-    /// The mappings the pmem memory slots point into. Declared after `fd`, so a `Vm` dropped
-    /// whole closes the VM (and with it every slot) before it lets go of them; code that moves
-    /// `fd` out drops it first anyway. Either way no slot outlives its mapping.
-    pub pmem_mappings: Vec<Arc<PmemMapping>>,
-    /// Slot number of pmem device 0; device `i` has slot `first_pmem_slot + i`.
+    /// The mappings the pmem memory slots point into, by KVM slot number: an entry exists
+    /// exactly while its slot does ([`Vm::remove_pmem_slot`] deletes the slot before it lets go
+    /// of the mapping). Declared after `fd`, so a `Vm` dropped whole closes the VM (and with it
+    /// every slot) before it lets go of them; code that moves `fd` out drops it first anyway.
+    /// Either way no slot outlives its mapping.
+    pub pmem_mappings: BTreeMap<u32, Arc<PmemMapping>>,
+    /// Slot number of pmem device slot 0; a device in slot `i` ([`PmemDevice::slot`]) has KVM
+    /// slot `first_pmem_slot + i`.
     pub first_pmem_slot: u32,
     /// KVM's statistics of this VM (stage-2 page sizes), when this KVM has them.
     pub stats: Option<Arc<VmStats>>,
@@ -84,7 +92,7 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         // Declared before `fd`: locals drop in reverse order, so on an error return the VM (and
         // its slots) goes before the mappings it points into.
-        let mut pmem_mappings: Vec<Arc<PmemMapping>> = Vec::with_capacity(pmem.devices.len());
+        let mut pmem_mappings: BTreeMap<u32, Arc<PmemMapping>> = BTreeMap::new();
         let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
         // What KVM counts about the VM is reported, not needed: a KVM without binary
         // statistics runs the guest all the same.
@@ -128,9 +136,10 @@ impl Vm {
         }
 
         let first_pmem_slot = mem.num_regions() as u32;
-        for (i, dev) in pmem.devices.iter().enumerate() {
+        for dev in &pmem.devices {
+            let slot = first_pmem_slot + dev.slot as u32;
             let desc = kvm_userspace_memory_region {
-                slot: first_pmem_slot + i as u32,
+                slot,
                 flags: if dev.config.readonly {
                     KVM_MEM_READONLY
                 } else {
@@ -144,9 +153,10 @@ impl Vm {
             // backing's whole size) and stays mapped while the VM exists: the returned `Vm`
             // holds a reference to it in `pmem_mappings` (and on an error return `fd` is dropped
             // before `pmem_mappings`, see its declaration). Windows are placed above
-            // RAM and do not overlap each other or RAM, so neither do the slots.
+            // RAM and do not overlap each other or RAM, so neither do the slots; device slots
+            // are distinct (command-line positions), so are the slot numbers.
             unsafe { fd.set_user_memory_region(desc) }.map_err(kvm_err("add pmem slot"))?;
-            pmem_mappings.push(Arc::clone(&dev.mapping));
+            pmem_mappings.insert(slot, Arc::clone(&dev.mapping));
         }
 
         let supported = kvm
@@ -186,10 +196,14 @@ impl Vm {
         })
     }
 
-    /// Adds device `index`'s slot to the running VM (NVDIMM hot-add).
-    pub fn add_pmem_slot(&mut self, index: usize, dev: &PmemDevice) -> Result<(), VmError> {
+    /// Adds the device's slot to the running VM (NVDIMM hot-add).
+    pub fn add_pmem_slot(&mut self, dev: &PmemDevice) -> Result<(), VmError> {
+        let slot = self.first_pmem_slot + dev.slot as u32;
+        if self.pmem_mappings.contains_key(&slot) {
+            return Err(VmError::SlotInUse { slot });
+        }
         let desc = kvm_userspace_memory_region {
-            slot: self.first_pmem_slot + index as u32,
+            slot,
             flags: if dev.config.readonly {
                 KVM_MEM_READONLY
             } else {
@@ -202,10 +216,34 @@ impl Vm {
         // SAFETY: as in `create`: the mapping covers [as_ptr, as_ptr + window.size) and stays
         // mapped while the VM exists, because `self.pmem_mappings` takes a reference to it right
         // below (and `fd` is dropped before `pmem_mappings`). The window was placed above every
-        // window in use and above RAM, so the new slot overlaps no other; its slot number is
-        // new because devices are only ever appended.
+        // window in use and above RAM, so the new slot overlaps no other; the slot number is
+        // free (checked above: `pmem_mappings` has an entry for every pmem slot that exists).
         unsafe { self.fd.set_user_memory_region(desc) }.map_err(kvm_err("add pmem slot"))?;
-        self.pmem_mappings.push(Arc::clone(&dev.mapping));
+        self.pmem_mappings.insert(slot, Arc::clone(&dev.mapping));
+        Ok(())
+    }
+
+    /// Deletes the device's slot from the running VM (NVDIMM hot-remove, once the guest has
+    /// released the DIMM), then lets go of the VM's reference to its mapping. After an error
+    /// the slot and the reference stay, so the mapping stays mapped.
+    pub fn remove_pmem_slot(&mut self, dev: &PmemDevice) -> Result<(), VmError> {
+        let slot = self.first_pmem_slot + dev.slot as u32;
+        if !self.pmem_mappings.contains_key(&slot) {
+            return Err(VmError::NoSuchSlot { slot });
+        }
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: dev.window.base,
+            memory_size: 0,
+            userspace_addr: dev.mapping.as_ptr() as u64,
+        };
+        // SAFETY: a zero size deletes the slot (KVM_SET_USER_MEMORY_REGION); KVM reads no host
+        // memory for that. Once the ioctl returns, no vCPU can reach the mapping through the
+        // slot (KVM flushes the slot's translations before it returns), so dropping the
+        // reference below cannot leave a slot pointing at unmapped memory.
+        unsafe { self.fd.set_user_memory_region(desc) }.map_err(kvm_err("delete pmem slot"))?;
+        self.pmem_mappings.remove(&slot);
         Ok(())
     }
 }

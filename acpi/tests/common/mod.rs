@@ -46,6 +46,7 @@ pub fn dimms(n: usize) -> Vec<NvdimmDesc> {
             proximity_domain: (i % 3 == 2).then_some(1),
             readonly: i % 2 == 1,
             serial_number: 0x1000 + i as u32,
+            slot: i,
             flush_hint: (i % 2 == 0).then_some(0xfe00_0000 + i as u64 * 0x1000),
         })
         .collect()

@@ -57,24 +57,28 @@ pub struct RunningVm {
     /// `PmemDevices::report_json()["pmem"]`: per device mode, memmap, bytes, capacity, base.
     pub pmem_report: Value,
     pub hints: Arc<FlushHints>,
-    /// Per device, in order (the flush hints' order).
-    pub devices: Vec<RunningPmem>,
+    /// The devices the guest has, in the order they came.
+    pub devices: Vec<ApiDevice>,
     /// The DIMMs' `_DSM` state: `vm.set-pmem-health` changes SMART there.
     pub dsm: Arc<NvdimmDsm>,
-    /// Where `vm.add-pmem` requests go: the main thread's run loop.
-    pub hot_add: HotAdd,
+    /// Where `vm.add-pmem` and `vm.remove-device` requests go: the main thread's run loop.
+    pub hotplug: HotPlug,
     /// KVM's statistics of the VM (stage-2 page sizes), when this KVM has them.
     pub stats: Option<Arc<crate::kvm_stats::VmStats>>,
 }
 
-/// A pmem device of the running guest as the API addresses it.
+/// A device of the running guest as `vm.counters`, `vm.remove-device` and `vm.set-pmem-health`
+/// need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningPmem {
+pub struct ApiDevice {
     pub id: String,
-    /// Bytes the monitor wrote to format it (`vm.counters`).
+    /// Its slot (`PmemDevice::slot`): which flush hint's counters are its.
+    pub slot: usize,
+    /// The bytes the monitor wrote to format it.
     pub bytes_formatted: u64,
-    /// Its index among the NFIT NVDIMMs (`_DSM`, health); None for a legacy E820 range.
-    pub nfit_index: Option<usize>,
+    /// Its NFIT slot (`PmemDevice::nfit_slot`), which indexes its `_DSM` state (health); None
+    /// for a legacy E820 range.
+    pub nfit_slot: Option<usize>,
 }
 
 /// A `vm.add-pmem` for the run loop, which owns the devices, the VM and guest memory.
@@ -84,10 +88,21 @@ pub struct HotAddRequest {
     pub reply: mpsc::Sender<Result<Value, ApiError>>,
 }
 
-/// The run loop's end of hot-add: a queue and the eventfd that wakes the loop.
+/// A `vm.remove-device` for the run loop: ask the guest to release device `id` and, once it
+/// has, take the device away (docs/hot-remove.md).
+pub struct RemoveRequest {
+    pub id: String,
+    /// How long the guest has to answer.
+    pub timeout: Duration,
+    /// `Ok` once the device is gone, or why it is still there.
+    pub reply: mpsc::Sender<Result<(), ApiError>>,
+}
+
+/// The run loop's end of hot-add and hot-remove: two queues and the eventfd that wakes the loop.
 #[derive(Clone)]
-pub struct HotAdd {
-    pub requests: mpsc::Sender<HotAddRequest>,
+pub struct HotPlug {
+    pub add: mpsc::Sender<HotAddRequest>,
+    pub remove: mpsc::Sender<RemoveRequest>,
     pub wake: Arc<vmm_sys_util::eventfd::EventFd>,
 }
 
@@ -286,6 +301,7 @@ const ENDPOINTS: &[(&str, http::Method)] = &[
     ("vm.power-button", http::Method::Put),
     ("vm.delete", http::Method::Put),
     ("vm.add-pmem", http::Method::Put),
+    ("vm.remove-device", http::Method::Put),
     // Ours (cloud-hypervisor has no NVDIMM health): the SMART state a DIMM reports.
     ("vm.set-pmem-health", http::Method::Put),
 ];
@@ -302,7 +318,6 @@ const NOT_SUPPORTED: &[&str] = &[
     "vm.resize-disk",
     "vm.add-device",
     "vm.add-user-device",
-    "vm.remove-device",
     "vm.add-disk",
     "vm.add-fs",
     "vm.add-net",
@@ -367,7 +382,10 @@ impl Controller {
         if method == http::Method::Get && !req.body.is_empty() {
             return Err(ApiError::new(400, format!("GET {name}: takes no body")));
         }
-        let takes_body = matches!(name, "vm.create" | "vm.add-pmem" | "vm.set-pmem-health");
+        let takes_body = matches!(
+            name,
+            "vm.create" | "vm.add-pmem" | "vm.remove-device" | "vm.set-pmem-health"
+        );
         if !takes_body && !req.body.is_empty() {
             return Err(ApiError::new(400, format!("PUT {name}: takes no body")));
         }
@@ -409,6 +427,10 @@ impl Controller {
             "vm.add-pmem" => done(http::Response::json(200, &self.add_pmem(&req.body)?)),
             "vm.set-pmem-health" => {
                 self.set_pmem_health(&req.body)?;
+                done(http::Response::no_content())
+            }
+            "vm.remove-device" => {
+                self.remove_device(&req.body)?;
                 done(http::Response::no_content())
             }
             _ => Err(ApiError::new(404, format!("{name}: no such endpoint"))),
@@ -476,8 +498,8 @@ impl Controller {
                         .map_err(|e| ApiError::new(500, e.to_string()))?;
                     out.insert(STAGE2_COUNTERS.into(), stage2_json(&pages));
                 }
-                for (i, d) in r.devices.iter().enumerate() {
-                    let s = r.hints.stats(i);
+                for d in &r.devices {
+                    let s = r.hints.stats(d.slot);
                     out.insert(
                         d.id.clone(),
                         json!({
@@ -594,7 +616,7 @@ impl Controller {
     /// NVDIMM hot-add: checked here for syntax and state, then done by the run loop, which
     /// runs the same checks as for a command-line device before anything is written.
     fn add_pmem(&self, body: &[u8]) -> Result<Value, ApiError> {
-        let (hot_add, count) = {
+        let (hotplug, index) = {
             let s = self.state.lock();
             if s.state == VmState::NotCreated {
                 return Err(not_created());
@@ -605,16 +627,23 @@ impl Controller {
                     "vm.add-pmem: the VM is not running; put the device into vm.create's pmem list",
                 ));
             };
-            (running.hot_add.clone(), running.devices.len())
+            // The default id: the first `pmem<n>` no device has.
+            let index = (0..)
+                .find(|&n| {
+                    let id = crate::pmem_option::default_id(n);
+                    !running.devices.iter().any(|d| d.id == id)
+                })
+                .unwrap_or(0);
+            (running.hotplug.clone(), index)
         };
         let config =
-            vm_config::parse_pmem_body(body, count).map_err(|e| ApiError::new(400, e.0))?;
+            vm_config::parse_pmem_body(body, index).map_err(|e| ApiError::new(400, e.0))?;
         let (reply, answer) = mpsc::channel();
-        hot_add
-            .requests
+        hotplug
+            .add
             .send(HotAddRequest { config, reply })
             .map_err(|_| ApiError::new(409, "vm.add-pmem: the guest is stopping"))?;
-        let _ = hot_add.wake.write(1);
+        let _ = hotplug.wake.write(1);
         match answer.recv_timeout(COMMAND_TIMEOUT) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(ApiError::new(
@@ -624,6 +653,60 @@ impl Controller {
             Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::new(
                 500,
                 "vm.add-pmem: the monitor did not answer in time",
+            )),
+        }
+    }
+
+    /// NVDIMM hot-remove: the id is checked here, then the run loop asks the guest to release
+    /// the device and waits (at most the request's timeout) for its answer; only a guest that
+    /// released it loses it. 409 when the guest refuses or does not answer: the device stays.
+    fn remove_device(&self, body: &[u8]) -> Result<(), ApiError> {
+        let (id, timeout) =
+            vm_config::parse_remove_body(body).map_err(|e| ApiError::new(400, e.0))?;
+        let hotplug = {
+            let s = self.state.lock();
+            if s.state == VmState::NotCreated {
+                return Err(not_created());
+            }
+            let Some(running) = &s.running else {
+                return Err(ApiError::new(
+                    405,
+                    "vm.remove-device: the VM is not running; take the device out of vm.create's pmem list",
+                ));
+            };
+            if !running.devices.iter().any(|d| d.id == id) {
+                let ids: Vec<&str> = running.devices.iter().map(|d| d.id.as_str()).collect();
+                return Err(ApiError::new(
+                    404,
+                    format!(
+                        "vm.remove-device: no device with id {id:?}; the guest has {}",
+                        if ids.is_empty() {
+                            "none".to_string()
+                        } else {
+                            ids.join(", ")
+                        }
+                    ),
+                ));
+            }
+            running.hotplug.clone()
+        };
+        let (reply, answer) = mpsc::channel();
+        hotplug
+            .remove
+            .send(RemoveRequest { id, timeout, reply })
+            .map_err(|_| ApiError::new(409, "vm.remove-device: the guest is stopping"))?;
+        let _ = hotplug.wake.write(1);
+        // The run loop answers by the timeout (checked at least once a second) plus the time
+        // the removal itself takes (an msync of the device).
+        match answer.recv_timeout(timeout + COMMAND_TIMEOUT) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ApiError::new(
+                409,
+                "vm.remove-device: the guest stopped before the device was removed; nothing was removed",
+            )),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::new(
+                500,
+                "vm.remove-device: the monitor did not answer in time",
             )),
         }
     }
@@ -653,7 +736,7 @@ impl Controller {
                 format!("{WHAT}: no pmem device has id {id:?}"),
             ));
         };
-        let Some(index) = device.nfit_index else {
+        let Some(index) = device.nfit_slot else {
             return Err(ApiError::new(
                 409,
                 format!("{WHAT}: {id} is a legacy E820 range (firmware=e820), which has no _DSM"),

@@ -10,7 +10,7 @@ struct Fixture {
     controller: Controller,
     /// The commands the fake main thread received.
     seen: Arc<Mutex<Vec<&'static str>>>,
-    /// The running guest's `_DSM` state: two NFIT DIMMs without label areas.
+    /// The running guest's `_DSM` state: three NFIT DIMMs without label areas.
     dsm: Arc<NvdimmDsm>,
     /// The running VM's KVM statistics: a recorded file whose page counts a test may change.
     stats_file: tempfile::NamedTempFile,
@@ -69,7 +69,7 @@ fn fixture() -> Fixture {
             host_memory: Some(8 << 30),
         },
         seen,
-        dsm: Arc::new(NvdimmDsm::new(vec![None, None])),
+        dsm: Arc::new(NvdimmDsm::new(vec![None, None, None])),
         stats_file: tempfile::NamedTempFile::new().unwrap(),
     }
 }
@@ -124,7 +124,23 @@ impl Fixture {
 
     fn set_running_with(&self, answer: Option<Result<Value, ApiError>>) -> Arc<StopSignal> {
         let (requests, queue) = mpsc::channel::<HotAddRequest>();
+        let (removals, removal_queue) = mpsc::channel::<RemoveRequest>();
         let seen = self.seen.clone();
+        // The run loop's removals: "data" is released, "busy" refused, anything else unknown.
+        let seen_removals = self.seen.clone();
+        std::thread::spawn(move || {
+            for request in removal_queue {
+                seen_removals.lock().unwrap().push("remove-device");
+                let answer = match request.id.as_str() {
+                    "data" => Ok(()),
+                    _ => Err(ApiError::new(
+                        409,
+                        format!("guest refused to release {}: in use", request.id),
+                    )),
+                };
+                let _ = request.reply.send(answer);
+            }
+        });
         std::thread::spawn(move || {
             for request in queue {
                 seen.lock().unwrap().push("add-pmem");
@@ -159,25 +175,35 @@ impl Fixture {
                 pmem_report: json!([{ "id": "data", "mode": "fsdax" }]),
                 hints: Arc::new(FlushHints::new(vec![None])),
                 devices: vec![
-                    RunningPmem {
+                    ApiDevice {
                         id: "data".into(),
+                        slot: 0,
                         bytes_formatted: 4096,
-                        nfit_index: Some(0),
+                        nfit_slot: Some(0),
                     },
-                    RunningPmem {
+                    ApiDevice {
+                        id: "busy".into(),
+                        slot: 1,
+                        bytes_formatted: 0,
+                        nfit_slot: Some(1),
+                    },
+                    ApiDevice {
                         id: "plain".into(),
+                        slot: 2,
                         bytes_formatted: 0,
-                        nfit_index: Some(1),
+                        nfit_slot: Some(2),
                     },
-                    RunningPmem {
+                    ApiDevice {
                         id: "legacy".into(),
+                        slot: 3,
                         bytes_formatted: 0,
-                        nfit_index: None,
+                        nfit_slot: None,
                     },
                 ],
                 dsm: self.dsm.clone(),
-                hot_add: HotAdd {
-                    requests,
+                hotplug: HotPlug {
+                    add: requests,
+                    remove: removals,
                     wake: Arc::new(
                         vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
                             .unwrap(),
@@ -494,4 +520,56 @@ fn set_pmem_health() {
         (HealthState::Critical, 3, 70 * 16)
     );
     f.refused("GET", "vm.set-pmem-health", "", 405, "use PUT");
+}
+
+#[test]
+fn remove_device_refusals_and_answers() {
+    let f = fixture();
+    let body = r#"{"id":"data"}"#;
+    f.refused("PUT", "vm.remove-device", body, 404, "no VM is created");
+    f.refused("GET", "vm.remove-device", "", 405, "use PUT");
+    assert_eq!(
+        f.call("PUT", "vm.create", r#"{"payload":{"kernel":"/k"}}"#)
+            .0,
+        204
+    );
+    f.seen.lock().unwrap().clear();
+    f.refused("PUT", "vm.remove-device", body, 405, "not running");
+    f.set_running();
+    for (bad, status, needle) in [
+        ("", 400, "invalid JSON body"),
+        ("[]", 400, "invalid JSON body"),
+        (r#"{}"#, 400, "missing field `id`"),
+        (r#"{"id":""}"#, 400, "id: expected the id of a device"),
+        (r#"{"id":5}"#, 400, "id: invalid type"),
+        (r#"{"id":"data","force":true}"#, 400, "force: unknown field"),
+        (
+            r#"{"id":"data","timeout_ms":0}"#,
+            400,
+            "timeout_ms: 0 is not between",
+        ),
+        (
+            r#"{"id":"data","timeout_ms":120001}"#,
+            400,
+            "timeout_ms: 120001",
+        ),
+        (
+            r#"{"id":"pmem7"}"#,
+            404,
+            "no device with id \"pmem7\"; the guest has data, busy, plain, legacy",
+        ),
+    ] {
+        f.refused("PUT", "vm.remove-device", bad, status, needle);
+    }
+    // A known id reaches the run loop, whose answer is passed on: 204, or its refusal.
+    let (status, v) = f.call(
+        "PUT",
+        "vm.remove-device",
+        r#"{"id":"data","timeout_ms":500}"#,
+    );
+    assert_eq!(status, 204, "{v}");
+    let (status, v) = f.call("PUT", "vm.remove-device", r#"{"id":"busy"}"#);
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v[0], "guest refused to release busy: in use");
+    assert_eq!(*f.seen.lock().unwrap(), ["remove-device", "remove-device"]);
 }

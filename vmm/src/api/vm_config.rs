@@ -162,6 +162,41 @@ impl PmemJson {
     }
 }
 
+/// The body of `vm.remove-device`: cloud-hypervisor's `VmRemoveDeviceData` (`id`), and our
+/// `timeout_ms`, how long the guest has to release the device (default
+/// [`REMOVE_TIMEOUT_DEFAULT`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveDeviceJson {
+    id: String,
+    timeout_ms: Option<u64>,
+}
+
+/// How long the guest has to answer an eject request when the request names no time.
+pub const REMOVE_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest `timeout_ms` accepted: the API thread serves nothing else meanwhile.
+pub const REMOVE_TIMEOUT_MAX_MS: u64 = 120_000;
+
+/// Parses the body of `vm.remove-device`: the device's id and how long the guest has.
+pub fn parse_remove_body(body: &[u8]) -> Result<(String, std::time::Duration), BadConfig> {
+    let json: RemoveDeviceJson = deserialize(body)?;
+    if json.id.is_empty() {
+        return Err(BadConfig("id: expected the id of a device".into()));
+    }
+    let timeout = match json.timeout_ms {
+        None => REMOVE_TIMEOUT_DEFAULT,
+        Some(ms) if (1..=REMOVE_TIMEOUT_MAX_MS).contains(&ms) => {
+            std::time::Duration::from_millis(ms)
+        }
+        Some(ms) => {
+            return Err(BadConfig(format!(
+                "timeout_ms: {ms} is not between 1 and {REMOVE_TIMEOUT_MAX_MS}"
+            )))
+        }
+    };
+    Ok((json.id, timeout))
+}
+
 /// Parses the body of `vm.add-pmem`; `index` numbers the default id.
 pub fn parse_pmem_body(body: &[u8], index: usize) -> Result<PmemConfig, BadConfig> {
     let json: PmemJson = deserialize(body)?;

@@ -5,7 +5,9 @@
 //! its info block (`pread`/`pwrite`, `lseek` for holes, `fsync`/`fdatasync`, a UUID from
 //! `/dev/urandom`), map it, add the KVM memory slot; then write the FIT and raise the GED's
 //! interrupt (eventfd writes: common). A failed add removes the file it created (`unlink`),
-//! which is also how the API socket goes at exit.
+//! which is also how the API socket goes at exit. `vm.remove-device` (`hot_remove`) needs
+//! nothing more: it deletes the KVM slot (the same ioctl with size 0), `msync`s the mapping,
+//! and unmaps and closes the backing (`munmap`, `close`: common).
 
 use super::ioctls::{BLKGETSIZE64, BLKROGET, KVM_SET_USER_MEMORY_REGION};
 use super::{Allow, List};
