@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing the monitor needs on Debian/Ubuntu, skipping what is
 # already there: the kernel source and its build tools, busybox for the guest initramfs,
-# QEMU for the nested testbed, ndctl and acpica-tools for cross-checks.
+# QEMU for the nested testbed, ndctl and acpica-tools for cross-checks, curl (the API tests'
+# client) and dmsetup (the backing-fault tests' failing block device).
 set -euo pipefail
 
 packages=(
   linux-source-6.12 bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc
-  busybox-static qemu-system-x86 ndctl acpica-tools e2fsprogs util-linux strace
+  busybox-static qemu-system-x86 ndctl acpica-tools e2fsprogs util-linux strace curl dmsetup
 )
 
 missing=()
