@@ -846,7 +846,7 @@ fn flush_storm_is_group_committed() -> Result<()> {
     let storm = "end=$(( $(cut -d. -f1 /proc/uptime) + 10 )); \
         for c in 0 1 2 3; do ( n=0; while [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do \
         dd if=/dev/zero of=/dev/pmem0 bs=4096 count=1 seek=$c conv=fsync,notrunc 2>/dev/null; \
-        n=$((n+1)); done; echo \"@@STORM $c $n@@\" ) & done; wait";
+        n=$((n+1)); done; echo @@STORM $c $n@@ ) & done; wait";
     let opts = pmem_guest(storm)?
         .with_cpus(4)
         .with_before("truncate -s 64M pm.img")
