@@ -100,6 +100,24 @@ fn disassemble(t: &AcpiTables, dir: &Path) -> Vec<([u8; 4], String)> {
         .collect()
 }
 
+/// Writes every table but the XSDT into `dir` as `SIG.dat` (acpiexec builds its own RSDP and
+/// XSDT from the tables it loads) and returns the file names, for acpiexec's command line.
+fn acpiexec_files(t: &AcpiTables, dir: &Path) -> Vec<String> {
+    t.tables
+        .iter()
+        .filter(|info| &info.signature != b"XSDT")
+        .map(|info| {
+            let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
+            std::fs::write(
+                dir.join(&name),
+                &t.bytes[info.offset..info.offset + info.len],
+            )
+            .unwrap();
+            name
+        })
+        .collect()
+}
+
 fn dsl<'a>(all: &'a [([u8; 4], String)], sig: &[u8; 4]) -> &'a str {
     &all.iter().find(|(s, _)| s == sig).unwrap().1
 }
@@ -381,19 +399,7 @@ fn acpiexec_evaluates_namespace() {
     let dir = Scratch::new("acpiexec");
     // dimms(3): DIMM 2 is on a NUMA node, so the SRAT is loaded too.
     let t = build_tables(&platform(2, dimms(3)), BASE, MAX_LEN).unwrap();
-    let mut files = Vec::new();
-    for info in &t.tables {
-        if &info.signature == b"XSDT" {
-            continue; // acpiexec builds its own RSDP/XSDT
-        }
-        let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
-        std::fs::write(
-            dir.path().join(&name),
-            &t.bytes[info.offset..info.offset + info.len],
-        )
-        .unwrap();
-        files.push(name);
-    }
+    let files = acpiexec_files(&t, dir.path());
     let commands = "evaluate \\_S5_; evaluate \\_SB.NVDR._HID; \
                     evaluate \\_SB.NVDR.NV00._ADR; evaluate \\_SB.NVDR.NV01._ADR; \
                     evaluate \\_SB.COM1._CRS";
@@ -433,19 +439,7 @@ fn acpiexec_runs_the_power_button_event() {
     let mut p = platform(1, Vec::new());
     p.power.power_button_gsi = Some(5);
     let t = build_tables(&p, BASE, MAX_LEN).unwrap();
-    let mut files = Vec::new();
-    for info in &t.tables {
-        if &info.signature == b"XSDT" {
-            continue;
-        }
-        let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
-        std::fs::write(
-            dir.path().join(&name),
-            &t.bytes[info.offset..info.offset + info.len],
-        )
-        .unwrap();
-        files.push(name);
-    }
+    let files = acpiexec_files(&t, dir.path());
     let commands = "evaluate \\_SB.PWRB._HID; evaluate \\_SB.GED0._HID; \
                     evaluate \\_SB.GED0._CRS; evaluate \\_SB.GED0._EVT 5";
     let mut args = vec!["-b", commands];
@@ -488,19 +482,7 @@ fn acpiexec_runs_fit_and_the_hotplug_event() {
         }),
     });
     let t = build_tables(&p, BASE, MAX_LEN).unwrap();
-    let mut files = Vec::new();
-    for info in &t.tables {
-        if &info.signature == b"XSDT" {
-            continue;
-        }
-        let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
-        std::fs::write(
-            dir.path().join(&name),
-            &t.bytes[info.offset..info.offset + info.len],
-        )
-        .unwrap();
-        files.push(name);
-    }
+    let files = acpiexec_files(&t, dir.path());
     let commands = "evaluate \\_SB.NVDR._FIT; evaluate \\_SB.NVDR.NV3F._ADR; \
                     evaluate \\_SB.GED0._CRS; evaluate \\_SB.GED0._EVT 6; \
                     evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 7; \
@@ -575,19 +557,7 @@ fn dsm_mailbox_decodes_and_runs() {
     ] {
         assert!(dsdt.contains(needle), "DSDT lacks {needle:?}:\n{dsdt}");
     }
-    let mut files = Vec::new();
-    for info in &t.tables {
-        if &info.signature == b"XSDT" {
-            continue;
-        }
-        let name = format!("{}.dat", String::from_utf8_lossy(&info.signature));
-        std::fs::write(
-            dir.path().join(&name),
-            &t.bytes[info.offset..info.offset + info.len],
-        )
-        .unwrap();
-        files.push(name);
-    }
+    let files = acpiexec_files(&t, dir.path());
     let uuid = "(30 ac 09 43 11 0d e4 11 91 91 08 00 20 0c 9a 66)";
     let commands = format!(
         "evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 0 [7]; \
