@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::artifacts::{self, InitramfsSpec};
 use crate::config::{self, ENV_DEVDAX};
 use crate::error::{Error, IoContext, Result, EARLY_HANG_MARKER};
-use crate::markers::{has_marker, host_section, tail_lines, HostSection};
+use crate::markers::{has_marker, host_section, marker_values, tail_lines, HostSection};
 use crate::mode::{self, Mode};
 use crate::nvdimm::{Nvdimm, NvdimmKind};
 use crate::process::{run_captured, Captured, Stopped, Watch};
@@ -210,6 +210,20 @@ impl HostRun {
             msg: msg.into(),
             tail: self.tail(TAIL_LINES),
         }
+    }
+
+    /// Errors (with the console tail) unless, for each `(name, want)`, the first `@@name ...@@`
+    /// marker in the output contains `want` (a name may be listed more than once).
+    pub fn expect_markers(&self, expected: &[(&str, &str)]) -> Result<()> {
+        for (name, want) in expected {
+            match marker_values(&self.output, name).first() {
+                Some(s) if s.contains(want) => {}
+                other => {
+                    return Err(self.error(format!("{name}: {other:?}, expected {want}")));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Errors (with the console tail) unless the script exited 0.

@@ -951,8 +951,7 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
         run.mode, run.duration, run.output
     );
     run.expect_success()?;
-    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
-    for (m, want) in [
+    run.expect_markers(&[
         ("CREATE", "204"),
         ("BOOT", "204"),
         ("ADD-X", "200 {"),
@@ -960,12 +959,7 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
         ("GUEST-SAW", "GUESTDEV: pmem0 pmem1 END"),
         ("EXIT-VMM", "204"),
         ("VMM-EXIT", "0"),
-    ] {
-        match value(m) {
-            Some(s) if s.contains(want) => {}
-            other => return Err(run.error(format!("{m}: {other:?}, expected {want}"))),
-        }
-    }
+    ])?;
     Ok(())
 }
 
@@ -1052,8 +1046,7 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
         run.mode, run.duration, run.output
     );
     run.expect_success()?;
-    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
-    for (m, want) in [
+    run.expect_markers(&[
         ("CREATE", "204"),
         ("BOOT", "204"),
         ("HEALTH-BEFORE", r#""health_state":"ok""#),
@@ -1070,11 +1063,6 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
         ("HEALTH-AFTER", r#""temperature_celsius":61"#),
         ("EXIT-VMM", "204"),
         ("VMM-EXIT", "0"),
-    ] {
-        match value(m) {
-            Some(s) if s.contains(want) => {}
-            other => return Err(run.error(format!("{m}: {other:?}, expected {want}"))),
-        }
-    }
+    ])?;
     Ok(())
 }

@@ -93,8 +93,7 @@ echo "--- console ---"; tail -n 5 console.log; echo "--- vmm ---"; cat vmm.log
         run.mode, run.duration, run.output
     );
     run.expect_success()?;
-    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
-    for (m, want) in [
+    run.expect_markers(&[
         ("CREATE", "204"),
         ("BOOT", "204"),
         (
@@ -104,12 +103,8 @@ echo "--- console ---"; tail -n 5 console.log; echo "--- vmm ---"; cat vmm.log
         ("REMOVE", "409 [\"guest did not release pmem0 within 3s"),
         ("EXIT-VMM", "204"),
         ("VMM-EXIT", "0"),
-    ] {
-        match value(m) {
-            Some(s) if s.contains(want) => {}
-            other => return Err(run.error(format!("{m}: {other:?}, expected {want}"))),
-        }
-    }
+    ])?;
+    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
     if run.output.contains("@@NO-BEAT@@") || !run.output.contains("@@ALIVE-AFTER@@") {
         return Err(run.error("the guest did not keep writing to pmem0 after the request"));
     }
