@@ -10,9 +10,11 @@
 //! its data is flushed (`@@PMEM-MARK flushed@@`), makes the fault happen, waits a bounded time
 //! for the vmm to exit, and checks the backing. The assertions are made here from markers.
 //!
-//! The guests run with `--halt-in-guest`: without it, KVM answers a fault on a failing backing
-//! with an asynchronous page fault that it retries forever, so the vCPU hangs and the monitor
-//! never hears of it (Linux 6.12; README, Durability).
+//! The sparse-file and read-error cases run twice in their L1 host, with HLT exits (the default)
+//! and with `--halt-in-guest`: the two ways the monitor learns of the fault differ. With HLT in
+//! the guest KVM faults the page in synchronously and `KVM_RUN` fails with the address; with HLT
+//! exits KVM retries an asynchronous page fault forever, and the monitor notices it from KVM's
+//! per-vCPU fault counts (`vmm::fault_watch`). The other cases run in the default mode.
 //!
 //! These need KVM (direct) or QEMU (nested) and fail, never skip, when neither is available.
 
@@ -34,7 +36,8 @@ const FLUSHED_LEN: u64 = 256 * 1024;
 const EXIT_WAIT_S: u32 = 60;
 
 /// Host shell for every fault test. `start_vmm SPEC` runs the vmm with one `--pmem SPEC` in the
-/// background (pid in `$pid`); `waitmark NAME` waits for the guest's `@@PMEM-MARK NAME@@`;
+/// background (pid in `$pid`), with `$HALT_FLAG` (empty, or `--halt-in-guest`);
+/// `each_mode CMD` runs `CMD` once per mode, after a `@@FAULT-MODE name@@` line; `waitmark NAME` waits for the guest's `@@PMEM-MARK NAME@@`;
 /// `wait_exit` waits up to EXIT_WAIT_S for the vmm and prints `@@VMM-EXIT rc@@` (or
 /// `@@VMM-HUNG@@`, then kills it); `show_logs` prints the vmm's output between markers.
 fn host_lib(cmdline: &str) -> String {
@@ -42,9 +45,18 @@ fn host_lib(cmdline: &str) -> String {
         r#"{PATTERN_SH}
 CMDLINE={cmdline}
 start_vmm() {{
-    "$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory 256M --halt-in-guest \
+    rm -f console.log vmm.log
+    "$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory 256M $HALT_FLAG \
         --serial file=console.log --cmdline "$CMDLINE" --pmem "$1" </dev/null >vmm.log 2>&1 &
     pid=$!
+}}
+HALT_FLAG=
+each_mode() {{
+    for HALT_FLAG in "" --halt-in-guest; do
+        echo "@@FAULT-MODE ${{HALT_FLAG:-hlt-exits}}@@"
+        "$@"
+    done
+    HALT_FLAG=
 }}
 waitmark() {{
     i=0
@@ -105,37 +117,73 @@ fn flush_then(then: &str) -> String {
     )
 }
 
-/// The outcome of one fault run.
-struct FaultRun {
-    run: HostRun,
+/// The outcome of one fault run: one vmm started in one mode, and what the script said after.
+struct FaultRun<'a> {
+    run: &'a HostRun,
+    /// `hlt-exits` or `--halt-in-guest`.
+    mode: &'a str,
+    /// The part of the host's output about this run.
+    output: &'a str,
     exit: Option<i32>,
     log: Vec<String>,
 }
 
-impl FaultRun {
-    fn new(run: HostRun) -> Result<FaultRun> {
-        eprintln!("{} host: run {:.2?}", run.mode, run.duration);
-        run.expect_success()?;
+/// The runs of a host script: one per `@@FAULT-MODE name@@` section (every mode must be
+/// there), or the whole output as the default mode's when the script has no sections.
+fn fault_runs<'a>(run: &'a HostRun, modes: &[&str]) -> Result<Vec<FaultRun<'a>>> {
+    eprintln!("{} host: run {:.2?}", run.mode, run.duration);
+    run.expect_success()?;
+    let mut parts: Vec<(&str, &str)> = Vec::new();
+    let mut rest = run.output.as_str();
+    while let Some(at) = rest.find("@@FAULT-MODE ") {
+        let body = &rest[at + "@@FAULT-MODE ".len()..];
+        let (name, after) = body.split_once("@@").unwrap_or((body, ""));
+        let end = after.find("@@FAULT-MODE ").unwrap_or(after.len());
+        parts.push((name, &after[..end]));
+        rest = &after[end..];
+    }
+    if parts.is_empty() {
+        parts.push(("hlt-exits", run.output.as_str()));
+    }
+    let found: Vec<&str> = parts.iter().map(|(m, _)| *m).collect();
+    if found != modes {
+        return Err(run.error(format!(
+            "the script ran modes {found:?}, expected {modes:?}"
+        )));
+    }
+    parts
+        .into_iter()
+        .map(|(mode, output)| FaultRun::new(run, mode, output))
+        .collect()
+}
+
+impl<'a> FaultRun<'a> {
+    fn new(run: &'a HostRun, mode: &'a str, output: &'a str) -> Result<FaultRun<'a>> {
+        let r = FaultRun {
+            run,
+            mode,
+            output,
+            exit: last_marker(output, "VMM-EXIT"),
+            log: section(output, "@@VMM-LOG-BEGIN@@", "@@VMM-LOG-END@@"),
+        };
         for bad in ["FAULT-EARLY-EXIT", "FAULT-WAIT-TIMEOUT"] {
-            let at = marker_values(&run.output, bad);
+            let at = marker_values(output, bad);
             if !at.is_empty() {
-                return Err(run.error(format!(
+                return Err(r.error(format!(
                     "the guest never announced {at:?} ({bad}); nothing was tested"
                 )));
             }
         }
-        if run.output.contains("@@VMM-HUNG@@") {
-            return Err(run.error(format!(
+        if output.contains("@@VMM-HUNG@@") {
+            return Err(r.error(format!(
                 "the vmm was still running {EXIT_WAIT_S} s after the fault (hung)"
             )));
         }
-        let exit = last_marker(&run.output, "VMM-EXIT");
-        let log = section(&run.output, "@@VMM-LOG-BEGIN@@", "@@VMM-LOG-END@@");
-        Ok(FaultRun { run, exit, log })
+        Ok(r)
     }
 
     fn error(&self, msg: impl Into<String>) -> testbed::Error {
-        self.run.error(msg)
+        self.run.error(format!("[{}] {}", self.mode, msg.into()))
     }
 
     /// The vmm exited with `status`, the guest never got past the fault, and the vmm said
@@ -148,7 +196,7 @@ impl FaultRun {
                 self.exit, self.log
             )));
         }
-        if self.run.output.contains("@@PMEM-MARK survived@@") {
+        if self.output.contains("@@PMEM-MARK survived@@") {
             return Err(self.error("the guest went on after the fault"));
         }
         let lines: Vec<&String> = self
@@ -168,12 +216,12 @@ impl FaultRun {
                 return Err(self.error(format!("the vmm's line {line:?} does not say {word:?}")));
             }
         }
-        eprintln!("the vmm said: {line}");
+        eprintln!("[{}] the vmm said: {line}", self.mode);
         Ok(self)
     }
 
     fn expect_intact(&self) -> Result<&Self> {
-        match marker_values(&self.run.output, "FAULT-INTACT").last() {
+        match marker_values(self.output, "FAULT-INTACT").last() {
             Some(v) if *v == "ok" => Ok(self),
             other => Err(self.error(format!(
                 "the data the guest flushed before the fault is not intact on the backing \
@@ -182,6 +230,11 @@ impl FaultRun {
         }
     }
 }
+
+/// Both modes, in the order `each_mode` runs them.
+const BOTH_MODES: &[&str] = &["hlt-exits", "--halt-in-guest"];
+/// The default mode only (a script without `each_mode`).
+const DEFAULT_MODE: &[&str] = &["hlt-exits"];
 
 /// The lines strictly between the last `begin` line and the next `end` line.
 fn section(output: &str, begin: &str, end: &str) -> Vec<String> {
@@ -209,8 +262,7 @@ fn host(timeout_s: u64) -> Result<HostOpts> {
 /// A sparse file on a full file system: a 16 MiB tmpfs in L1 holding 12 MiB of filler and a
 /// 64 MiB sparse backing. The guest writes and flushes 256 KiB (allocated), then writes 8 MiB
 /// into a hole at 32 MiB: about 4 MiB in, the host cannot allocate a page, the guest's store
-/// faults in KVM (`KVM_RUN` fails with EFAULT), and the monitor must say that pmem0's file
-/// system is full.
+/// faults in KVM, and the monitor must say that pmem0's file system is full, in both modes.
 #[test]
 fn sparse_file_on_a_full_file_system() -> Result<()> {
     let cmdline = guest_cmdline(&flush_then(
@@ -218,25 +270,31 @@ fn sparse_file_on_a_full_file_system() -> Result<()> {
     ))?;
     let script = format!(
         r#"{lib}
-mkdir full && mount -t tmpfs -o size=16m faultfs full || exit 1
-dd if=/dev/zero of=full/filler bs=1M count=12 2>/dev/null
-truncate -s 64M full/d.img || exit 1
-df full
-start_vmm path=full/d.img,memmap=none
-waitmark flushed && wait_exit
-df full
-show_logs
-intact full/d.img 0
+sparse_case() {{
+    mkdir full && mount -t tmpfs -o size=16m faultfs full || exit 1
+    dd if=/dev/zero of=full/filler bs=1M count=12 2>/dev/null
+    truncate -s 64M full/d.img || exit 1
+    df full
+    start_vmm path=full/d.img,memmap=none
+    waitmark flushed && wait_exit
+    df full
+    show_logs
+    intact full/d.img 0
+    umount full && rmdir full
+}}
+each_mode sparse_case
 "#,
         lib = host_lib(&cmdline)
     );
-    let run = FaultRun::new(run_on_kvm_host(&script, &host(300)?)?)?;
-    run.expect_stopped(
-        EXIT_BACKING_FAULT,
-        &["pmem0", "full/d.img"],
-        &["file system", "full"],
-    )?
-    .expect_intact()?;
+    let host_run = run_on_kvm_host(&script, &host(300)?)?;
+    for run in fault_runs(&host_run, BOTH_MODES)? {
+        run.expect_stopped(
+            EXIT_BACKING_FAULT,
+            &["pmem0", "full/d.img"],
+            &["file system", "full"],
+        )?
+        .expect_intact()?;
+    }
     Ok(())
 }
 
@@ -244,14 +302,15 @@ intact full/d.img 0
 /// writes and flushes its pattern; the host then swaps the table for an `error` target (every
 /// I/O fails with EIO) and the guest reads 1 MiB it never touched, which the host must read from
 /// the device: the read fails, the guest's load faults in KVM, and the monitor must stop it
-/// naming pmem0 and the I/O error. Then the table is swapped back and the flushed pattern must
-/// be on the loop device's file.
+/// naming pmem0 and the I/O error, in both modes. Then the table is swapped back and the flushed
+/// pattern must be on the loop device's file.
 #[test]
 fn block_device_returning_eio_on_read() -> Result<()> {
     dm_case(
         "dd if=/dev/pmem0 of=/dev/null bs=1M skip=40 count=1 iflag=direct 2>/dev/null",
         EXIT_BACKING_FAULT,
         &["Input/output error"],
+        BOTH_MODES,
     )
 }
 
@@ -265,16 +324,24 @@ fn block_device_returning_eio_on_flush() -> Result<()> {
         "pat late 65536 > /tmp/l; writeat /dev/pmem0 /tmp/l 0 && sync /dev/pmem0",
         EXIT_FLUSH_FAILED,
         &["flush", "Input/output error"],
+        DEFAULT_MODE,
     )
 }
 
-fn dm_case(after_flush: &str, status: i32, cause: &[&str]) -> Result<()> {
+fn dm_case(after_flush: &str, status: i32, cause: &[&str], modes: &[&str]) -> Result<()> {
     let size = 64 * MIB;
     let sectors = size / 512;
     let cmdline = guest_cmdline(&flush_then(&format!("sleep 3; {after_flush}")))?;
+    let each = if modes == BOTH_MODES {
+        "each_mode "
+    } else {
+        ""
+    };
     let script = format!(
         r#"{lib}
 export DM_DISABLE_UDEV=1
+dm_run() {{
+rm -f blk.img dm.dev
 truncate -s {size} blk.img || exit 1
 LOOP=$(losetup -f --show blk.img 2>/dev/null) || {{ LOOP=$(losetup -f) && losetup "$LOOP" blk.img; }}
 test -b "$LOOP" || {{ echo "losetup gave no loop device: '$LOOP'"; exit 1; }}
@@ -293,16 +360,20 @@ show_logs
 dmsetup remove --noudevsync faulty
 losetup -d "$LOOP"
 intact blk.img 0
+}}
+{each}dm_run
 "#,
         lib = host_lib(&cmdline)
     );
     let host = host(300)?.with_host_bin("/usr/sbin/dmsetup");
-    let run = FaultRun::new(run_on_kvm_host(&script, &host)?)?;
-    if !run.run.output.contains("@@FAULT-MADE@@") {
-        return Err(run.error("dmsetup could not swap in the error table"));
+    let host_run = run_on_kvm_host(&script, &host)?;
+    for run in fault_runs(&host_run, modes)? {
+        if !run.output.contains("@@FAULT-MADE@@") {
+            return Err(run.error("dmsetup could not swap in the error table"));
+        }
+        run.expect_stopped(status, &["pmem0", "dm.dev"], cause)?
+            .expect_intact()?;
     }
-    run.expect_stopped(status, &["pmem0", "dm.dev"], cause)?
-        .expect_intact()?;
     Ok(())
 }
 
@@ -339,11 +410,13 @@ show_logs
         lib = host_lib(&cmdline)
     );
     let host = host(300)?.with_nvdimm(nvdimm.clone());
-    let run = FaultRun::new(run_on_kvm_host(&script, &host)?)?;
-    if run.run.output.contains("@@FAULT-UNBIND-HUNG@@") {
+    let host_run = run_on_kvm_host(&script, &host)?;
+    let runs = fault_runs(&host_run, DEFAULT_MODE)?;
+    let run = &runs[0];
+    if run.output.contains("@@FAULT-UNBIND-HUNG@@") {
         return Err(run.error("unbinding the device-dax under the monitor hung for 30 s"));
     }
-    if !run.run.output.contains("@@FAULT-MADE@@") {
+    if !run.output.contains("@@FAULT-MADE@@") {
         return Err(run.error("the device-dax was not unbound"));
     }
     run.expect_stopped(

@@ -102,8 +102,9 @@ pub struct Cli {
     /// Leave HLT to the guest (KVM_CAP_X86_DISABLE_EXITS, as QEMU's -overcommit cpu-pm=on): a
     /// halted vCPU keeps its host CPU busy instead of sleeping, and in exchange a backing that
     /// fails under the guest (a full file system under a sparse file, an I/O error, a removed
-    /// device-dax) stops it with exit status 6 and a line naming the device; without it KVM
-    /// retries such a fault forever and the guest's vCPU hangs
+    /// device-dax) stops it at once, at the failing address; without it the monitor notices
+    /// KVM retrying the fault a few seconds later. Either way: exit status 6 and a line naming
+    /// the device
     #[arg(long, requires = "kernel")]
     pub halt_in_guest: bool,
     /// Seccomp filters on every thread of the monitor (main, vCPU, API), each with its own
@@ -137,7 +138,7 @@ pub struct VmConfig {
     pub serial: SerialMode,
     pub pmem: Vec<PmemConfig>,
     pub report: Option<PathBuf>,
-    /// `--halt-in-guest`: HLT without an exit, so a failing backing is reported (`vm`).
+    /// `--halt-in-guest`: HLT without an exit, so a failing backing is reported at once (`vm`).
     pub halt_in_guest: bool,
 }
 

@@ -13,6 +13,7 @@ pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod events;
+mod fault_watch;
 pub mod host;
 mod hot_remove;
 pub mod identity;
@@ -1062,6 +1063,12 @@ fn run_with_pmem(
         api: api_state,
     };
 
+    // With HLT exits, a backing failing under the guest shows only in KVM's fault counts.
+    let mut fault_watch = fault_watch::FaultWatch::new(
+        std::mem::take(&mut vm.vcpu_stats),
+        std::time::Instant::now(),
+    );
+    let mut watched_fault = None;
     let reason = loop {
         if let Some(reason) = stop.reason() {
             break reason;
@@ -1094,6 +1101,23 @@ fn run_with_pmem(
             }
         }
         hot.poll_removal(pmem, &mut vm);
+        if let Some(suspect) = fault_watch.poll(std::time::Instant::now()) {
+            match pmem.diagnose_fault(None) {
+                Some((d, cause)) => {
+                    info!(
+                        "vCPU {}: KVM retried {} page faults without mapping them",
+                        suspect.vcpu, suspect.retries
+                    );
+                    watched_fault = Some(VmmError::BackingFault {
+                        id: d.config.id.clone(),
+                        path: d.config.path.clone(),
+                        cause,
+                    });
+                    stop.request(StopReason::Error);
+                }
+                None => fault_watch.cleared(suspect, std::time::Instant::now()),
+            }
+        }
     };
     // Requests still queued are answered "not added" / "not removed" as their senders see the
     // queues go; a removal the guest has not answered yet is answered the same way.
@@ -1147,7 +1171,7 @@ fn run_with_pmem(
                 }
             }
             Some(other) => VmmError::Vcpu(other),
-            None => VmmError::StoppedAfterError,
+            None => watched_fault.unwrap_or(VmmError::StoppedAfterError),
         });
     }
     drop(vm.fd);

@@ -17,7 +17,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::Entry;
 use crate::cpu::{self, CpuError};
-use crate::kvm_stats::VmStats;
+use crate::kvm_stats::{VcpuStats, VmStats};
 use crate::layout;
 use crate::pmem::{PmemDevice, PmemDevices};
 
@@ -62,6 +62,9 @@ pub struct Vm {
     pub first_pmem_slot: u32,
     /// KVM's statistics of this VM (stage-2 page sizes), when this KVM has them.
     pub stats: Option<Arc<VmStats>>,
+    /// KVM's statistics of each vCPU (page faults), for `fault_watch`: with HLT exits (the
+    /// default) only, and only when every vCPU has them.
+    pub vcpu_stats: Vec<VcpuStats>,
 }
 
 impl Vm {
@@ -165,6 +168,8 @@ impl Vm {
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let get_tsc_khz = kvm.check_extension(Cap::GetTscKhz);
         let mut vcpus = Vec::with_capacity(cpus as usize);
+        let mut vcpu_stats = Vec::with_capacity(cpus as usize);
+        let mut watch_faults = halt == HaltExits::ToHost;
         for id in 0..cpus {
             let vcpu = fd
                 .create_vcpu(u64::from(id))
@@ -184,6 +189,19 @@ impl Vm {
             };
             let cpuid = cpu::guest_cpuid(&supported, &params);
             cpu::configure_vcpu(&vcpu, id, &cpuid)?;
+            if watch_faults {
+                match VcpuStats::open(&vcpu) {
+                    Ok(s) => vcpu_stats.push(s),
+                    Err(e) => {
+                        warn!(
+                            "vCPU {id}: {e}; a backing failing under the guest may wedge it \
+                             silently (--halt-in-guest avoids that)"
+                        );
+                        watch_faults = false;
+                        vcpu_stats.clear();
+                    }
+                }
+            }
             vcpus.push(vcpu);
         }
         cpu::set_boot_registers(&vcpus[0], entry)?;
@@ -193,6 +211,7 @@ impl Vm {
             pmem_mappings,
             first_pmem_slot,
             stats,
+            vcpu_stats,
         })
     }
 
@@ -267,7 +286,9 @@ pub enum HaltExits {
 /// synchronously and a failure comes back as `KVM_RUN` returning `EFAULT`, which the monitor
 /// turns into a stop naming the backing (`PmemDevices::diagnose_fault`). The cost: a halted
 /// vCPU stays in guest mode, so its thread looks busy to the host scheduler instead of sleeping.
-/// A KVM without the capability keeps HLT exits (and the hang), with a warning.
+/// A KVM without the capability keeps HLT exits, with a warning. With HLT exits (the default)
+/// the monitor notices the endless retry from KVM's per-vCPU fault counts instead
+/// (`fault_watch`), a few seconds late and without the faulting address.
 fn halt_in_guest(fd: &VmFd) {
     let supported = fd.check_extension_raw(u64::from(KVM_CAP_X86_DISABLE_EXITS));
     if supported < 0 || supported as u32 & KVM_X86_DISABLE_EXITS_HLT == 0 {

@@ -28,6 +28,8 @@ const READ_PROBE_TIME: Duration = Duration::from_secs(3);
 /// Bytes read at a time by the read probe (one run of non-resident pages is read in pieces).
 const READ_PROBE_CHUNK: usize = 1 << 20;
 const PAGE: usize = 4096;
+/// Pages whose residency `read_probe` asks for at a time (64 MiB of mapping).
+const RESIDENCY_WINDOW_PAGES: usize = 16 << 10;
 
 /// What is wrong with a backing.
 #[derive(Debug)]
@@ -216,16 +218,35 @@ fn read_probe(file: &File, mapping: &PmemMapping, offset: Option<u64>) -> Option
     }
     let len = mapping.len() as usize;
     let pages = len.div_ceil(PAGE);
-    let mut resident = vec![0u8; pages];
-    // SAFETY: [as_ptr, + len) is the live mapping (page aligned), and `resident` has one byte per
-    // page of it, as mincore requires; mincore only reads page tables and writes `resident`.
-    let known =
-        unsafe { libc::mincore(mapping.as_ptr().cast(), len, resident.as_mut_ptr().cast()) } == 0;
+    // Residency is asked a window at a time, so a probe of a 1 TiB mapping (which the fault
+    // watch may run while the guest lives) needs 16 KiB of memory for it, not 256 MiB.
+    let mut resident = vec![0u8; RESIDENCY_WINDOW_PAGES];
+    let mut window_start = usize::MAX;
+    let mut known = false;
+    let mut is_resident = |page: usize| -> bool {
+        let window = page - page % RESIDENCY_WINDOW_PAGES;
+        if window != window_start {
+            window_start = window;
+            let n = RESIDENCY_WINDOW_PAGES.min(pages - window);
+            // SAFETY: [as_ptr + window * PAGE, + n pages) lies inside the live mapping (page
+            // aligned; the last page may be partly past `len`, which mincore rounds to), and
+            // `resident` has at least one byte per page of it, as mincore requires; mincore only
+            // reads page tables and writes `resident`.
+            known = unsafe {
+                libc::mincore(
+                    mapping.as_ptr().add(window * PAGE).cast(),
+                    (n * PAGE).min(len - window * PAGE),
+                    resident.as_mut_ptr().cast(),
+                )
+            } == 0;
+        }
+        known && resident[page - window] & 1 != 0
+    };
     let started = Instant::now();
     let mut read = 0u64;
     let mut page = 0usize;
     while page < pages {
-        if known && resident[page] & 1 != 0 {
+        if is_resident(page) {
             page += 1;
             continue;
         }
@@ -235,7 +256,7 @@ fn read_probe(file: &File, mapping: &PmemMapping, offset: Option<u64>) -> Option
         // A run of non-resident pages, read in chunks.
         let mut run = 1;
         while page + run < pages && run * PAGE < READ_PROBE_CHUNK {
-            if known && resident[page + run] & 1 != 0 {
+            if is_resident(page + run) {
                 break;
             }
             run += 1;

@@ -1,12 +1,14 @@
-//! KVM's per-VM binary statistics (`KVM_GET_STATS_FD` on the VM descriptor, Linux 5.14 and
-//! later): how much guest memory KVM maps in the stage-2 (EPT/NPT) tables with 4 KiB, 2 MiB and
-//! 1 GiB pages (`pages_4k`, `pages_2m`, `pages_1g`). The figures are KVM's own, read from the
-//! file the ioctl returns (include/uapi/linux/kvm.h: a `kvm_stats_header`, an id string, one
-//! `kvm_stats_desc` per statistic, then the data), never estimated here.
+//! KVM's binary statistics (`KVM_GET_STATS_FD`, Linux 5.14 and later), read from the file the
+//! ioctl returns (include/uapi/linux/kvm.h: a `kvm_stats_header`, an id string, one
+//! `kvm_stats_desc` per statistic, then the data), never estimated here:
+//! - per VM ([`VmStats`]): how much guest memory KVM maps in the stage-2 (EPT/NPT) tables with
+//!   4 KiB, 2 MiB and 1 GiB pages (`pages_4k`, `pages_2m`, `pages_1g`);
+//! - per vCPU ([`VcpuStats`]): its page-fault counts (`pf_taken`, `pf_fixed`, `pf_emulate`,
+//!   `pf_spurious`), from which `fault_watch` tells a fault KVM retries forever.
 //!
-//! The descriptor is opened once when the VM is created (before any seccomp filter), the
+//! A descriptor is opened once when the VM or vCPU is created (before any seccomp filter), the
 //! layout read then; every later read is one `pread` of the data block, which the API thread
-//! (`vm.counters`) and the main thread (the exit log) may do at any time.
+//! (`vm.counters`) and the main thread (the exit log, the fault watch) may do at any time.
 
 use std::fs::File;
 use std::io;
@@ -21,46 +23,52 @@ use crate::seccomp::ioctls::KVM_GET_STATS_FD;
 const HEADER_LEN: usize = 24;
 /// `struct kvm_stats_desc` before its name: flags, exponent, size, offset, bucket_size.
 const DESC_FIXED_LEN: usize = 16;
-/// More descriptors than any kernel has (x86 VMs have 16): a header that claims more is not
-/// believed.
+/// More descriptors than any kernel has (x86 VMs have 16, vCPUs about 50): a header that
+/// claims more is not believed.
 const MAX_DESCRIPTORS: usize = 4096;
 /// Longest descriptor name field accepted (the kernel's is 48 bytes).
 const MAX_NAME_SIZE: usize = 4096;
-/// `KVM_STATS_TYPE_MASK` and the types a page count may have: instant (the kernel's
+/// `KVM_STATS_TYPE_MASK` and the types a count may have: instant (the kernel's
 /// `STATS_DESC_ICOUNTER`) or cumulative.
 const TYPE_MASK: u32 = 0xf;
 const TYPE_CUMULATIVE: u32 = 0;
 const TYPE_INSTANT: u32 = 1;
-/// `KVM_STATS_UNIT_MASK`: a page count has no unit (`KVM_STATS_UNIT_NONE`).
+/// `KVM_STATS_UNIT_MASK`: a count has no unit (`KVM_STATS_UNIT_NONE`).
 const UNIT_MASK: u32 = 0xf << 4;
 
-/// The statistics this module reads, by KVM's names.
+/// The VM statistics this module reads, by KVM's names.
 pub const PAGE_STATS: [&str; 3] = ["pages_4k", "pages_2m", "pages_1g"];
+/// The vCPU statistics this module reads, by KVM's names (arch/x86/kvm/x86.c). KVM counts a
+/// fault it takes in `pf_taken` and the outcome in one of the other three; a fault it only
+/// retries (an asynchronous page fault, a race with an invalidation) has no outcome.
+pub const FAULT_STATS: [&str; 4] = ["pf_taken", "pf_fixed", "pf_emulate", "pf_spurious"];
 
 #[derive(Debug, Error)]
 pub enum KvmStatsError {
-    #[error("KVM_GET_STATS_FD on the VM: {0} (this KVM has no binary statistics, Linux < 5.14?)")]
-    Open(io::Error),
-    #[error("reading KVM's VM statistics ({what}): {source}")]
+    #[error(
+        "KVM_GET_STATS_FD on the {of}: {source} (this KVM has no binary statistics, Linux < 5.14?)"
+    )]
+    Open { of: &'static str, source: io::Error },
+    #[error("reading KVM's statistics ({what}): {source}")]
     Read {
         what: &'static str,
         source: io::Error,
     },
-    #[error("KVM's VM statistics: {0}")]
+    #[error("KVM's statistics: {0}")]
     Malformed(String),
-    #[error("KVM's VM statistics have no {0:?} (this KVM does not count stage-2 page sizes)")]
+    #[error("KVM's statistics have no {0:?}")]
     Missing(&'static str),
 }
 
-/// Where in the data block each of [`PAGE_STATS`] is, from the header and descriptors.
+/// Where in the data block each of `N` named counts is, from the header and descriptors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatsLayout {
+pub struct StatsLayout<const N: usize> {
     /// Offset of the data block from the start of the file.
     pub data_offset: u64,
-    /// Length of the data block that holds the three values (up to the last one's end).
+    /// Length of the data block that holds the values (up to the last one's end).
     pub data_len: usize,
-    /// Byte offsets within the data block of `pages_4k`, `pages_2m`, `pages_1g`.
-    pub offsets: [usize; 3],
+    /// Byte offsets within the data block of the counts, in the order they were named.
+    pub offsets: [usize; N],
 }
 
 /// The header's fields this module uses.
@@ -106,9 +114,13 @@ impl StatsHeader {
     }
 }
 
-impl StatsLayout {
-    /// Finds [`PAGE_STATS`] in the descriptor block `descs` of a file with header `h`.
-    pub fn parse(h: &StatsHeader, descs: &[u8]) -> Result<StatsLayout, KvmStatsError> {
+impl<const N: usize> StatsLayout<N> {
+    /// Finds the counts `names` in the descriptor block `descs` of a file with header `h`.
+    pub fn parse(
+        h: &StatsHeader,
+        descs: &[u8],
+        names: &[&'static str; N],
+    ) -> Result<StatsLayout<N>, KvmStatsError> {
         let stride = DESC_FIXED_LEN + h.name_size;
         if descs.len() < h.descriptors_len() {
             return Err(KvmStatsError::Malformed(format!(
@@ -117,14 +129,14 @@ impl StatsLayout {
                 h.descriptors_len()
             )));
         }
-        let mut offsets: [Option<usize>; 3] = [None; 3];
+        let mut offsets: [Option<usize>; N] = [None; N];
         for d in descs[..h.descriptors_len()].chunks_exact(stride) {
             let raw_name = &d[DESC_FIXED_LEN..];
             let name_len = raw_name
                 .iter()
                 .position(|&c| c == 0)
                 .unwrap_or(raw_name.len());
-            let Some(which) = PAGE_STATS
+            let Some(which) = names
                 .iter()
                 .position(|n| n.as_bytes() == &raw_name[..name_len])
             else {
@@ -142,14 +154,14 @@ impl StatsLayout {
             {
                 return Err(KvmStatsError::Malformed(format!(
                     "{} is not a plain count (flags {flags:#x}, exponent {exponent}, size {size})",
-                    PAGE_STATS[which]
+                    names[which]
                 )));
             }
             offsets[which] = Some(offset);
         }
-        let mut found = [0usize; 3];
+        let mut found = [0usize; N];
         for (i, o) in offsets.iter().enumerate() {
-            found[i] = o.ok_or(KvmStatsError::Missing(PAGE_STATS[i]))?;
+            found[i] = o.ok_or(KvmStatsError::Missing(names[i]))?;
         }
         let data_len = found.iter().max().copied().unwrap_or(0) + 8;
         Ok(StatsLayout {
@@ -159,8 +171,8 @@ impl StatsLayout {
         })
     }
 
-    /// The three counts from a data block (at least `data_len` bytes).
-    pub fn values(&self, data: &[u8]) -> Result<Stage2Pages, KvmStatsError> {
+    /// The counts from a data block (at least `data_len` bytes), in the order they were named.
+    pub fn values(&self, data: &[u8]) -> Result<[u64; N], KvmStatsError> {
         if data.len() < self.data_len {
             return Err(KvmStatsError::Malformed(format!(
                 "data block of {} bytes, expected {}",
@@ -168,26 +180,26 @@ impl StatsLayout {
                 self.data_len
             )));
         }
-        let at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().expect("8 bytes"));
-        Ok(Stage2Pages {
-            pages_4k: at(self.offsets[0]),
-            pages_2m: at(self.offsets[1]),
-            pages_1g: at(self.offsets[2]),
-        })
+        Ok(self
+            .offsets
+            .map(|o| u64::from_le_bytes(data[o..o + 8].try_into().expect("8 bytes"))))
     }
 
     /// Parses a whole statistics file as read from the descriptor (a recorded blob).
-    pub fn parse_file(file: &[u8]) -> Result<(StatsLayout, Stage2Pages), KvmStatsError> {
+    pub fn parse_file(
+        file: &[u8],
+        names: &[&'static str; N],
+    ) -> Result<(StatsLayout<N>, [u64; N]), KvmStatsError> {
         let h = StatsHeader::parse(file)?;
         let descs = file
             .get(h.desc_offset as usize..)
             .ok_or_else(|| KvmStatsError::Malformed("descriptors past the end".into()))?;
-        let layout = StatsLayout::parse(&h, descs)?;
+        let layout = StatsLayout::parse(&h, descs, names)?;
         let data = file
             .get(h.data_offset as usize..)
             .ok_or_else(|| KvmStatsError::Malformed("data past the end".into()))?;
-        let pages = layout.values(data)?;
-        Ok((layout, pages))
+        let values = layout.values(data)?;
+        Ok((layout, values))
     }
 }
 
@@ -198,6 +210,16 @@ pub struct Stage2Pages {
     pub pages_4k: u64,
     pub pages_2m: u64,
     pub pages_1g: u64,
+}
+
+impl From<[u64; 3]> for Stage2Pages {
+    fn from([pages_4k, pages_2m, pages_1g]: [u64; 3]) -> Self {
+        Stage2Pages {
+            pages_4k,
+            pages_2m,
+            pages_1g,
+        }
+    }
 }
 
 impl Stage2Pages {
@@ -244,31 +266,72 @@ impl std::fmt::Display for Stage2Pages {
     }
 }
 
-/// The VM's statistics descriptor and where the page counts are in it.
-#[derive(Debug)]
-pub struct VmStats {
-    file: File,
-    layout: StatsLayout,
+/// A vCPU's page-fault counts, as KVM keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultCounts {
+    pub taken: u64,
+    pub fixed: u64,
+    pub emulated: u64,
+    pub spurious: u64,
 }
 
-impl VmStats {
-    /// Opens the statistics of the VM behind `vm_fd` and reads their layout.
-    pub fn open(vm_fd: &impl AsRawFd) -> Result<VmStats, KvmStatsError> {
-        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new descriptor (or -1); it
-        // reads and writes no memory of ours. `vm_fd` is a live VM descriptor borrowed for the
-        // call.
-        let fd = unsafe { libc::ioctl(vm_fd.as_raw_fd(), KVM_GET_STATS_FD as _, 0) };
-        if fd < 0 {
-            return Err(KvmStatsError::Open(io::Error::last_os_error()));
+impl From<[u64; 4]> for FaultCounts {
+    fn from([taken, fixed, emulated, spurious]: [u64; 4]) -> Self {
+        FaultCounts {
+            taken,
+            fixed,
+            emulated,
+            spurious,
         }
-        // SAFETY: `fd` was just returned by the kernel as a new descriptor that nothing else
+    }
+}
+
+impl FaultCounts {
+    /// Faults taken that ended in no outcome (retried), as a signed figure: KVM also counts in
+    /// `pf_fixed` the faults an asynchronous page fault fixes when its page is ready, which it
+    /// never counted as taken, so a vCPU whose waits all end well keeps this near zero, and one
+    /// whose fault is retried forever makes it grow with every retry.
+    pub fn unresolved(&self) -> i64 {
+        let ended = self
+            .fixed
+            .wrapping_add(self.emulated)
+            .wrapping_add(self.spurious);
+        self.taken.wrapping_sub(ended) as i64
+    }
+}
+
+/// A statistics descriptor (KVM's, or a recorded copy of one) and where `N` counts are in it.
+#[derive(Debug)]
+struct StatsFile<const N: usize> {
+    file: File,
+    layout: StatsLayout<N>,
+}
+
+impl<const N: usize> StatsFile<N> {
+    /// Opens the statistics of the VM or vCPU behind `fd` (`of` says which, for messages).
+    fn open(
+        fd: &impl AsRawFd,
+        of: &'static str,
+        names: &[&'static str; N],
+    ) -> Result<Self, KvmStatsError> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new descriptor (or -1); it
+        // reads and writes no memory of ours. `fd` is a live VM or vCPU descriptor borrowed
+        // for the call.
+        let raw = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_STATS_FD as _, 0) };
+        if raw < 0 {
+            return Err(KvmStatsError::Open {
+                of,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `raw` was just returned by the kernel as a new descriptor that nothing else
         // owns; the `File` takes sole ownership and closes it.
-        let file = unsafe { File::from_raw_fd(fd) };
-        VmStats::from_file(file)
+        let file = unsafe { File::from_raw_fd(raw) };
+        StatsFile::from_file(file, names)
     }
 
-    /// Reads the layout of a statistics file: KVM's descriptor, or a recorded copy of one.
-    pub fn from_file(file: File) -> Result<VmStats, KvmStatsError> {
+    /// Reads the layout of a statistics file.
+    fn from_file(file: File, names: &[&'static str; N]) -> Result<Self, KvmStatsError> {
         let mut header = [0u8; HEADER_LEN];
         file.read_exact_at(&mut header, 0)
             .map_err(|source| KvmStatsError::Read {
@@ -282,12 +345,12 @@ impl VmStats {
                 what: "descriptors",
                 source,
             })?;
-        let layout = StatsLayout::parse(&h, &descs)?;
-        Ok(VmStats { file, layout })
+        let layout = StatsLayout::parse(&h, &descs, names)?;
+        Ok(StatsFile { file, layout })
     }
 
     /// The current counts: one `pread` of the data block.
-    pub fn read(&self) -> Result<Stage2Pages, KvmStatsError> {
+    fn read(&self) -> Result<[u64; N], KvmStatsError> {
         let mut data = vec![0u8; self.layout.data_len];
         self.file
             .read_exact_at(&mut data, self.layout.data_offset)
@@ -296,6 +359,48 @@ impl VmStats {
                 source,
             })?;
         self.layout.values(&data)
+    }
+}
+
+/// The VM's statistics descriptor and where the page counts are in it.
+#[derive(Debug)]
+pub struct VmStats(StatsFile<3>);
+
+impl VmStats {
+    /// Opens the statistics of the VM behind `vm_fd` and reads their layout.
+    pub fn open(vm_fd: &impl AsRawFd) -> Result<VmStats, KvmStatsError> {
+        StatsFile::open(vm_fd, "VM", &PAGE_STATS).map(VmStats)
+    }
+
+    /// Reads the layout of a statistics file: KVM's descriptor, or a recorded copy of one.
+    pub fn from_file(file: File) -> Result<VmStats, KvmStatsError> {
+        StatsFile::from_file(file, &PAGE_STATS).map(VmStats)
+    }
+
+    /// The current counts: one `pread` of the data block.
+    pub fn read(&self) -> Result<Stage2Pages, KvmStatsError> {
+        self.0.read().map(Stage2Pages::from)
+    }
+}
+
+/// A vCPU's statistics descriptor and where its page-fault counts are in it.
+#[derive(Debug)]
+pub struct VcpuStats(StatsFile<4>);
+
+impl VcpuStats {
+    /// Opens the statistics of the vCPU behind `vcpu_fd` and reads their layout.
+    pub fn open(vcpu_fd: &impl AsRawFd) -> Result<VcpuStats, KvmStatsError> {
+        StatsFile::open(vcpu_fd, "vCPU", &FAULT_STATS).map(VcpuStats)
+    }
+
+    /// Reads the layout of a statistics file: KVM's descriptor, or a recorded copy of one.
+    pub fn from_file(file: File) -> Result<VcpuStats, KvmStatsError> {
+        StatsFile::from_file(file, &FAULT_STATS).map(VcpuStats)
+    }
+
+    /// The current counts: one `pread` of the data block.
+    pub fn read(&self) -> Result<FaultCounts, KvmStatsError> {
+        self.0.read().map(FaultCounts::from)
     }
 }
 
@@ -311,6 +416,23 @@ pub(crate) mod recorded {
     pub const DATA: usize = 1096;
     /// Where `pages_4k` is in [`NEW_VM`] (`pages_2m` and `pages_1g` follow).
     pub const PAGES_4K: usize = DATA + 72;
+
+    /// The whole statistics file of a new x86 vCPU, read from `KVM_GET_STATS_FD` on the same
+    /// KVM (47 descriptors with 48-byte names; `pf_taken`, `pf_fixed`, `pf_emulate`,
+    /// `pf_spurious` at data offsets 832, 840, 848, 856; the data block at 3080).
+    pub const NEW_VCPU: &[u8] = include_bytes!("testdata/new-vcpu-kvm-6.18.bin");
+    /// Where `pf_taken` is in [`NEW_VCPU`] (`pf_fixed`, `pf_emulate`, `pf_spurious` follow).
+    pub const PF_TAKEN: usize = 3080 + 832;
+
+    /// [`NEW_VCPU`] with these `pf_taken`, `pf_fixed`, `pf_emulate`, `pf_spurious`.
+    pub fn with_faults(counts: [u64; 4]) -> Vec<u8> {
+        let mut blob = NEW_VCPU.to_vec();
+        for (i, v) in counts.into_iter().enumerate() {
+            let at = PF_TAKEN + 8 * i;
+            blob[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        blob
+    }
 
     /// [`NEW_VM`] with these `pages_4k`, `pages_2m`, `pages_1g`.
     pub fn with_pages(pages: [u64; 3]) -> Vec<u8> {
