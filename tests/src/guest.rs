@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::artifacts;
 use crate::error::{Error, Result};
 use crate::host::{run_on_kvm_host, HostOpts, HostRun, StockStaging, TAIL_LINES};
-use crate::markers::{has_marker, last_marker, tail_lines};
+use crate::markers::{fold_data_blocks, has_marker, last_marker, tail_lines};
 use crate::shell::{sh_join, sh_quote};
 
 /// Printed by the guest init once it runs.
@@ -284,9 +284,10 @@ impl GuestRun {
         &self.report.console
     }
 
-    /// The last `n` lines of the host console (guest console included).
+    /// The last `n` lines of the host console (guest console included), with the data blocks
+    /// the host printed after the guest (`markers::fold_data_blocks`) folded away.
     pub fn tail(&self, n: usize) -> String {
-        tail_lines(&self.host.output, n)
+        tail_lines(&fold_data_blocks(&self.host.output), n)
     }
 
     /// An [`Error::Guest`] with `msg` and the console tail.

@@ -41,6 +41,46 @@ pub fn tail_lines(text: &str, n: usize) -> String {
     tail
 }
 
+/// `text` with every data block a host script printed between `@@NAME-BEGIN@@` and
+/// `@@NAME-END@@` lines (a `--report` JSON, say) folded into one line: what an error's console
+/// tail should show is the guest and the vmm, which such a block printed after them would push
+/// out of the tail.
+pub fn fold_data_blocks(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside: Option<(String, usize)> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some((end, n)) = &mut inside {
+            if t == end {
+                out.push_str(&format!(
+                    "[{n} lines between {} left out]\n",
+                    end.replace("-END", "-BEGIN/END")
+                ));
+                inside = None;
+            } else {
+                *n += 1;
+            }
+            continue;
+        }
+        if let Some(name) = t
+            .strip_prefix("@@")
+            .and_then(|r| r.strip_suffix("-BEGIN@@"))
+            .filter(|n| !n.is_empty() && !n.contains(' '))
+        {
+            inside = Some((format!("@@{name}-END@@"), 0));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some((end, n)) = inside {
+        out.push_str(&format!(
+            "[{n} lines after an unclosed block (no {end}) left out]\n"
+        ));
+    }
+    out
+}
+
 /// All values of marker `name` in `text`, in order: `@@NAME@@` yields `""`, `@@NAME value@@`
 /// yields `"value"`.
 pub fn marker_values<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
@@ -171,6 +211,21 @@ pub fn system_ram_overlapping(iomem: &[IomemEntry], lo: u64, hi: u64) -> Vec<Iom
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_blocks_fold_into_one_line() {
+        let text = "guest line\n@@VMM-REPORT-BEGIN@@\n{\n\"a\": 1\n}\n@@VMM-REPORT-END@@\nlast\n";
+        assert_eq!(
+            super::fold_data_blocks(text),
+            "guest line\n[3 lines between @@VMM-REPORT-BEGIN/END@@ left out]\nlast\n"
+        );
+        // Markers with a value are not blocks; an unclosed block is said to be one.
+        let text = "@@GUEST-EXIT 0@@\n@@X-BEGIN@@\n1\n";
+        assert_eq!(
+            super::fold_data_blocks(text),
+            "@@GUEST-EXIT 0@@\n[1 lines after an unclosed block (no @@X-END@@) left out]\n"
+        );
+    }
+
     use super::*;
 
     #[test]
