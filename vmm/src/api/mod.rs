@@ -329,6 +329,27 @@ const NOT_SUPPORTED: &[&str] = &[
     "vmm.nmi",
 ];
 
+/// The run loop's answer to a hot-plug request: 409 when the run loop went away without one (the
+/// guest stopped "before `stopped_before`"), 500 when none came within `timeout`.
+fn run_loop_answer<T>(
+    answer: &mpsc::Receiver<Result<T, ApiError>>,
+    timeout: Duration,
+    what: &str,
+    stopped_before: &str,
+) -> Result<T, ApiError> {
+    match answer.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(ApiError::new(
+            409,
+            format!("{what}: the guest stopped before {stopped_before}"),
+        )),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::new(
+            500,
+            format!("{what}: the monitor did not answer in time"),
+        )),
+    }
+}
+
 fn not_created() -> ApiError {
     ApiError::new(404, "no VM is created; PUT /api/v1/vm.create first")
 }
@@ -644,17 +665,12 @@ impl Controller {
             .send(HotAddRequest { config, reply })
             .map_err(|_| ApiError::new(409, "vm.add-pmem: the guest is stopping"))?;
         let _ = hotplug.wake.write(1);
-        match answer.recv_timeout(COMMAND_TIMEOUT) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ApiError::new(
-                409,
-                "vm.add-pmem: the guest stopped before the device was added; nothing was added",
-            )),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::new(
-                500,
-                "vm.add-pmem: the monitor did not answer in time",
-            )),
-        }
+        run_loop_answer(
+            &answer,
+            COMMAND_TIMEOUT,
+            "vm.add-pmem",
+            "the device was added; nothing was added",
+        )
     }
 
     /// NVDIMM hot-remove: the id is checked here, then the run loop asks the guest to release
@@ -698,17 +714,12 @@ impl Controller {
         let _ = hotplug.wake.write(1);
         // The run loop answers by the timeout (checked at least once a second) plus the time
         // the removal itself takes (an msync of the device).
-        match answer.recv_timeout(timeout + COMMAND_TIMEOUT) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ApiError::new(
-                409,
-                "vm.remove-device: the guest stopped before the device was removed; nothing was removed",
-            )),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::new(
-                500,
-                "vm.remove-device: the monitor did not answer in time",
-            )),
-        }
+        run_loop_answer(
+            &answer,
+            timeout + COMMAND_TIMEOUT,
+            "vm.remove-device",
+            "the device was removed; nothing was removed",
+        )
     }
 
     /// `vm.set-pmem-health {"id", "health", "spares", "temperature"}`: changes what a DIMM's
