@@ -217,6 +217,9 @@ impl PmemMapping {
             }
         };
         let addr = reservation.into_mapping();
+        if let BackingKind::File { .. } = *backing.kind() {
+            advise_huge_pages(addr, len, backing.path());
+        }
         debug!(
             "{}: mapped {} at {addr:p}{}",
             backing.path().display(),
@@ -354,6 +357,24 @@ impl PmemMapping {
     }
 }
 
+/// Asks for transparent huge pages in a regular file's mapping (`MADV_HUGEPAGE`, as QEMU does for
+/// guest RAM). KVM never maps a guest page larger than the monitor's own mapping of it, so a
+/// backing on tmpfs (or shmem) with `huge=advise` or `huge=within_size`, or a read-only file with
+/// large folios, only gets 2 MiB stage-2 pages this way; a DAX file system maps PMD faults with
+/// or without it. Failure (`EINVAL` on a kernel without THP) costs only speed, so it is a debug
+/// line.
+fn advise_huge_pages(addr: *mut u8, len: usize, path: &std::path::Path) {
+    // SAFETY: [addr, addr + len) is the file mapping just made, owned by the caller; MADV_HUGEPAGE
+    // sets a flag on the VMA and changes no memory contents.
+    if unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) } != 0 {
+        debug!(
+            "{}: no MADV_HUGEPAGE ({}): the host maps it with small pages",
+            path.display(),
+            io::Error::last_os_error()
+        );
+    }
+}
+
 impl Drop for PmemMapping {
     fn drop(&mut self) {
         // SAFETY: [addr, addr + len) is the mapping this value owns and nobody uses it after this
@@ -372,6 +393,7 @@ impl Drop for PmemMapping {
 mod tests {
     use std::fs::{self, File};
     use std::io::Read;
+    use std::path::Path;
 
     use super::*;
     use crate::pmem::test_support::{maps_perms, req, write_file, MIB};
@@ -406,6 +428,43 @@ mod tests {
             assert_eq!(&data[off..off + bytes.len()], bytes);
         }
         assert!(data[8..4096].iter().all(|&b| b == 0));
+    }
+
+    /// The `VmFlags` line of /proc/self/smaps for the mapping that starts at `addr`.
+    fn vm_flags(addr: *mut u8) -> Vec<String> {
+        let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
+        let want = format!("{:x}-", addr as usize);
+        let entry = smaps
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(&want))
+            .skip(1)
+            .find(|l| l.starts_with("VmFlags:"))
+            .unwrap_or_else(|| panic!("no VmFlags for {addr:p} in /proc/self/smaps"));
+        entry["VmFlags:".len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+
+    /// File mappings ask for transparent huge pages ("hg"), the precondition for 2 MiB stage-2
+    /// pages on tmpfs; read-only ones too (large folios of a file read-only mapped).
+    #[test]
+    fn file_mappings_ask_for_huge_pages() {
+        if !Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            panic!("this test needs a kernel with CONFIG_TRANSPARENT_HUGEPAGE");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for readonly in [false, true] {
+            let path = dir.path().join(format!("thp-{readonly}.img"));
+            write_file(&path, 4 * MIB, 1);
+            let b = Backing::open(&req(&path, Some(4 * MIB), readonly)).unwrap();
+            let m = b.map().unwrap();
+            let flags = vm_flags(m.as_ptr());
+            assert!(
+                flags.iter().any(|f| f == "hg"),
+                "readonly={readonly}: {flags:?}"
+            );
+        }
     }
 
     #[test]
