@@ -647,7 +647,7 @@ truncate -s {PMEM} huge/data.img
 "$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory 512M \
   --serial file="$WORK/console.log" --api-socket path="$WORK/api.sock" \
   --pmem path="$WORK/huge/data.img",memmap=none \
-  --cmdline 'console=ttyS0 quiet panic=-1 -- "echo @@GUEST-UP@@; dd if=/dev/pmem0 of=/dev/null bs=1M 2>/dev/null && echo @@GUEST-TOUCHED@@; sleep 600"' \
+  --cmdline 'console=ttyS0 quiet panic=-1 -- "echo @@GUEST-UP@@; dd if=/dev/pmem0 of=/dev/null bs=1M iflag=direct 2>/dev/null && echo @@GUEST-TOUCHED@@; sleep 600"' \
   2> vmm.log < /dev/null &
 pid=$!
 counters() {{ {curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters; }}
@@ -700,10 +700,12 @@ echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
             PMEM >> 10
         )));
     }
-    if grown < PMEM / 10 * 9 {
+    // O_DIRECT reads: the guest's RAM (page cache) adds no more than its 1 MiB buffer and
+    // what the idle guest touches meanwhile.
+    if !(PMEM / 10 * 9..=PMEM + (32 << 20)).contains(&grown) {
         return Err(run.error(format!(
-            "after the guest read its {} MiB device KVM's 2 MiB stage-2 leaves grew by {} MiB \
-             only",
+            "after the guest read its {} MiB device KVM's 2 MiB stage-2 leaves grew by {} MiB, \
+             expected 90-100 % of it",
             PMEM >> 20,
             grown >> 20
         )));
