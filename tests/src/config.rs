@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::{Error, Result};
+
 /// `auto`, `direct` or `nested`: where scripts run (see [`crate::mode`]).
 pub const ENV_MODE: &str = "PMEMVMM_TESTBED";
 /// Maximum number of concurrent hosts (L0 QEMUs or direct runs) across all test processes.
@@ -28,6 +30,9 @@ pub const ENV_STOCK_MODULES: &str = "PMEMVMM_STOCK_MODULES";
 pub const ENV_VMM: &str = "PMEMVMM_VMM";
 /// QEMU binary for nested mode (default: `qemu-system-x86_64` from `PATH`).
 pub const ENV_QEMU: &str = "PMEMVMM_QEMU";
+/// Path to cloud-hypervisor's `ch-remote` instead of `../shared/peers/ch-remote` (see
+/// [`ch_remote`]).
+pub const ENV_CH_REMOTE: &str = "PMEMVMM_CH_REMOTE";
 /// Direct mode only: space-separated device-DAX devices on the host to hand to tests asking for
 /// NVDIMMs (default `/dev/dax0.0 /dev/dax1.0 ...`).
 pub const ENV_DEVDAX: &str = "PMEMVMM_DEVDAX";
@@ -75,6 +80,33 @@ pub fn workspace_root() -> PathBuf {
 /// `../shared/peers` beside the repository root (its README says what each is).
 pub fn peers_dir() -> PathBuf {
     workspace_root().join("../shared/peers")
+}
+
+/// cloud-hypervisor's `ch-remote`, the real client the API tests drive the monitor with:
+/// `$PMEMVMM_CH_REMOTE` when set (a path that does not exist is an error), else `ch-remote` in
+/// [`peers_dir`]. Missing, it is an [`Error::Setup`] that says what to set: the tests that need
+/// it fail, never skip.
+pub fn ch_remote() -> Result<PathBuf> {
+    if let Some(p) = var(ENV_CH_REMOTE) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::setup(format!(
+                "{ENV_CH_REMOTE}={} does not exist",
+                p.display()
+            )))
+        };
+    }
+    let p = peers_dir().join("ch-remote");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::setup(format!(
+            "ch-remote not found at {}; set {ENV_CH_REMOTE} to cloud-hypervisor's ch-remote",
+            p.display()
+        )))
+    }
 }
 
 /// Looks a program up in `PATH`, returning its full path if it is an executable file.

@@ -2,7 +2,8 @@
 //! and Debian's `curl --unix-socket`.
 //!
 //! `ch-remote` is `PMEMVMM_CH_REMOTE` when set (a path that does not exist fails the test), else
-//! `../shared/peers/ch-remote` beside the repository; without it the tests fail and say so.
+//! `../shared/peers/ch-remote` beside the repository (`testbed::config::ch_remote`); without it
+//! the tests fail and say so.
 //!
 //! - `refusals_on_this_machine` boots nothing: the monitor starts empty on this machine (no KVM
 //!   is needed until a VM boots) and every malformed request gets a 4xx and changes nothing.
@@ -30,25 +31,6 @@ use std::time::{Duration, Instant};
 use testbed::markers::marker_values;
 use testbed::shell::sh_quote;
 use testbed::{run_on_kvm_host, vmm, HostOpts, ScratchDir};
-
-fn ch_remote() -> PathBuf {
-    if let Some(p) = std::env::var_os("PMEMVMM_CH_REMOTE") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "PMEMVMM_CH_REMOTE={} does not exist",
-            p.display()
-        );
-        return p;
-    }
-    let p = testbed::config::peers_dir().join("ch-remote");
-    assert!(
-        p.is_file(),
-        "ch-remote not found at {}; set PMEMVMM_CH_REMOTE to cloud-hypervisor's ch-remote",
-        p.display()
-    );
-    p
-}
 
 fn curl() -> PathBuf {
     let p = PathBuf::from("/usr/bin/curl");
@@ -109,7 +91,7 @@ impl Monitor {
     }
 
     fn ch_remote(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(ch_remote())
+        let out = Command::new(testbed::config::ch_remote().unwrap_or_else(|e| panic!("{e}")))
             .arg("--api-socket")
             .arg(&self.socket)
             .args(args)
@@ -434,8 +416,8 @@ fn refusals_on_this_machine() {
 
 #[test]
 fn boot_through_the_api() -> testbed::Result<()> {
-    let ch =
-        testbed::nested::visible_in_l1(&ch_remote(), "ch-remote").map_err(testbed::Error::setup)?;
+    let ch = testbed::nested::visible_in_l1(&testbed::config::ch_remote()?, "ch-remote")
+        .map_err(testbed::Error::setup)?;
     let curl = curl();
     let ch_q = sh_quote(&ch.display().to_string());
     let script = format!(
@@ -719,8 +701,8 @@ echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
 /// mode, `vm.info` reports them, and adding a backing again is refused with nothing changed.
 #[test]
 fn hot_add_through_the_api() -> testbed::Result<()> {
-    let ch =
-        testbed::nested::visible_in_l1(&ch_remote(), "ch-remote").map_err(testbed::Error::setup)?;
+    let ch = testbed::nested::visible_in_l1(&testbed::config::ch_remote()?, "ch-remote")
+        .map_err(testbed::Error::setup)?;
     let curl = curl();
     let script = format!(
         r#"
