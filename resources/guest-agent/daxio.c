@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MAP_SHARED_VALIDATE
@@ -41,6 +42,18 @@
  *                                           mapping allows), copies file SRC to OFFSET, unmaps,
  *                                           maps again and compares; prints ok
  *   daxio get PATH MAPLEN OFFSET LEN DEST   maps PATH, copies LEN bytes at OFFSET to file DEST
+ *   daxio spin PATH MAPLEN STOP MAXSEC COUNT
+ *                                           the hot-remove tests' DAX write load: keeps PATH (a
+ *                                           /dev/daxX.Y, or a file on a DAX filesystem, created
+ *                                           or extended to MAPLEN) open and [0, MAPLEN) mapped
+ *                                           MAP_SHARED_VALIDATE|MAP_SYNC while it writes rounds:
+ *                                           round N fills the mapping with byte N & 0xff, msyncs
+ *                                           (files), checks the first and last byte of every
+ *                                           page and writes N to file COUNT. Stops when file
+ *                                           STOP exists (looked at every round) or after MAXSEC
+ *                                           seconds, unmaps, closes, then prints
+ *                                           @@DAXIO-SPIN path=P rounds=N bad=N end=stop|timeout@@
+ *                                           (exit 0 only for end=stop with bad=0)
  * Exit status 0 on success, 1 on a failure (the reason on stderr), 2 on bad usage. */
 
 static int die(const char *what, const char *path)
@@ -81,6 +94,60 @@ static int fits(size_t off, size_t len, size_t maplen)
         return 1;
     fprintf(stderr, "daxio: %zu bytes at %zu do not fit in %zu\n", len, off, maplen);
     return 0;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int spin(const char *path, size_t maplen, const char *stop, double maxsec,
+                const char *count)
+{
+    unsigned long long rounds = 0, bad = 0;
+    double start = now();
+    int stopped = 0, cfd, fd = open(path, O_RDWR | O_CREAT, 0644);
+    volatile unsigned char *p;
+    struct stat st;
+    char buf[32];
+
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return die("opening", path);
+    if (S_ISREG(st.st_mode) && (size_t)st.st_size < maplen) {
+        errno = posix_fallocate(fd, 0, maplen);
+        if (errno)
+            return die("fallocate", path);
+    }
+    cfd = open(count, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (cfd < 0)
+        return die("creating", count);
+    p = map(fd, maplen, PROT_READ | PROT_WRITE, 1);
+    if (p == MAP_FAILED)
+        return die("mmap MAP_SYNC (not a DAX mapping?)", path);
+    while (!(stopped = access(stop, F_OK) == 0) && now() - start < maxsec) {
+        unsigned char b = ++rounds & 0xff;
+        int len;
+
+        memset((void *)p, b, maplen);
+        if (S_ISREG(st.st_mode) && msync((void *)p, maplen, MS_SYNC) < 0)
+            return die("msync", path);
+        for (size_t off = 0; off < maplen; off += 4096)
+            if (p[off] != b || p[off + 4095] != b)
+                bad++;
+        /* the count only grows, so each write covers the last */
+        len = snprintf(buf, sizeof(buf), "%llu\n", rounds);
+        if (pwrite(cfd, buf, len, 0) != len)
+            return die("writing", count);
+    }
+    if (munmap((void *)p, maplen) < 0)
+        return die("munmap", path);
+    close(fd);
+    close(cfd);
+    printf("@@DAXIO-SPIN path=%s rounds=%llu bad=%llu end=%s@@\n", path, rounds, bad,
+           stopped ? "stop" : "timeout");
+    return stopped && !bad ? 0 : 1;
 }
 
 static int daxio_main(int argc, char **argv)
@@ -143,8 +210,10 @@ static int daxio_main(int argc, char **argv)
         close(out);
         return 0;
     }
+    if (argc == 7 && !strcmp(argv[1], "spin"))
+        return spin(argv[2], num(argv[3]), argv[4], strtod(argv[5], NULL), argv[6]);
     fprintf(stderr, "usage: daxio statx PATH | put PATH MAPLEN OFFSET SRC [sync] | "
-                    "get PATH MAPLEN OFFSET LEN DEST\n");
+                    "get PATH MAPLEN OFFSET LEN DEST | spin PATH MAPLEN STOP MAXSEC COUNT\n");
     return 2;
 }
 
