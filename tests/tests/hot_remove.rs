@@ -322,7 +322,9 @@ step MOUNT '@@G-MOUNTED'
 echo "@@REMOVE-MOUNTED $(req rm1 vm.remove-device '{{"id":"hot-a","timeout_ms":60000}}') $(cat rm1.out)@@"
 step UMOUNT '@@G-UMOUNTED@@'
 echo "@@REMOVE-UNMOUNTED $(req rm2 vm.remove-device '{{"id":"hot-a","timeout_ms":60000}}') $(cat rm2.out)@@"
-echo "@@ON-HOST-AT-ANSWER $(grep -c HOTDATA-4242 a.img)@@"
+# Without its zero bytes: busybox grep reads a 512 MiB image of mostly zeros as one line (31 s
+# natively on the 2-core machine, about 9 minutes in L1; 2 s natively through tr).
+echo "@@ON-HOST-AT-ANSWER $(tr -d '\000' < a.img | grep -c HOTDATA-4242)@@"
 sleep 2
 step SC '@@G-STATE SC'
 echo "@@INFO-GONE $(get vm.info)@@"
