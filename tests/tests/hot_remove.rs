@@ -88,7 +88,7 @@ waitg() {{
     alive || {{ wait $pid; die "$2: the monitor exited with status $?"; }}
     if [ $((i % 20)) = 19 ]; then
       st=$(get vm.info | tr -d ' \n' | grep -o '"state":"[A-Za-z]*"')
-      [ "$st" = '"state":"Running"' ] || die "$2: the VM is not running (vm.info: $(get vm.info | head -c 300))"
+      [ "$st" = '"state":"Running"' ] || die "$2: the VM is not running (vm.info: ${{st:-no state}} $(get vm.info | tr -d ' \n' | grep -o '"last_stop":[^,]*'))"
     fi
     [ $((i % 120)) = 119 ] && echo "waiting for $2: $(( (i + 1) / 4 )) s"
     [ $i -ge $lim ] && die "$2 (not within ${{3:-300}} s)"
