@@ -3,13 +3,15 @@
 //! ```text
 //! cargo run -p testbed --example run-guest -- [--cpus N] [--memory SIZE] [--vmlinux] [--stock] [--loud]
 //!     [--param WORD]... [--vmm-arg ARG]... [--timeout SECS] [--host-bin PATH]
-//!     [--before SCRIPT] [--after SCRIPT] [-- GUEST COMMAND...]
+//!     [--before SCRIPT] [--after SCRIPT] [--qemu-arg ARG]... [-- GUEST COMMAND...]
 //! ```
 //! `--stock` boots the stock distribution kernel (`guest-kernel/stock.sh`) instead of ours.
 //! `--loud` drops `quiet` from the guest kernel command line. `--before`/`--after` are host shell
 //! commands around the vmm (the host script's `$VMM` may be redefined in `--before`, e.g. to
-//! run it under strace staged with `--host-bin /usr/bin/strace`). Prints the guest console, or
-//! with `--after` the whole host output. Exits with the vmm's status.
+//! run it under strace staged with `--host-bin /usr/bin/strace`). `--qemu-arg` adds an argument
+//! to L1's QEMU in nested mode (e.g. `--qemu-arg -cpu --qemu-arg max,phys-bits=48` for a 1 TiB
+//! device). Prints the guest console, or with `--after` the whole host output. Exits with the
+//! vmm's status.
 
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ fn main() {
             "--param" => opts.kernel_params.push(value()),
             "--vmm-arg" => opts.vmm_args.push(value()),
             "--host-bin" => opts.host.host_bins.push(value().into()),
+            "--qemu-arg" => opts.host.qemu_args.push(value()),
             "--before" => opts.before = value(),
             "--after" => opts.after = value(),
             "--timeout" => {
