@@ -8,8 +8,9 @@
 //! - `our_guest_releases_what_it_does_not_use`: our guest kernel (patch 0004) refuses to release
 //!   a mounted fsdax namespace and an open device-dax instance, with the reason, and releases
 //!   them once unmounted or closed; the file written before the removal is on the backing when
-//!   the API answers, `/proc/iomem`, the guest's regions and `MemFree` (the memmap in RAM comes
-//!   back) show the range gone, and the same backing added again (`format=keep`) holds the file.
+//!   the API answers, `/proc/iomem`, the guest's regions, `ndctl list -N`, the pfn checker's
+//!   registry and `MemFree` (the memmap in RAM comes back) show the range gone, and the same
+//!   backing added again (`format=keep`) holds the file and is back in each of them.
 //! - `every_device_goes_even_from_under_dax_load`: our guest with two boot-time devices (the raw
 //!   control channel, fsdax) and three hot-added ones (devdax, raw, fsdax). A `daxio spin`
 //!   MAP_SYNC write loop on a file of the mounted fsdax namespace and one on the open, mapped
@@ -234,7 +235,10 @@ ndevs() { ls /dev | grep -c -e '^pmem' -e '^dax'; }
 rawdev() { for d in $(ls /dev | grep -e '^pmem[1-9]'); do case "$(readlink /sys/block/$d/device)" in */namespace*) echo $d; return ;; esac; done; }
 iomem() { grep -c 'Persistent Memory' /proc/iomem; }
 regions() { ls /sys/bus/nd/devices | grep -c region; }
-state() { echo "@@G-STATE $1 pmem=$(hot) dax=$(dax) iomem=$(iomem) regions=$(regions) memfree=$(grep MemFree /proc/meminfo | tr -s ' ' | cut -d' ' -f2)@@"; }
+# checked: namespaces the kernel's pfn checker has registered (debugfs); ns: ndctl's namespaces
+checked() { grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs debugfs /sys/kernel/debug; wc -l < /sys/kernel/debug/nvdimm-pfn-check/devices; }
+nss() { ndctl list -N 2>/dev/null | grep -c '"dev"'; }
+state() { echo "@@G-STATE $1 pmem=$(hot) dax=$(dax) iomem=$(iomem) regions=$(regions) checked=$(checked) ns=$(nss) memfree=$(grep MemFree /proc/meminfo | tr -s ' ' | cut -d' ' -f2)@@"; }
 no() { echo "@@NO G-$1@@"; dmesg | tail -n 15 | sed 's/^/KMSG /'; }
 # the write loops: running while their output has no end line yet
 running() { for l in fs dax; do [ -f /tmp/out-$l ] && ! grep -q DAXIO-SPIN /tmp/out-$l && echo $l; done; }
@@ -412,6 +416,20 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
     let same_as_before = |s: &State| {
         s.pmem.is_empty() && s.dax.is_empty() && s.iomem == sa.iomem && s.regions == sa.regions
     };
+    // The pfn checker's registry and ndctl's namespaces follow the device: one more with hot-a,
+    // back to the start once it is removed, one more again once it is back.
+    let counts = |s: &State| (s.checked, s.ns);
+    let one_more = (sa.checked + 1, sa.ns + 1);
+    if counts(&sb) != one_more || counts(&sc) != counts(&sa) || counts(&sd) != one_more {
+        return Err(run.error(format!(
+            "(checker registrations, ndctl namespaces) before {:?}, with hot-a {:?}, after its \
+             removal {:?}, with it again {:?}",
+            counts(&sa),
+            counts(&sb),
+            counts(&sc),
+            counts(&sd)
+        )));
+    }
     if sb.pmem.is_empty() || sb.iomem <= sa.iomem || sb.regions != sa.regions + 1 {
         return Err(run.error(format!("hot-a added: {sb:?} (before: {sa:?})")));
     }
@@ -678,6 +696,10 @@ struct State {
     dax: String,
     iomem: u32,
     regions: u32,
+    /// Namespaces registered with the guest kernel's pfn checker.
+    checked: u32,
+    /// Namespaces `ndctl list -N` shows.
+    ns: u32,
     memfree_kb: u64,
 }
 
@@ -693,6 +715,8 @@ impl State {
             dax: field("dax")?,
             iomem: field("iomem")?.parse().ok()?,
             regions: field("regions")?.parse().ok()?,
+            checked: field("checked")?.parse().ok()?,
+            ns: field("ns")?.parse().ok()?,
             memfree_kb: field("memfree")?.parse().ok()?,
         })
     }
