@@ -535,31 +535,48 @@ fn stage2_bytes(c: &serde_json::Value) -> Option<u64> {
     Some(n("pages_4k")? * 4096 + n("pages_2m")? * (2 << 20) + n("pages_1g")? * (1 << 30))
 }
 
-#[test]
-fn stage2_counters_follow_the_guest() -> testbed::Result<()> {
-    const RAM: u64 = 512 << 20;
-    const PMEM: u64 = 256 << 20;
+/// The guest's RAM and its device in [`guest_reads_its_device`].
+const RAM_MIB: u64 = 512;
+const PMEM: u64 = 256 << 20;
+
+/// What [`guest_reads_its_device`] saw: the run, KVM's `kvm.stage2` counts before and after the
+/// guest read its device, and how much of the monitor's mapping of the backing the host maps
+/// with PMD (2 MiB) pages (smaps' `ShmemPmdMapped`, KiB).
+struct DeviceRead {
+    run: testbed::HostRun,
+    before: serde_json::Value,
+    after: serde_json::Value,
+    pmd_mapped_kib: u64,
+}
+
+/// Boots a 1-vCPU guest with `RAM_MIB` of RAM and one raw device of `PMEM` bytes on
+/// `$WORK/<dir>/data.img` (after the host ran `setup`), lets it settle, then has it read the whole
+/// device with `dd <dd_flags>`, reading `vm.counters` before and after.
+fn guest_reads_its_device(setup: &str, dir: &str, dd_flags: &str) -> testbed::Result<DeviceRead> {
     let curl = curl();
     let script = format!(
         r#"
 set -u
-truncate -s {PMEM} data.img
-"$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory {ram_mib}M \
+mkdir -p {dir}
+{setup}
+truncate -s {PMEM} {dir}/data.img
+"$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory {RAM_MIB}M \
   --serial file="$WORK/console.log" --api-socket path="$WORK/api.sock" \
-  --pmem path="$WORK/data.img",memmap=none \
-  --cmdline 'console=ttyS0 quiet panic=-1 -- "echo @@GUEST-UP@@; sleep 8; dd if=/dev/pmem0 of=/dev/null bs=1M 2>/dev/null && echo @@GUEST-TOUCHED@@; sleep 600"' \
+  --pmem path="$WORK/{dir}/data.img",memmap=none \
+  --cmdline 'console=ttyS0 quiet panic=-1 -- "echo @@GUEST-UP@@; sleep 8; dd if=/dev/pmem0 of=/dev/null bs=1M {dd_flags} 2>/dev/null && echo @@GUEST-TOUCHED@@; sleep 600"' \
   2> vmm.log < /dev/null &
 pid=$!
 counters() {{ {curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters; }}
-i=0; while ! grep -q '@@GUEST-UP@@' console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+i=0; while ! grep -q '@@GUEST-UP@@' console.log 2>/dev/null && kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
 echo "--- before ---"; counters; echo
-i=0; while ! grep -q '@@GUEST-TOUCHED@@' console.log 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+i=0; while ! grep -q '@@GUEST-TOUCHED@@' console.log 2>/dev/null && kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
 grep -q '@@GUEST-TOUCHED@@' console.log && echo @@TOUCHED-SEEN@@
 echo "--- after ---"; counters; echo
+echo "@@PMD-MAPPED-KB $(grep -A 30 '{dir}/data.img' /proc/$pid/smaps | grep -m1 '^ShmemPmdMapped:' | awk '{{print $2}}')@@"
 kill -TERM $pid; wait $pid
+if grep -q " $WORK/{dir} " /proc/mounts; then umount "$WORK/{dir}"; fi
 echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
 "#,
-        ram_mib = RAM >> 20,
         curl = curl.display(),
     );
     let host = HostOpts::default()
@@ -574,17 +591,36 @@ echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
     if !run.output.contains("@@TOUCHED-SEEN@@") {
         return Err(run.error("the guest did not read its pmem device"));
     }
-    let stage2 = |header: &str| -> testbed::Result<(serde_json::Value, u64)> {
+    let stage2 = |header: &str| -> testbed::Result<serde_json::Value> {
         let text = section(&run.output, header);
         let v: serde_json::Value = serde_json::from_str(text.trim())
             .map_err(|e| run.error(format!("vm.counters is not JSON ({e}): {text}")))?;
-        let c = v["kvm.stage2"].clone();
-        let bytes = stage2_bytes(&c)
-            .ok_or_else(|| run.error(format!("no kvm.stage2 page counts in vm.counters: {v}")))?;
-        Ok((c, bytes))
+        Ok(v["kvm.stage2"].clone())
     };
-    let (before_c, before) = stage2("--- before ---")?;
-    let (after_c, after) = stage2("--- after ---")?;
+    let (before, after) = (stage2("--- before ---")?, stage2("--- after ---")?);
+    let pmd_mapped_kib = marker_values(&run.output, "PMD-MAPPED-KB")
+        .last()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| run.error("no ShmemPmdMapped figure for the backing's mapping"))?;
+    Ok(DeviceRead {
+        run,
+        before,
+        after,
+        pmd_mapped_kib,
+    })
+}
+
+#[test]
+fn stage2_counters_follow_the_guest() -> testbed::Result<()> {
+    const RAM: u64 = RAM_MIB << 20;
+    let read = guest_reads_its_device("", "plain", "")?;
+    let run = &read.run;
+    let bytes = |c: &serde_json::Value| {
+        stage2_bytes(c)
+            .ok_or_else(|| run.error(format!("no kvm.stage2 page counts in vm.counters: {c}")))
+    };
+    let (before_c, after_c) = (&read.before, &read.after);
+    let (before, after) = (bytes(before_c)?, bytes(after_c)?);
     eprintln!("stage 2 before: {before_c} ({before} bytes); after: {after_c} ({after} bytes)");
     // The guest booted from RAM: something is mapped; and never more than the VM has.
     if before == 0 || after > RAM + PMEM {
@@ -611,65 +647,28 @@ echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
 }
 
 /// Huge stage-2 pages for a file backing: a raw 256 MiB device whose file lives on a
-/// `huge=always` tmpfs in the KVM host. Once the guest has read all of it, the monitor's mapping
-/// of the file is PMD-mapped (the host's smaps) and KVM's `pages_2m` grew by at least 90 % of the
-/// device: the window and the host mapping are 2 MiB aligned, so nothing on our side splits what
-/// the host gives. (`MADV_HUGEPAGE`, which a `huge=advise` mount needs, is checked by the devices
-/// crate's unit test: the nested host's tinyconfig kernel has no madvise system call.)
+/// `huge=always` tmpfs in the KVM host. Once the guest has read all of it (with O_DIRECT, so
+/// its page cache in RAM adds no 2 MiB leaves of its own), the monitor's mapping of the file is
+/// PMD-mapped (the host's smaps) and KVM's `pages_2m` grew by 90-100 % of the device: the
+/// window and the host mapping are 2 MiB aligned, so nothing on our side splits what the host
+/// gives. (`MADV_HUGEPAGE`, which a `huge=advise` mount needs, is checked by the devices crate's
+/// unit test: the nested host's tinyconfig kernel has no madvise system call.)
 #[test]
 fn file_on_huge_tmpfs_maps_stage2_huge() -> testbed::Result<()> {
-    const PMEM: u64 = 256 << 20;
-    let curl = curl();
-    let script = format!(
-        r#"
-set -u
-mkdir -p huge
-mount -t tmpfs -o huge=always,size=512M hugetmp "$WORK/huge" || {{ echo "@@NO-HUGE-TMPFS@@"; exit 1; }}
-truncate -s {PMEM} huge/data.img
-"$VMM" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus 1 --memory 512M \
-  --serial file="$WORK/console.log" --api-socket path="$WORK/api.sock" \
-  --pmem path="$WORK/huge/data.img",memmap=none \
-  --cmdline 'console=ttyS0 quiet panic=-1 -- "echo @@GUEST-UP@@; dd if=/dev/pmem0 of=/dev/null bs=1M iflag=direct 2>/dev/null && echo @@GUEST-TOUCHED@@; sleep 600"' \
-  2> vmm.log < /dev/null &
-pid=$!
-counters() {{ {curl} -s --unix-socket api.sock http://localhost/api/v1/vm.counters; }}
-i=0; while ! grep -q '@@GUEST-UP@@' console.log 2>/dev/null && kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
-echo "--- before ---"; counters; echo
-i=0; while ! grep -q '@@GUEST-TOUCHED@@' console.log 2>/dev/null && kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
-grep -q '@@GUEST-TOUCHED@@' console.log && echo @@TOUCHED-SEEN@@
-echo "--- after ---"; counters; echo
-echo "@@PMD-MAPPED-KB $(grep -A 30 'huge/data.img' /proc/$pid/smaps | grep -m1 '^ShmemPmdMapped:' | awk '{{print $2}}')@@"
-kill -TERM $pid; wait $pid
-umount "$WORK/huge"
-echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
-"#,
-        curl = curl.display(),
-    );
-    let host = HostOpts::default()
-        .with_host_bin(curl)
-        .with_timeout(Duration::from_secs(300));
-    let run = run_on_kvm_host(&script, &host)?;
-    eprintln!(
-        "{} host: run {:.2?}\n{}",
-        run.mode, run.duration, run.output
-    );
-    run.expect_success()?;
-    if !run.output.contains("@@TOUCHED-SEEN@@") {
-        return Err(run.error("the guest did not read its pmem device"));
-    }
-    let pages_2m = |header: &str| -> testbed::Result<u64> {
-        let text = section(&run.output, header);
-        let v: serde_json::Value = serde_json::from_str(text.trim())
-            .map_err(|e| run.error(format!("vm.counters is not JSON ({e}): {text}")))?;
-        v["kvm.stage2"]["pages_2m"]
+    let read = guest_reads_its_device(
+        "mount -t tmpfs -o huge=always,size=512M hugetmp \"$WORK/huge\" || \
+         { echo \"@@NO-HUGE-TMPFS@@\"; exit 1; }",
+        "huge",
+        "iflag=direct",
+    )?;
+    let run = &read.run;
+    let pages_2m = |c: &serde_json::Value| {
+        c["pages_2m"]
             .as_u64()
-            .ok_or_else(|| run.error(format!("no kvm.stage2 pages_2m in vm.counters: {v}")))
+            .ok_or_else(|| run.error(format!("no kvm.stage2 pages_2m in vm.counters: {c}")))
     };
-    let grown = pages_2m("--- after ---")?.saturating_sub(pages_2m("--- before ---")?) << 21;
-    let pmd_kib: u64 = marker_values(&run.output, "PMD-MAPPED-KB")
-        .last()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| run.error("no ShmemPmdMapped figure for the backing's mapping"))?;
+    let grown = pages_2m(&read.after)?.saturating_sub(pages_2m(&read.before)?) << 21;
+    let pmd_kib = read.pmd_mapped_kib;
     eprintln!(
         "2 MiB stage-2 leaves grew by {} MiB; host mapping PMD-mapped: {pmd_kib} KiB of {} KiB",
         grown >> 20,
@@ -682,8 +681,6 @@ echo "--- vmm ---"; cat vmm.log; echo "--- console ---"; cat console.log
             PMEM >> 10
         )));
     }
-    // O_DIRECT reads: the guest's RAM (page cache) adds no more than its 1 MiB buffer and
-    // what the idle guest touches meanwhile.
     if !(PMEM / 10 * 9..=PMEM + (32 << 20)).contains(&grown) {
         return Err(run.error(format!(
             "after the guest read its {} MiB device KVM's 2 MiB stage-2 leaves grew by {} MiB, \
