@@ -64,11 +64,15 @@ pub enum Error {
     /// The run was stopped early because a kernel on the console reported a stall, or the
     /// console went silent past the run's limit (see `tests/README.md`, nested timer stalls).
     #[error(
-        "testbed: run stopped: {why}; host processes:\n{host_view}last console lines:\n{tail}"
+        "testbed: run stopped after {after:.1?}: {why}; host processes:\n{host_view}last console \
+         lines:\n{tail}"
     )]
     Stall {
         /// What the watchdog saw.
         why: String,
+        /// How long the run had gone when it was stopped (from when it had its host slot: a
+        /// wait for another test's host is not the run's time).
+        after: std::time::Duration,
         /// The host's view of the killed processes (threads, states, CPU time).
         host_view: String,
         /// Last console lines.

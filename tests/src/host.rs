@@ -357,11 +357,13 @@ fn finish(mode: Mode, timeout: Duration, c: Captured) -> Result<HostRun> {
         return Err(match c.stopped {
             Some(Stopped::Stall(line)) => Error::Stall {
                 why: format!("the console reported a stall: {line}"),
+                after: c.duration,
                 host_view: c.host_view,
                 tail,
             },
             Some(Stopped::Silence(limit)) => Error::Stall {
                 why: format!("the console was silent for {limit:.0?}"),
+                after: c.duration,
                 host_view: c.host_view,
                 tail,
             },
