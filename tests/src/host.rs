@@ -216,14 +216,18 @@ impl HostRun {
     /// marker in the output contains `want` (a name may be listed more than once).
     pub fn expect_markers(&self, expected: &[(&str, &str)]) -> Result<()> {
         for (name, want) in expected {
-            match marker_values(&self.output, name).first() {
-                Some(s) if s.contains(want) => {}
-                other => {
-                    return Err(self.error(format!("{name}: {other:?}, expected {want}")));
-                }
-            }
+            self.expect_marker(name, want)?;
         }
         Ok(())
+    }
+
+    /// The first `@@name ...@@` marker's value, which must contain `want`; else an error with
+    /// the console tail.
+    pub fn expect_marker(&self, name: &str, want: &str) -> Result<String> {
+        match marker_values(&self.output, name).first() {
+            Some(s) if s.contains(want) => Ok(s.to_string()),
+            other => Err(self.error(format!("{name}: {other:?}, expected {want}"))),
+        }
     }
 
     /// Errors (with the console tail) unless the script exited 0.

@@ -493,13 +493,7 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
             return Err(run.error(format!("missing @@{marker}@@")));
         }
     }
-    let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
-    let expect = |m: &str, want: &str| -> testbed::Result<()> {
-        match value(m) {
-            Some(s) if s.contains(want) => Ok(()),
-            other => Err(run.error(format!("{m}: {other:?}, expected {want}"))),
-        }
-    };
+    let expect = |m: &str, want: &str| run.expect_marker(m, want).map(drop);
     expect("STATE-CREATED", "\"state\":\"Created\"")?;
     expect("STATE-RUNNING", "\"state\":\"Running\"")?;
     expect("STATE-AFTER", "\"state\":\"Shutdown\"")?;
@@ -792,12 +786,7 @@ echo "--- console ---"; grep -v -e GUESTDEV: -e MEMMAP: console.log; grep GUESTD
         }
     }
     let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
-    let expect = |m: &str, want: &str| -> testbed::Result<()> {
-        match value(m) {
-            Some(s) if s.contains(want) => Ok(()),
-            other => Err(run.error(format!("{m}: {other:?}, expected {want}"))),
-        }
-    };
+    let expect = |m: &str, want: &str| run.expect_marker(m, want).map(drop);
     expect("ADD-B", "200 {\"bdf\":\"0000:00:00.0\",\"id\":\"hot-b\"}")?;
     expect("ADD-C", "200 ")?;
     expect("ADD-D", "200 ")?;

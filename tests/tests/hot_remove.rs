@@ -364,12 +364,7 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
     missed_step(&run)?;
     run.expect_success()?;
     let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
-    let expect = |m: &str, want: &str| -> testbed::Result<String> {
-        match value(m) {
-            Some(s) if s.contains(want) => Ok(s),
-            other => Err(run.error(format!("{m}: {other:?}, expected {want}"))),
-        }
-    };
+    let expect = |m: &str, want: &str| run.expect_marker(m, want);
     expect("CREATE", "204")?;
     expect("BOOT", "204")?;
     expect("ADD-A", "200")?;
@@ -489,12 +484,7 @@ fn every_device_goes_even_from_under_dax_load() -> testbed::Result<()> {
     missed_step(&run)?;
     run.expect_success()?;
     let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
-    let expect = |m: &str, want: &str| -> testbed::Result<String> {
-        match value(m) {
-            Some(s) if s.contains(want) => Ok(s),
-            other => Err(run.error(format!("{m}: {other:?}, expected {want}"))),
-        }
-    };
+    let expect = |m: &str, want: &str| run.expect_marker(m, want);
     // `key=value` words of a marker.
     let field = |s: &str, k: &str| -> Option<String> {
         s.split_whitespace()
