@@ -1,15 +1,20 @@
 //! Boots many guests in one testbed host, interleaving our vmm (bzImage and PVH vmlinux) with
-//! the peer monitors, and prints each launch-to-exit time: the tool behind the timer-stall
-//! investigation in `tests/README.md` ("Nested timer stalls").
+//! the peer monitors, and prints each launch-to-exit time: the tool behind the timer-stall and
+//! guest-crash investigations in `tests/README.md` ("Nested timer stalls", "The nested guest
+//! crash").
 //!
 //! ```text
 //! cargo run --release -p testbed --example soak -- [--boots N] [--peers DIR] [--no-peers]
-//!     [--guest-cmd CMD] [--guest-param WORD]... [--l1-param WORD]... [--qemu-arg ARG]...
-//!     [--timeout SECS] [--echo] [--print-script]
+//!     [--monitors NAME,...] [--parallel K] [--guest-cmd CMD] [--guest-param WORD]...
+//!     [--l1-param WORD]... [--l1-background CMD] [--qemu-arg ARG]... [--timeout SECS] [--echo]
+//!     [--print-script]
 //! ```
-//! Each round boots every monitor once; a boot slower than 3x its monitor's median, one that
-//! timed out, or a guest console with an RCU stall is listed at the end. Exits 1 when any was
-//! seen. `--peers DIR` defaults to `../shared/peers` beside the repository when it exists.
+//! Each round boots every monitor (`vmm-bzimage`, `vmm-pvh`, `cloud-hypervisor`, `firecracker`;
+//! `--monitors` picks some) once, or `--parallel K` guests of it at once; `--l1-background` runs
+//! a shell command in L1 for the whole run (a CPU hog, say). A boot slower than 3x its
+//! monitor's median, one that timed out, and a guest console with an RCU stall or a kernel
+//! crash are listed at the end. Exits 1 when any was seen. `--peers DIR` defaults to
+//! `../shared/peers` beside the repository when it exists.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +34,9 @@ struct Args {
     qemu_args: Vec<String>,
     timeout: u64,
     print: bool,
+    l1_background: Option<String>,
+    monitors: Option<Vec<String>>,
+    parallel: u32,
 }
 
 fn parse_args() -> Args {
@@ -47,6 +55,9 @@ fn parse_args() -> Args {
         qemu_args: Vec::new(),
         timeout: 3600,
         print: false,
+        l1_background: None,
+        monitors: None,
+        parallel: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -67,6 +78,9 @@ fn parse_args() -> Args {
             "--timeout" => a.timeout = value().parse().expect("--timeout takes seconds"),
             "--echo" => std::env::set_var("PMEMVMM_TESTBED_ECHO", "1"),
             "--print-script" => a.print = true,
+            "--parallel" => a.parallel = value().parse().expect("--parallel takes a number"),
+            "--l1-background" => a.l1_background = Some(value()),
+            "--monitors" => a.monitors = Some(value().split(',').map(String::from).collect()),
             other => {
                 eprintln!("soak: unknown argument {other:?}");
                 std::process::exit(2);
@@ -95,24 +109,37 @@ diag() {{
   for d in /sys/kernel/debug/kvm/*-*; do
     for f in "$d"/* "$d"/vcpu0/*; do [ -f "$f" ] && echo "$f $(head -c 200 "$f" 2>/dev/null | head -n 1)"; done
   done
-  tail -n 15 "$WORK/console"
+  tail -n 15 "$WORK/console.0"
   echo "@@SOAK-DIAG end@@"
 }}
+CRASH='triple fault: rip\|Oops: \|BUG: \|Kernel panic\|general protection fault'
 run_one() {{
   t0=$(cut -d' ' -f1 /proc/uptime)
-  m >"$WORK/console" 2>&1 </dev/null &
-  pid=$!; n=0; rc=
-  while kill -0 $pid 2>/dev/null; do
+  k=0
+  while [ $k -lt $PAR ]; do m >"$WORK/console.$k" 2>&1 </dev/null & eval "pid_$k=$!"; k=$((k+1)); done
+  n=0
+  while [ $n -lt {BOOT_LIMIT_SECS} ]; do
+    alive=0; k=0
+    while [ $k -lt $PAR ]; do kill -0 $(eval echo \$pid_$k) 2>/dev/null && alive=1; k=$((k+1)); done
+    [ $alive = 0 ] && break
     sleep 1; n=$((n+1))
-    [ $n = {DIAG_AFTER_SECS} ] && diag $pid
-    if [ $n -ge {BOOT_LIMIT_SECS} ]; then kill -9 $pid; rc=124; break; fi
+    [ $n = {DIAG_AFTER_SECS} ] && diag $pid_0
   done
-  wait $pid; r=$?; [ -z "$rc" ] && rc=$r
   t1=$(cut -d' ' -f1 /proc/uptime)
   cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
-  st=0; grep -q 'rcu.*stall\|timer wakeup didn' "$WORK/console" && st=1
-  echo "@@SOAK $1 $i $t0 $t1 $rc $st $cs@@"
-  if [ $st = 1 ] || [ $rc != 0 ]; then tail -n 30 "$WORK/console"; fi
+  k=0
+  while [ $k -lt $PAR ]; do
+    pid=$(eval echo \$pid_$k); rc=
+    if kill -0 $pid 2>/dev/null; then kill -9 $pid; rc=124; fi
+    wait $pid; r=$?; [ -z "$rc" ] && rc=$r
+    c="$WORK/console.$k"
+    st=0; grep -q 'rcu.*stall\|timer wakeup didn' "$c" && st=1
+    grep -q "$CRASH" "$c" && st=2
+    [ "$(grep -c 'Linux version' "$c")" -gt 1 ] && st=3
+    echo "@@SOAK $1 $i $t0 $t1 $rc $st $cs@@"
+    if [ $st != 0 ] || [ $rc != 0 ]; then echo "--- console of $1 round $i instance $k"; grep -B2 -A25 "$CRASH\\|Linux version" "$c" | tail -n 60; tail -n 8 "$c"; fi
+    k=$((k+1))
+  done
 }}
 "#
     )
@@ -165,12 +192,24 @@ fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
          echo \"@@SOAK-L1 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)@@\"\n\
          dmesg | grep -i -E 'tsc|kvm:|clocksource' | sed 's/^/L1 dmesg: /'\n\
          {RUN_ONE}\
+         PAR={par}\n\
          i=0\n\
          while [ $i -lt {} ]; do\n",
         cmdline.replace('\'', "'\\''"),
         a.boots,
-        RUN_ONE = run_one()
+        RUN_ONE = run_one(),
+        par = a.parallel
     );
+    if let Some(bg) = &a.l1_background {
+        s = s.replace(
+            "i=0\n",
+            &format!("( {bg} ) >/dev/null 2>&1 &\necho \"@@SOAK-L1 background: {bg}@@\"\ni=0\n"),
+        );
+    }
+    let monitors: Vec<_> = monitors
+        .into_iter()
+        .filter(|(n, _)| a.monitors.as_ref().is_none_or(|m| m.iter().any(|x| x == n)))
+        .collect();
     for (name, cmd) in &monitors {
         s.push_str(&format!("  m() {{ exec {cmd}; }}\n  run_one {name}\n"));
     }
@@ -184,7 +223,9 @@ struct Boot {
     round: u32,
     secs: f64,
     rc: i32,
-    stalled: bool,
+    /// 0 fine, 1 an RCU stall report, 2 a kernel crash, 3 a crash the monitor rebooted from
+    /// (the console shows a second boot).
+    state: u8,
     clocksource: String,
 }
 
@@ -203,7 +244,7 @@ fn parse(output: &str) -> Vec<Boot> {
                 round: w[1].parse().ok()?,
                 secs: t1 - t0,
                 rc: w[4].parse().ok()?,
-                stalled: w[5] == "1",
+                state: w[5].parse().ok()?,
                 clocksource: w[6].to_string(),
             })
         })
@@ -260,7 +301,7 @@ fn main() {
             b.secs,
             b.rc,
             b.clocksource,
-            if b.stalled { "  RCU STALL" } else { "" }
+            ["", "  RCU STALL", "  CRASH", "  CRASH, REBOOTED"][usize::from(b.state.min(3))]
         );
         by_monitor.entry(&b.monitor).or_default().push(b.secs);
     }
@@ -269,17 +310,20 @@ fn main() {
         .map(|(m, v)| (*m, median(v)))
         .collect();
     let mut bad = 0;
-    println!("\nmonitor            boots  median   max     >3x median  stalls  timeouts  failed");
+    println!(
+        "\nmonitor            boots  median   max     >3x median  stalls  crashes  timeouts  failed"
+    );
     for (m, v) in &by_monitor {
         let med = medians[m];
         let mine = boots.iter().filter(|b| b.monitor == *m);
         let slow = mine.clone().filter(|b| b.secs > 3.0 * med).count();
-        let stalls = mine.clone().filter(|b| b.stalled).count();
+        let stalls = mine.clone().filter(|b| b.state == 1).count();
+        let crashes = mine.clone().filter(|b| b.state >= 2).count();
         let timeouts = mine.clone().filter(|b| b.rc == 124).count();
         let failed = mine.filter(|b| b.rc != 0 && b.rc != 124).count();
-        bad += slow + stalls + timeouts + failed;
+        bad += slow + stalls + crashes + timeouts + failed;
         println!(
-            "{m:<17} {:>6}  {med:>6.2}  {:>6.2}  {slow:>10}  {stalls:>6}  {timeouts:>8}  {failed:>6}",
+            "{m:<17} {:>6}  {med:>6.2}  {:>6.2}  {slow:>10}  {stalls:>6}  {crashes:>7}  {timeouts:>8}  {failed:>6}",
             v.len(),
             v.iter().copied().fold(0.0, f64::max)
         );
