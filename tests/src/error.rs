@@ -17,6 +17,12 @@ pub const L1_CRASH_MARKER: &str = "testbed: the nested L1 host crashed";
 /// `tests/README.md`, "Retries"), which `scripts/check-retries.py` forgives on a retry.
 pub const EARLY_HANG_MARKER: &str = "testbed: stopped before any guest reached init (nested)";
 
+/// The start of the line a nested run prints on stderr when a guest's (or L1's) kernel crashed
+/// in it ([`crate::markers::guest_crash_line`]): QEMU TCG's nested SVM corrupts guests at random
+/// (`tests/README.md`, "The nested guest crash"), so `scripts/check-retries.py` forgives a first
+/// try that printed it. Never printed in direct mode, where a guest crash is a real failure.
+pub const GUEST_CRASH_MARKER: &str = "testbed: a kernel crashed in the nested host";
+
 /// What went wrong while preparing or running a testbed host or guest.
 #[derive(thiserror::Error)]
 pub enum Error {

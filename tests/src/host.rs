@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use crate::artifacts::{self, InitramfsSpec};
 use crate::config::{self, ENV_DEVDAX};
-use crate::error::{Error, IoContext, Result, EARLY_HANG_MARKER};
-use crate::markers::{has_marker, host_section, marker_values, tail_lines, HostSection};
+use crate::error::{Error, IoContext, Result, EARLY_HANG_MARKER, GUEST_CRASH_MARKER};
+use crate::markers::{
+    guest_crash_line, has_marker, host_section, marker_values, tail_lines, HostSection,
+};
 use crate::mode::{self, Mode};
 use crate::nvdimm::{Nvdimm, NvdimmKind};
 use crate::process::{run_captured, Captured, Stopped, Watch};
@@ -347,6 +349,13 @@ pub fn run_on_kvm_host(script: &str, opts: &HostOpts) -> Result<HostRun> {
 
 /// Turns a captured console into a [`HostRun`] or an error with the console tail.
 fn finish(mode: Mode, timeout: Duration, c: Captured) -> Result<HostRun> {
+    if mode == Mode::Nested {
+        if let Some(line) = guest_crash_line(&c.stdout) {
+            // A fixed phrase on stderr, whatever the test makes of the run afterwards:
+            // scripts/check-retries.py forgives a first try that printed it.
+            eprintln!("{GUEST_CRASH_MARKER} (QEMU TCG nested SVM, tests/README.md): {line}");
+        }
+    }
     let console = c.console_for_errors();
     let tail = tail_lines(&console, TAIL_LINES);
     let Some(status) = c.status else {
