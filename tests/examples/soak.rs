@@ -192,20 +192,18 @@ fn script(a: &Args, ch: Option<&Path>, fc: Option<&Path>) -> String {
          echo \"@@SOAK-L1 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)@@\"\n\
          dmesg | grep -i -E 'tsc|kvm:|clocksource' | sed 's/^/L1 dmesg: /'\n\
          {RUN_ONE}\
+         {background}\
          PAR={par}\n\
          i=0\n\
          while [ $i -lt {} ]; do\n",
         cmdline.replace('\'', "'\\''"),
         a.boots,
         RUN_ONE = run_one(),
+        background = a.l1_background.as_ref().map_or(String::new(), |bg| format!(
+            "( {bg} ) >/dev/null 2>&1 &\necho \"@@SOAK-L1 background: {bg}@@\"\n"
+        )),
         par = a.parallel
     );
-    if let Some(bg) = &a.l1_background {
-        s = s.replace(
-            "i=0\n",
-            &format!("( {bg} ) >/dev/null 2>&1 &\necho \"@@SOAK-L1 background: {bg}@@\"\ni=0\n"),
-        );
-    }
     let monitors: Vec<_> = monitors
         .into_iter()
         .filter(|(n, _)| a.monitors.as_ref().is_none_or(|m| m.iter().any(|x| x == n)))
