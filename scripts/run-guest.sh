@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 guest-kernel/build.sh >/dev/null
-cargo build --release -p vmm -p testbed --example run-guest
+if [[ -z "${PMEMVMM_VMM:-}" ]]; then
+  eval "$(scripts/build-vmm.sh)"
+  export PMEMVMM_VMM="$VMM"
+fi
+cargo build --release -p testbed --example run-guest
 
 command=("$@")
 if ((${#command[@]} == 0)); then

@@ -23,9 +23,10 @@ phase "checking format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 phase "building"
-cargo build --release -p vmm
-# Every test process uses this binary instead of asking cargo again.
-PMEMVMM_VMM="$(pwd)/target/release/vmm"
+# The monitor as it ships (dist profile, static); every test process uses this binary instead of
+# building it again.
+eval "$(scripts/build-vmm.sh)"
+PMEMVMM_VMM="$VMM"
 export PMEMVMM_VMM
 
 rc=0

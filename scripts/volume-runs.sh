@@ -34,8 +34,8 @@ mkdir -p "$out"
 test_args=()
 for t in "${tests[@]}"; do test_args+=(--test "$t"); done
 
-cargo build --release -p vmm >/dev/null
-export PMEMVMM_VMM="$PWD/target/release/vmm"
+eval "$(scripts/build-vmm.sh)"
+export PMEMVMM_VMM="$VMM"
 cargo nextest run --release -p testbed "${test_args[@]}" --no-run >/dev/null
 
 hogs=()

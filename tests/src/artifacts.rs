@@ -315,49 +315,29 @@ pub fn stock_initramfs(spec: &InitramfsSpec) -> Result<PathBuf> {
     cached_initramfs(spec, Some(modules))
 }
 
-/// Finds the `vmm` executable among cargo's JSON messages.
-pub fn executable_from_cargo_json(stdout: &str, name: &str) -> Option<PathBuf> {
-    const KEY: &str = "\"executable\":\"";
-    let suffix = format!("/{name}");
-    stdout
-        .lines()
-        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
-        .filter_map(|l| {
-            let start = l.find(KEY)? + KEY.len();
-            let end = l[start..].find('"')? + start;
-            Some(PathBuf::from(&l[start..end]))
-        })
-        .rfind(|p| p.to_string_lossy().ends_with(&suffix))
-}
-
 fn build_vmm() -> Result<PathBuf> {
     if let Some(path) = config::var(ENV_VMM) {
         return existing(PathBuf::from(path), ENV_VMM);
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    // The suite tests the binary users run: scripts/build-vmm.sh's (dist profile, static).
     // The inherited CARGO_TARGET_DIR (if any) is kept on purpose: it is where the developer
     // wants build output, and a relative one is relative to the workspace root we run in.
-    cmd.args([
-        "build",
-        "--release",
-        "-p",
-        "vmm",
-        "--bin",
-        "vmm",
-        "--message-format=json-render-diagnostics",
-    ])
-    .current_dir(config::workspace_root());
+    let script = config::workspace_root().join("scripts/build-vmm.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).current_dir(config::workspace_root());
     let stdout = run_helper(cmd, "building the vmm")?;
-    let exe = executable_from_cargo_json(&stdout, "vmm").ok_or_else(|| Error::Command {
-        cmd: "cargo build --release -p vmm".into(),
-        status: "named no vmm executable".into(),
-        output: tail_lines(&stdout, 10),
-    })?;
+    let exe = parse_assignments(&stdout)
+        .get("VMM")
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Command {
+            cmd: script.display().to_string(),
+            status: "printed no VMM=".into(),
+            output: tail_lines(&stdout, 10),
+        })?;
     existing(exe, "vmm binary")
 }
 
-/// The vmm binary, from `PMEMVMM_VMM` or a release build of the workspace.
+/// The vmm binary, from `PMEMVMM_VMM` or `scripts/build-vmm.sh`.
 pub fn vmm() -> Result<&'static Path> {
     static VMM: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     VMM.get_or_init(|| build_vmm().map_err(Error::into_message))
@@ -369,18 +349,6 @@ pub fn vmm() -> Result<&'static Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cargo_json_executable() {
-        let out = r#"{"reason":"compiler-artifact","target":{"name":"acpi"},"executable":null}
-{"reason":"compiler-artifact","target":{"name":"vmm","kind":["bin"]},"executable":"/w/target/release/vmm","fresh":true}
-{"reason":"build-finished","success":true}"#;
-        assert_eq!(
-            executable_from_cargo_json(out, "vmm"),
-            Some(PathBuf::from("/w/target/release/vmm"))
-        );
-        assert_eq!(executable_from_cargo_json(out, "other"), None);
-    }
 
     /// `build-initramfs.sh --kernel-modules` on a made-up module tree: every module of
     /// `resources/guest-modules` and its dependencies (followed through modules.dep, however

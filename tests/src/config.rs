@@ -26,7 +26,7 @@ pub const ENV_STOCK_VMLINUX: &str = "PMEMVMM_STOCK_VMLINUX";
 /// The stock kernel's `lib/modules/<release>` directory (with `modules.dep`), the source of the
 /// NVDIMM modules in its guest initramfs.
 pub const ENV_STOCK_MODULES: &str = "PMEMVMM_STOCK_MODULES";
-/// Path to a `vmm` binary to use instead of `cargo build --release -p vmm`.
+/// Path to a `vmm` binary to use instead of building one with `scripts/build-vmm.sh`.
 pub const ENV_VMM: &str = "PMEMVMM_VMM";
 /// QEMU binary for nested mode (default: `qemu-system-x86_64` from `PATH`).
 pub const ENV_QEMU: &str = "PMEMVMM_QEMU";
