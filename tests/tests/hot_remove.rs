@@ -6,11 +6,15 @@
 //!   stays (`vm.info`), the guest keeps running and keeps writing to it, and what it wrote is on
 //!   the backing after the run. An unknown id is a 404 and changes nothing.
 //! - `our_guest_releases_what_it_does_not_use`: our guest kernel (patch 0004) refuses to release
-//!   a mounted fsdax namespace and an open device-dax instance, with the reason, and releases
-//!   them once unmounted or closed; the file written before the removal is on the backing when
-//!   the API answers, `/proc/iomem`, the guest's regions, `ndctl list -N`, the pfn checker's
-//!   registry and `MemFree` (the memmap in RAM comes back) show the range gone, and the same
-//!   backing added again (`format=keep`) holds the file and is back in each of them.
+//!   a pmem disk a shell holds open (plain `exec 3<`), a mounted fsdax namespace and an open
+//!   device-dax instance, with the reason, gives its claims back at once (mkfs and mount work
+//!   right after the first refusal) and releases them once closed or unmounted; the file written
+//!   before the removal is on the backing when the API answers, `/proc/iomem`, the guest's
+//!   regions, `ndctl list -N`, the pfn checker's registry, its range query for the device's
+//!   guest-physical range (patch 0006: no valid pfn, online page or pgmap left) and `MemFree`
+//!   (the memmap in RAM comes back) show the range gone, and the same backing added again
+//!   (`format=keep`) holds the file and is back in each of them. The range query refuses twelve
+//!   malformed requests with EINVAL.
 //! - `every_device_goes_even_from_under_dax_load`: our guest with two boot-time devices (the raw
 //!   control channel, fsdax) and three hot-added ones (devdax, raw, fsdax). A `daxio spin`
 //!   MAP_SYNC write loop on a file of the mounted fsdax namespace and one on the open, mapped
@@ -213,8 +217,11 @@ echo "--- console ---"; tail -n 5 console.log; echo "--- vmm ---"; cat vmm.log
 /// the command loop when no new command comes for as long, and the script then ends (the guest
 /// powers off, which the host notices).
 ///
-/// Commands of `our_guest_releases_what_it_does_not_use`: MOUNT, UMOUNT, CHECK (the first
-/// hot-added fsdax namespace), HOLD, RELEASE (the first device-dax instance), S<tag> (state).
+/// Commands of `our_guest_releases_what_it_does_not_use`: for the first hot-added fsdax
+/// namespace MOUNT, UMOUNT, CHECK, OPENDISK and CLOSEDISK (a plain `exec 3<` of its disk, and the
+/// close), RANGE<tag> (the pfn checker's range query for its guest-physical range, remembered
+/// for after it is gone); BADRANGES (requests the range query refuses, then a 1 TiB one); HOLD,
+/// RELEASE (the first device-dax instance); S<tag> (state).
 /// Of `every_device_goes_even_from_under_dax_load`: FIVE (waits for five devices), FSLOAD and
 /// DAXLOAD (a `daxio spin` MAP_SYNC write loop on a file of the mounted first fsdax namespace,
 /// on the first device-dax instance, in the background), ROUNDS<tag> (their round counters),
@@ -240,6 +247,28 @@ checked() { grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs debug
 nss() { ndctl list -N 2>/dev/null | grep -c '"dev"'; }
 state() { echo "@@G-STATE $1 pmem=$(hot) dax=$(dax) iomem=$(iomem) regions=$(regions) checked=$(checked) ns=$(nss) memfree=$(grep MemFree /proc/meminfo | tr -s ' ' | cut -d' ' -f2)@@"; }
 no() { echo "@@NO G-$1@@"; dmesg | tail -n 15 | sed 's/^/KMSG /'; }
+# the pfn checker's range query (write "START SIZE" in hex, read one line back)
+R=/sys/kernel/debug/nvdimm-pfn-check/range
+# range TAG: its answer for the first hot-added fsdax namespace's guest-physical range, read from
+# the namespace's region while there is one and remembered for after the region is gone
+range() {
+  checked > /dev/null
+  d=$(hot)
+  if [ -n "$d" ]; then r=$(dirname "$(readlink -f /sys/block/$d/device)"); echo "$(cat $r/resource) $(printf '%x' $(cat $r/size))" > /tmp/range; fi
+  [ -s /tmp/range ] || { no "$1 (no range known)"; return; }
+  echo "$(cat /tmp/range)" > $R && echo "@@G-RANGE $1 $(cat $R)@@" || no "$1 (range $(cat /tmp/range))"
+}
+# badranges: requests the range query must refuse with EINVAL (empty, not hex, one number, zero
+# size, start or size not page aligned, wrapping, too big a number, extra tokens, a sign, a bare
+# 0x), then what is left to read (nothing), then a 1 TiB range (2^19 subsections)
+badranges() {
+  n=0; acc=""
+  for q in '' 'zz 1000' '1000' '1000 0' '1001 1000' '1000 1001' 'fffffffffffff000 1000' '10000000000000000 1000' '1000 1000 1000' '-1000 1000' '1000 +1000' '0x 1000'; do
+    if (echo "$q" > $R) 2>/tmp/e; then acc="$acc($q)"; elif grep -q 'Invalid argument' /tmp/e; then n=$((n+1)); else acc="$acc($q: $(cat /tmp/e))"; fi
+  done
+  left=$(cat $R)
+  echo '0x0 0x10000000000' > $R && echo "@@G-BADRANGES refused=$n accepted=[$acc] left=[$left] big: $(cat $R)@@" || no "BADRANGES (1 TiB)"
+}
 # the write loops: running while their output has no end line yet
 running() { for l in fs dax; do [ -f /tmp/out-$l ] && ! grep -q DAXIO-SPIN /tmp/out-$l && echo $l; done; }
 rounds() { echo "fs=$(cat /tmp/cnt-fs 2>/dev/null) dax=$(cat /tmp/cnt-dax 2>/dev/null) running=$(running | tr '\n' ,)"; }
@@ -268,7 +297,11 @@ while [ $n -lt $W ]; do
   [ "$c" = "$last" ] && continue
   last=$c; n=0
   case "$c" in
-    MOUNT) d=$(hot); mkfs.ext4 -q -F -b 4096 /dev/$d && mount -o dax /dev/$d /mnt && echo HOTDATA-4242 > /mnt/f && sync && echo "@@G-MOUNTED $d@@" ;;
+    MOUNT) d=$(hot); mkfs.ext4 -q -F -b 4096 /dev/$d && mount -o dax /dev/$d /mnt && echo HOTDATA-4242 > /mnt/f && sync && echo "@@G-MOUNTED $d@@" || no "MOUNT ($d)" ;;
+    OPENDISK) d=$(hot); exec 3</dev/$d && echo "@@G-OPENDISK $d@@" ;;
+    CLOSEDISK) exec 3<&- && echo @@G-CLOSEDISK@@ ;;
+    RANGE*) range $c ;;
+    BADRANGES) badranges ;;
     UMOUNT) umount /mnt && echo @@G-UMOUNTED@@ ;;
     CHECK) d=$(hot); mount -o dax /dev/$d /mnt && echo "@@G-READ $(cat /mnt/f)@@"; umount /mnt ;;
     HOLD) exec 3</dev/$(dax) && echo "@@G-HOLD $(dax)@@" ;;
@@ -322,6 +355,12 @@ step SA '@@G-STATE SA'
 echo "@@ADD-A $(req adda vm.add-pmem '{{"file":"'$WORK'/a.img","size":536870912,"id":"hot-a","mode":"fsdax","memmap":"ram"}}')@@"
 sleep 3
 step SB '@@G-STATE SB'
+step RANGEB '@@G-RANGE RANGEB'
+step BADRANGES '@@G-BADRANGES'
+step OPENDISK '@@G-OPENDISK'
+echo "@@REMOVE-OPEN-DISK $(req rm0 vm.remove-device '{{"id":"hot-a","timeout_ms":60000}}') $(cat rm0.out)@@"
+step CLOSEDISK '@@G-CLOSEDISK@@'
+# mkfs and mount claim the disk: the refusal gave its claim back
 step MOUNT '@@G-MOUNTED'
 echo "@@REMOVE-MOUNTED $(req rm1 vm.remove-device '{{"id":"hot-a","timeout_ms":60000}}') $(cat rm1.out)@@"
 step UMOUNT '@@G-UMOUNTED@@'
@@ -331,10 +370,12 @@ echo "@@REMOVE-UNMOUNTED $(req rm2 vm.remove-device '{{"id":"hot-a","timeout_ms"
 echo "@@ON-HOST-AT-ANSWER $(tr -d '\000' < a.img | grep -c HOTDATA-4242)@@"
 sleep 2
 step SC '@@G-STATE SC'
+step RANGEC '@@G-RANGE RANGEC'
 echo "@@INFO-GONE $(get vm.info)@@"
 echo "@@ADD-A-AGAIN $(req adda2 vm.add-pmem '{{"file":"'$WORK'/a.img","id":"hot-a","mode":"fsdax","memmap":"ram","format":"keep"}}') $(cat adda2.out)@@"
 sleep 3
 step SD '@@G-STATE SD'
+step RANGED '@@G-RANGE RANGED'
 step CHECK '@@G-READ'
 echo "@@ADD-C $(req addc vm.add-pmem '{{"file":"'$WORK'/c.img","size":268435456,"id":"hot-c","mode":"devdax","memmap":"ram"}}')@@"
 sleep 3
@@ -368,6 +409,15 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
     expect("CREATE", "204")?;
     expect("BOOT", "204")?;
     expect("ADD-A", "200")?;
+    // A plain open of the disk (not a mount) is a use too; the refusal gives the claim of the
+    // disk back at once: mkfs and mount (exclusive opens) work right after the close.
+    let open_disk = expect("G-OPENDISK", "pmem")?;
+    expect(
+        "REMOVE-OPEN-DISK",
+        &format!("409 [\"guest refused to release hot-a: {open_disk} is open (_OST status 0x81)"),
+    )?;
+    expect("G-CLOSEDISK", "")?;
+    expect("G-MOUNTED", &open_disk)?;
     expect(
         "REMOVE-MOUNTED",
         "409 [\"guest refused to release hot-a: pmem1 is mounted or claimed (_OST status 0x81)",
@@ -438,6 +488,47 @@ echo "--- console ---"; cat console.log; echo "--- vmm ---"; cat vmm.log
     if se.pmem != sd.pmem || !se.dax.is_empty() || se.iomem != sd.iomem || se.regions != sd.regions
     {
         return Err(run.error(format!("after hot-c's removal: {se:?} (before: {sd:?})")));
+    }
+    // The pfn checker's range query for hot-a's guest-physical range: every pfn valid with a
+    // pgmap while it is there, nothing at all (no struct page, no online page, no pgmap) once it
+    // is removed, and all back with it; asked per 2 MiB subsection.
+    let range = |tag: &str| -> testbed::Result<RangeAnswer> {
+        let s = value(&format!("G-RANGE {tag}"))
+            .ok_or_else(|| run.error(format!("no G-RANGE {tag}")))?;
+        RangeAnswer::parse(&s).ok_or_else(|| run.error(format!("G-RANGE {tag}: {s}")))
+    };
+    let (rb, rc, rd) = (range("RANGEB")?, range("RANGEC")?, range("RANGED")?);
+    eprintln!("range query: with hot-a {rb:?}\nremoved {rc:?}\nagain {rd:?}");
+    let present = |r: &RangeAnswer| {
+        r.size == 512 << 20
+            && r.pfns == r.size / 4096
+            && r.valid == r.pfns
+            && r.pgmap > 0
+            && r.steps == r.size.div_ceil(2 << 20)
+    };
+    if !present(&rb) || !present(&rd) {
+        return Err(run.error(format!(
+            "hot-a's range while it is there: {rb:?}, added again: {rd:?}"
+        )));
+    }
+    if (rc.start, rc.size, rc.pfns) != (rb.start, rb.size, rb.pfns)
+        || (rc.valid, rc.online, rc.pgmap) != (0, 0, 0)
+    {
+        return Err(run.error(format!(
+            "after hot-a's removal its range {:#x}+{:#x} still has struct pages, online pages or \
+             a pgmap: {rc:?}",
+            rb.start, rb.size
+        )));
+    }
+    // Bad requests fail with EINVAL and leave nothing to read; 1 TiB is 2^19 subsections.
+    let bad = expect("G-BADRANGES", "refused=")?;
+    let big = RangeAnswer::parse(bad.split("big:").nth(1).unwrap_or_default())
+        .ok_or_else(|| run.error(format!("no 1 TiB answer in {bad:?}")))?;
+    eprintln!("range query of 1 TiB: {big:?}");
+    if !bad.starts_with("refused=12 accepted=[] left=[]")
+        || (big.pfns, big.steps) != (1 << 28, 1 << 19)
+    {
+        return Err(run.error(format!("the range query's bad requests: {bad}")));
     }
     // memmap=ram: 512 MiB of pmem has 8 MiB of struct pages in RAM, which the removal frees.
     // The mkfs, mount and umount in between move the page cache by a few MiB either way (two
@@ -708,6 +799,38 @@ impl State {
             checked: field("checked")?.parse().ok()?,
             ns: field("ns")?.parse().ok()?,
             memfree_kb: field("memfree")?.parse().ok()?,
+        })
+    }
+}
+
+/// One answer of the pfn checker's range query (`nvdimm-pfn-check/range`, patch 0006).
+#[derive(Debug)]
+struct RangeAnswer {
+    start: u64,
+    size: u64,
+    pfns: u64,
+    valid: u64,
+    online: u64,
+    pgmap: u64,
+    steps: u64,
+}
+
+impl RangeAnswer {
+    fn parse(s: &str) -> Option<RangeAnswer> {
+        let field = |k: &str| {
+            s.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+        };
+        let hex = |k: &str| u64::from_str_radix(field(k)?.strip_prefix("0x")?, 16).ok();
+        let dec = |k: &str| field(k)?.parse().ok();
+        Some(RangeAnswer {
+            start: hex("start")?,
+            size: hex("size")?,
+            pfns: dec("pfns")?,
+            valid: dec("valid")?,
+            online: dec("online")?,
+            pgmap: dec("pgmap")?,
+            steps: dec("steps")?,
         })
     }
 }
