@@ -103,6 +103,20 @@ fn run_helper(mut cmd: Command, what: &str) -> Result<String> {
     Ok(stdout)
 }
 
+/// Runs a build script (`cmd` runs `script`) that prints `KEY=path` on stdout, and returns that
+/// path; a script that printed none is an error with its output's tail.
+fn printed_path(cmd: Command, script: &Path, key: &str, what: &str) -> Result<PathBuf> {
+    let stdout = run_helper(cmd, what)?;
+    parse_assignments(&stdout)
+        .get(key)
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Command {
+            cmd: script.display().to_string(),
+            status: format!("printed no {key}="),
+            output: tail_lines(&stdout, 20),
+        })
+}
+
 fn existing(path: PathBuf, what: &str) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
@@ -209,15 +223,7 @@ fn build_initramfs(spec: &InitramfsSpec, modules: Option<&Path>) -> Result<PathB
     if let Some(dir) = modules {
         cmd.arg("--kernel-modules").arg(dir);
     }
-    let stdout = run_helper(cmd, "building the guest initramfs")?;
-    let built = parse_assignments(&stdout)
-        .get("INITRAMFS")
-        .map(PathBuf::from)
-        .ok_or_else(|| Error::Command {
-            cmd: script.display().to_string(),
-            status: "printed no INITRAMFS=".into(),
-            output: tail_lines(&stdout, 20),
-        })?;
+    let built = printed_path(cmd, &script, "INITRAMFS", "building the guest initramfs")?;
     existing(built, "INITRAMFS")
 }
 
@@ -325,15 +331,7 @@ fn build_vmm() -> Result<PathBuf> {
     let script = config::workspace_root().join("scripts/build-vmm.sh");
     let mut cmd = Command::new("bash");
     cmd.arg(&script).current_dir(config::workspace_root());
-    let stdout = run_helper(cmd, "building the vmm")?;
-    let exe = parse_assignments(&stdout)
-        .get("VMM")
-        .map(PathBuf::from)
-        .ok_or_else(|| Error::Command {
-            cmd: script.display().to_string(),
-            status: "printed no VMM=".into(),
-            output: tail_lines(&stdout, 10),
-        })?;
+    let exe = printed_path(cmd, &script, "VMM", "building the vmm")?;
     existing(exe, "vmm binary")
 }
 

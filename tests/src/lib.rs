@@ -36,7 +36,9 @@ pub use guest::{
     GuestReport, GuestRun, KernelImage,
 };
 pub use host::{run_on_kvm_host, HostOpts, HostRun, StockStaging};
-pub use markers::{host_section, marker_values, parse_iomem, tail_lines, HostSection, IomemEntry};
+pub use markers::{
+    host_section, marker_values, parse_iomem, tail_lines, word_value, HostSection, IomemEntry,
+};
 pub use mode::{mode, Mode};
 pub use nvdimm::{Nvdimm, NvdimmKind};
 pub use scratch::ScratchDir;

@@ -138,6 +138,13 @@ pub fn last_marker<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
         .find_map(|v| v.parse().ok())
 }
 
+/// The value of the first whitespace-separated `key=value` word in `text` (a marker's value
+/// such as `start=0x100 pfns=512`), if any.
+pub fn word_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
 /// Whether `text` contains marker `name` at all (with or without a value).
 pub fn has_marker(text: &str, name: &str) -> bool {
     !marker_values(text, name).is_empty()
@@ -234,7 +241,17 @@ pub fn system_ram_overlapping(iomem: &[IomemEntry], lo: u64, hi: u64) -> Vec<Iom
 
 #[cfg(test)]
 mod tests {
-    use super::guest_crash_line;
+    use super::{guest_crash_line, word_value};
+
+    #[test]
+    fn key_value_words() {
+        let s = "start=0x100 size=0x200 pfns=512 pfns=7";
+        assert_eq!(word_value(s, "size"), Some("0x200"));
+        assert_eq!(word_value(s, "pfns"), Some("512"));
+        assert_eq!(word_value(s, "pfn"), None);
+        assert_eq!(word_value(s, "tart"), None);
+        assert_eq!(word_value("empty=", "empty"), Some(""));
+    }
 
     #[test]
     fn guest_crashes_are_found_and_deliberate_resets_are_not() {

@@ -577,11 +577,7 @@ fn every_device_goes_even_from_under_dax_load() -> testbed::Result<()> {
     let value = |m: &str| marker_values(&run.output, m).first().map(|s| s.to_string());
     let expect = |m: &str, want: &str| run.expect_marker(m, want);
     // `key=value` words of a marker.
-    let field = |s: &str, k: &str| -> Option<String> {
-        s.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .map(str::to_string)
-    };
+    let field = |s: &str, k: &str| testbed::word_value(s, k).map(str::to_string);
     let count = |s: &str, k: &str| -> testbed::Result<u64> {
         field(s, k)
             .and_then(|v| v.parse().ok())
@@ -786,11 +782,7 @@ struct State {
 
 impl State {
     fn parse(s: &str) -> Option<State> {
-        let field = |k: &str| {
-            s.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .map(str::to_string)
-        };
+        let field = |k: &str| testbed::word_value(s, k).map(str::to_string);
         Some(State {
             pmem: field("pmem")?,
             dax: field("dax")?,
@@ -817,10 +809,7 @@ struct RangeAnswer {
 
 impl RangeAnswer {
     fn parse(s: &str) -> Option<RangeAnswer> {
-        let field = |k: &str| {
-            s.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-        };
+        let field = |k: &str| testbed::word_value(s, k);
         let hex = |k: &str| u64::from_str_radix(field(k)?.strip_prefix("0x")?, 16).ok();
         let dec = |k: &str| field(k)?.parse().ok();
         Some(RangeAnswer {

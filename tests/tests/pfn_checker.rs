@@ -726,11 +726,7 @@ pmem-report --label after --check
         format!("expected 4 dax-touch results, got {touches:?}")
     })?;
     for t in touches {
-        let field = |k: &str| {
-            t.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .and_then(parse_num)
-        };
+        let field = |k: &str| testbed::word_value(t, k).and_then(parse_num);
         let (min, max) = (field("pfn_min"), field("pfn_max"));
         run.check(
             field("bad") == Some(0) && field("pfn_missing") == Some(0),
