@@ -10,6 +10,7 @@
 //!   `CLOCK_MONOTONIC`, reads its resident memory from `/proc/PID/smaps`, times `mmap` copies and
 //!   sysfs writes. It reports `@@BENCH tag metric value@@` lines that `bench` collects.
 
+pub mod density;
 pub mod lines;
 pub mod machine;
 pub mod plot;

@@ -12,13 +12,14 @@ use bench::machine;
 use bench::plot;
 use bench::report::{self, Results};
 use bench::scripts::{self, GUEST_BOOT, GUEST_BW, GUEST_MEMMAP, GUEST_PROBE, MKE2FS};
+use bench::settings::MIB;
 use bench::settings::{parse_size, PeerKind, PeerState, Phase, Settings};
 use bench::timefmt;
 use testbed::{run_on_kvm_host, HostOpts, InitramfsSpec, Mode};
 
 const HELP: &str = "\
-bench: boot time, resident memory, start-up cost against pmem size, memmap cost and DAX
-bandwidth of the vmm on the testbed (nested or direct, see tests/README.md), next to peer
+bench: boot time, resident memory, start-up cost against pmem size, memmap cost, DAX
+bandwidth and guest density from one shared root image of the vmm on the testbed (nested or direct, see tests/README.md), next to peer
 monitors named by environment variables.
 
 Usage: bench [--runs N] [--memmap-runs N] [--quick] [--only PHASES] [--out DIR]
@@ -27,9 +28,12 @@ Usage: bench [--runs N] [--memmap-runs N] [--quick] [--only PHASES] [--out DIR]
   --memmap-runs N   runs of every memmap figure (default min(N, 3): a 64 GiB memmap is slow
                     to initialise under TCG)
   --quick           N=1 and tiny sizes (the smoke test; a minute or two nested)
-  --only PHASES     comma-separated subset of boot,startup,memmap,bandwidth
+  --only PHASES     comma-separated subset of boot,startup,memmap,bandwidth,density
   --startup-sizes L comma-separated pmem sizes of the start-up phase (default 1G,64G,1T)
   --memmap-sizes L  comma-separated pmem sizes of the memmap phase (default 1G,4G,16G,64G)
+  --density-guests L  comma-separated guest counts of the density phase (default 1,4,8;
+                    --quick: 2)
+  --density-runs N  runs of every density figure (default 1: memory, not time)
   --out DIR         output directory (default <workspace>/target/bench/<UTC yyyymmdd-hhmmss>)
   -h, --help        this text
 
@@ -69,6 +73,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut out = None;
     let mut startup_sizes = None;
     let mut memmap_sizes = None;
+    let mut density_guests: Option<Vec<usize>> = None;
+    let mut density_runs: Option<usize> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -103,7 +109,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                     v.split(',')
                         .map(|p| {
                             Phase::parse(p.trim()).ok_or_else(|| {
-                                format!("--only: unknown phase {p:?} (boot, startup, memmap, bandwidth)")
+                                format!(
+                                    "--only: unknown phase {p:?} \
+                                     (boot, startup, memmap, bandwidth, density)"
+                                )
                             })
                         })
                         .collect::<Result<_, _>>()?,
@@ -112,6 +121,24 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--startup-sizes" => startup_sizes = Some(parse_sizes(&value("--startup-sizes")?)?),
             "--memmap-sizes" => memmap_sizes = Some(parse_sizes(&value("--memmap-sizes")?)?),
+            "--density-guests" => {
+                let v = value("--density-guests")?;
+                density_guests = Some(
+                    v.split(',')
+                        .map(|n| n.trim().parse().ok().filter(|n| *n > 0))
+                        .collect::<Option<Vec<usize>>>()
+                        .ok_or("--density-guests: expected counts > 0, comma-separated")?,
+                );
+            }
+            "--density-runs" => {
+                let v = value("--density-runs")?;
+                density_runs = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or("--density-runs: expected N > 0")?,
+                );
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -135,6 +162,12 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     }
     if let Some(v) = memmap_sizes {
         s.memmap_sizes = v;
+    }
+    if let Some(v) = density_guests {
+        s.density_guests = v;
+    }
+    if let Some(n) = density_runs {
+        s.density_runs = n;
     }
     Ok(Args {
         settings: s.with_peers_from_env(),
@@ -272,6 +305,65 @@ fn run_phase(
             Err(text)
         }
     }
+}
+
+/// The density phase: builds the root image here, hands it to the KVM host through the share,
+/// runs [`scripts::density_script`] with cloud-hypervisor when it is ready (a peer that cannot
+/// be set up is a failure of its cases, and the rest runs).
+fn density_phase(
+    s: &Settings,
+    spec: &InitramfsSpec,
+    probe: &Path,
+    probe_s: &str,
+    mode: Mode,
+    out: &Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    let share = out.join("density-share");
+    std::fs::create_dir_all(&share).map_err(|e| format!("creating {}: {e}", share.display()))?;
+    // The file system fills the image but for the info block's room (4 MiB is more than the
+    // 2 MiB data offset of a `memmap=ram` block).
+    let fs_size = s.density_image.saturating_sub(4 * MIB);
+    bench::density::build_rootfs(
+        &share,
+        Path::new("/bin/busybox"),
+        Path::new(MKE2FS),
+        fs_size,
+    )?;
+    let mut ch = None;
+    for (kind, path) in s.ready_peers() {
+        if kind != PeerKind::CloudHypervisor {
+            continue;
+        }
+        if mode == Mode::Direct {
+            ch = Some(path);
+            continue;
+        }
+        match testbed::nested::visible_in_l1(&path, kind.name()) {
+            Ok(p) => ch = Some(p),
+            Err(e) => {
+                for n in &s.density_guests {
+                    results.failures.push(Failure {
+                        tag: Tag::parse(&format!(
+                            "density.{}-{n}.1",
+                            scripts::DensityCase::CloudHypervisorShared.name()
+                        )),
+                        reason: lines::one_line(&e),
+                    });
+                }
+            }
+        }
+    }
+    let guests: usize = s.density_guests.iter().sum();
+    let timeout = 600 + (s.density_runs * guests) as u64 * 3 * 60;
+    let mut opts = host_opts(spec, probe, timeout).with_share(&share);
+    if let (Mode::Nested, Some(p)) = (mode, &ch) {
+        opts = opts.with_host_bin(p);
+    }
+    let script = scripts::density_script(s, probe_s, ch.as_deref());
+    let result = run_phase(Phase::Density, &script, &opts, out, results);
+    let _ = std::fs::remove_dir_all(&share);
+    result
 }
 
 fn run(args: Args) -> Result<bool, String> {
@@ -446,6 +538,12 @@ fn run(args: Args) -> Result<bool, String> {
                     results.failures.push(phase_failure(phase, &e));
                 }
             }
+            Phase::Density => {
+                if let Err(e) = density_phase(&s, &spec, &probe, &probe_s, mode, &out, &mut results)
+                {
+                    results.failures.push(phase_failure(phase, &e));
+                }
+            }
             Phase::Bandwidth => {
                 let timeout = 600 + s.runs as u64 * 300;
                 let opts = host_opts(&spec, &probe, timeout);
@@ -502,7 +600,12 @@ fn run(args: Args) -> Result<bool, String> {
     } else {
         plot::Panel::NotRun
     };
-    if let Err(e) = plot::draw(&png, &bars, &lines, &subtitle) {
+    let density = if panel(Phase::Density) {
+        plot::Panel::Ran(plot::density_bars(&results))
+    } else {
+        plot::Panel::NotRun
+    };
+    if let Err(e) = plot::draw(&png, &bars, &lines, &density, &subtitle) {
         eprintln!("bench: {e}");
     }
     println!(
@@ -533,6 +636,20 @@ mod tests {
         let a = args(&["--memmap-sizes", "1G,2G", "--memmap-runs", "1"]).unwrap();
         assert_eq!(a.settings.memmap_sizes, vec![1 << 30, 2 << 30]);
         assert_eq!(a.settings.memmap_runs, 1);
+        let a = args(&[
+            "--only",
+            "density",
+            "--density-guests",
+            "1,4,8",
+            "--density-runs",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(a.settings.phases, vec![Phase::Density]);
+        assert_eq!(a.settings.density_guests, vec![1, 4, 8]);
+        assert_eq!(a.settings.density_runs, 2);
+        assert_eq!(args(&["--quick"]).unwrap().settings.density_guests, vec![2]);
+        assert!(args(&["--density-guests", "1,0"]).is_err());
         assert!(args(&["--runs", "0"]).is_err());
         assert!(args(&["--only", "nope"]).is_err());
         assert!(args(&["--bogus"]).is_err());

@@ -53,13 +53,17 @@ pub struct Line {
 
 /// The monitors of the boot panel, in their order within a group, with their colours: ours
 /// (vmlinux), ours (bzImage), ours with the API, then the peers.
-const MONITORS: [(&str, RGBColor); 6] = [
+const MONITORS: [(&str, RGBColor); 9] = [
     ("vmm", RGBColor(31, 119, 180)),
     ("vmm-bzimage", RGBColor(120, 170, 215)),
     ("vmm-api", RGBColor(23, 190, 207)),
     ("cloud-hypervisor", RGBColor(214, 39, 40)),
     ("firecracker", RGBColor(230, 120, 20)),
     ("qemu", RGBColor(127, 127, 127)),
+    // The density panel's cases.
+    ("vmm-shared", RGBColor(31, 119, 180)),
+    ("cloud-hypervisor-shared", RGBColor(214, 39, 40)),
+    ("vmm-copies", RGBColor(148, 103, 189)),
 ];
 
 /// A boot case's monitor and device count: `vmm-bzimage-8` is `("vmm-bzimage", 8)`.
@@ -70,15 +74,29 @@ pub fn split_case(case: &str) -> Option<(&str, usize)> {
 
 /// The bars of the boot panel, by device count, then monitor (in [`MONITORS`] order).
 pub fn boot_bars(r: &Results) -> Vec<Bar> {
+    bars_of(r, "boot", "launch_ms", 1.0)
+}
+
+/// The bars of the density panel: the host memory each guest cost (the fall of the host's free
+/// memory during the launch plus the image files' page cache, over the guest count), in MiB, by
+/// guest count, then case.
+pub fn density_bars(r: &Results) -> Vec<Bar> {
+    bars_of(r, "density", "host_total_per_guest_kib", 1024.0)
+}
+
+/// One bar per case of `phase` with `metric` (divided by `scale`), grouped by the count at the
+/// end of the case name, then in [`MONITORS`] order.
+fn bars_of(r: &Results, phase: &str, metric: &str, scale: f64) -> Vec<Bar> {
     let mut bars: Vec<Bar> = r
         .summaries
         .iter()
-        .filter(|((p, _, m), _)| p == "boot" && m == "launch_ms")
+        .filter(|((p, _, m), _)| p == phase && m == metric)
+        .filter(|((_, c, _), _)| split_case(c).is_some())
         .map(|((_, c, _), s)| Bar {
             label: c.clone(),
-            median: s.median,
-            min: s.min,
-            max: s.max,
+            median: s.median / scale,
+            min: s.min / scale,
+            max: s.max / scale,
         })
         .collect();
     bars.sort_by_key(|b| {
@@ -164,22 +182,59 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("drawing the plot: {e:?}")
 }
 
-/// Writes the PNG.
+/// How a bar panel is labelled.
+struct BarStyle {
+    title: &'static str,
+    unit: &'static str,
+    /// The label of a group from its count.
+    group: fn(usize) -> String,
+}
+
+const BOOT_STYLE: BarStyle = BarStyle {
+    title: BOOT_TITLE,
+    unit: "ms",
+    group: |n| match n {
+        1 => "1 device".to_string(),
+        n => format!("{n} devices"),
+    },
+};
+
+const DENSITY_STYLE: BarStyle = BarStyle {
+    title: DENSITY_TITLE,
+    unit: "MiB",
+    group: |n| match n {
+        1 => "1 guest".to_string(),
+        n => format!("{n} guests at once"),
+    },
+};
+
+/// Writes the PNG: the boot and memmap panels side by side, the density panel below.
 pub fn draw(
     path: &Path,
     bars: &Panel<Vec<Bar>>,
     lines: &Panel<Vec<Line>>,
+    density: &Panel<Vec<Bar>>,
     subtitle: &str,
 ) -> Result<(), String> {
     register_font()?;
-    let root = BitMapBackend::new(path, (1800, 700)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1800, 1250)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root
         .titled(subtitle, (FONT, 16).into_font().color(&BLACK.mix(0.7)))
         .map_err(err)?;
-    let (left, right) = root.split_horizontally(1020);
+    let (top, bottom) = root.split_vertically(680);
+    let (left, right) = top.split_horizontally(1020);
+    match density {
+        Panel::Ran(b) if !b.is_empty() => draw_bars(&bottom, b, &DENSITY_STYLE)?,
+        Panel::Ran(_) => say(
+            &bottom,
+            DENSITY_TITLE,
+            "the density phase ran but gave no host-memory figures (see density.log)",
+        )?,
+        Panel::NotRun => say(&bottom, DENSITY_TITLE, "density phase not run (see --only)")?,
+    }
     match bars {
-        Panel::Ran(b) if !b.is_empty() => draw_bars(&left, b)?,
+        Panel::Ran(b) if !b.is_empty() => draw_bars(&left, b, &BOOT_STYLE)?,
         Panel::Ran(_) => say(
             &left,
             BOOT_TITLE,
@@ -207,6 +262,8 @@ pub fn draw(
 
 const BOOT_TITLE: &str = "Launch to guest init (median; whiskers: min-max)";
 const MEMMAP_TITLE: &str = "Guest RAM per GiB of pmem (dots: measured, x: formula)";
+const DENSITY_TITLE: &str =
+    "Host memory per guest, read-only DAX root image (free-memory fall + image page cache) / guests";
 
 /// A panel without axes: its title and why there is nothing to draw.
 fn say<DB: DrawingBackend>(
@@ -232,6 +289,7 @@ where
 fn draw_bars<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     bars: &[Bar],
+    style: &BarStyle,
 ) -> Result<(), String>
 where
     DB::ErrorType: 'static,
@@ -240,7 +298,7 @@ where
     let last = placed.last().map_or(0.0, |(x, _)| *x);
     let top = bars.iter().map(|b| b.max).fold(1.0, f64::max) * 1.3;
     let mut chart = ChartBuilder::on(area)
-        .caption(BOOT_TITLE, (FONT, 20))
+        .caption(style.title, (FONT, 20))
         .margin(15)
         .x_label_area_size(30)
         .y_label_area_size(70)
@@ -250,7 +308,7 @@ where
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
-        .y_desc("ms")
+        .y_desc(style.unit)
         .label_style((FONT, 14))
         .draw()
         .map_err(err)?;
@@ -316,10 +374,7 @@ where
     let base = area.get_base_pixel();
     for (n, x) in &groups {
         let (px, py) = chart.backend_coord(&(*x, 0.0));
-        let text = match n {
-            1 => "1 device".to_string(),
-            n => format!("{n} devices"),
-        };
+        let text = (style.group)(*n);
         area.draw(&Text::new(
             text,
             (px - base.0, py - base.1 + 8),
@@ -456,11 +511,39 @@ mod tests {
             measured: vec![(1.0, 16000.0), (4.0, 16300.0)],
             formula: vec![(1.0, 16384.0), (4.0, 16384.0)],
         }];
-        draw(&path, &Panel::Ran(bars), &Panel::Ran(lines), "test").unwrap();
+        let density = vec![
+            Bar {
+                label: "vmm-shared-4".into(),
+                median: 40.0,
+                min: 40.0,
+                max: 40.0,
+            },
+            Bar {
+                label: "vmm-copies-4".into(),
+                median: 100.0,
+                min: 100.0,
+                max: 100.0,
+            },
+        ];
+        draw(
+            &path,
+            &Panel::Ran(bars),
+            &Panel::Ran(lines),
+            &Panel::Ran(density),
+            "test",
+        )
+        .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         // Panels not run, or without figures, draw too.
-        draw(&path, &Panel::NotRun, &Panel::Ran(Vec::new()), "empty").unwrap();
+        draw(
+            &path,
+            &Panel::NotRun,
+            &Panel::Ran(Vec::new()),
+            &Panel::NotRun,
+            "empty",
+        )
+        .unwrap();
     }
 
     fn bar(label: &str) -> Bar {
@@ -470,6 +553,36 @@ mod tests {
             min: 1.0,
             max: 1.0,
         }
+    }
+
+    /// Density bars: host memory per guest in MiB, by guest count, ours first.
+    #[test]
+    fn density_bars_by_guest_count() {
+        let mut r = Results::default();
+        for (case, kib) in [
+            ("vmm-copies-2", 4096.0),
+            ("cloud-hypervisor-shared-2", 3072.0),
+            ("vmm-shared-2", 2048.0),
+            ("vmm-shared-1", 1024.0),
+        ] {
+            r.samples.push(crate::lines::Sample {
+                tag: crate::lines::Tag::parse(&format!("density.{case}.1")),
+                metric: "host_total_per_guest_kib".into(),
+                value: kib,
+            });
+        }
+        r.finish();
+        let bars = density_bars(&r);
+        let got: Vec<(&str, f64)> = bars.iter().map(|b| (b.label.as_str(), b.median)).collect();
+        assert_eq!(
+            got,
+            [
+                ("vmm-shared-1", 1.0),
+                ("vmm-shared-2", 2.0),
+                ("cloud-hypervisor-shared-2", 3.0),
+                ("vmm-copies-2", 4.0)
+            ]
+        );
     }
 
     /// Bars go by device count, ours first within a group, with a gap between groups.

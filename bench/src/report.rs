@@ -204,6 +204,46 @@ impl Results {
                 api - plain,
             );
         }
+        // Density: what one more guest costs the host (the fall of its free memory), from the
+        // smallest to the largest guest count of each case.
+        let mut density: BTreeMap<String, Vec<(usize, f64)>> = BTreeMap::new();
+        for ((p, c, m), s) in &self.summaries {
+            if p == "density" && m == "host_total_kib" {
+                if let Some((case, n)) = c.rsplit_once('-') {
+                    if let Ok(n) = n.parse::<usize>() {
+                        density
+                            .entry(case.to_string())
+                            .or_default()
+                            .push((n, s.median));
+                    }
+                }
+            }
+        }
+        for (case, mut points) in density {
+            points.sort_by_key(|(n, _)| *n);
+            if let (Some(first), Some(last)) = (points.first(), points.last()) {
+                if last.0 > first.0 {
+                    let extra = (last.1 - first.1) / (last.0 - first.0) as f64;
+                    self.put("density", &case, "extra_guest_host_kib", extra.round());
+                    // The issue's budget for one more guest: its own RAM (what its guest
+                    // touched) and its monitor's resident memory, at the largest count.
+                    let at = format!("{case}-{}", last.0);
+                    if let (Some(ram), Some(rss)) = (
+                        self.median("density", &at, "guest_ram_kib"),
+                        self.median("density", &at, "monitor_rss_per_guest_kib"),
+                    ) {
+                        let budget = (ram / last.0 as f64 + rss).round();
+                        self.put("density", &case, "extra_guest_budget_kib", budget);
+                        self.put(
+                            "density",
+                            &case,
+                            "extra_guest_over_budget_kib",
+                            extra.round() - budget,
+                        );
+                    }
+                }
+            }
+        }
         // Start-up: the largest size against the smallest (the issue asks for < 10 %).
         let mut startup: Vec<(u64, f64)> = self
             .summaries
@@ -330,21 +370,58 @@ pub fn expected_figures(s: &Settings) -> Vec<Key> {
             }
         }
     }
+    if s.has(Phase::Density) {
+        for case in [
+            crate::scripts::DensityCase::VmmShared,
+            crate::scripts::DensityCase::VmmCopies,
+        ] {
+            for n in &s.density_guests {
+                for m in DENSITY_FIGURES {
+                    out.push(key("density", &format!("{}-{n}", case.name()), m));
+                }
+            }
+        }
+    }
     out
 }
+
+/// The figures of each density case and guest count.
+pub const DENSITY_FIGURES: [&str; 14] = [
+    "all_init_ms",
+    "monitor_rss_kib",
+    "monitor_pss_kib",
+    "monitor_rss_per_guest_kib",
+    "guest_ram_kib",
+    "image_cache_kib",
+    "image_mapped_kib",
+    "image_distinct_kib",
+    "image_pfn_shared_kib",
+    "image_pfn_mismatch_kib",
+    "image_files",
+    "host_mem_kib",
+    "host_total_kib",
+    "host_total_per_guest_kib",
+];
 
 /// The figures each peer that was ready to run must have (a peer that starts but fails, or
 /// cannot be set up on the KVM host, lacks them: the table and the JSON say so).
 pub fn expected_peer_figures(s: &Settings) -> Vec<(PeerKind, Key)> {
     use crate::settings::Phase;
     let mut out = Vec::new();
-    if !s.has(Phase::Boot) {
-        return out;
-    }
     for (kind, _) in s.ready_peers() {
-        for n in &s.boot_devices {
-            for m in ["launch_ms", "rss_kib"] {
-                out.push((kind, key("boot", &format!("{}-{n}", kind.name()), m)));
+        if s.has(Phase::Boot) {
+            for n in &s.boot_devices {
+                for m in ["launch_ms", "rss_kib"] {
+                    out.push((kind, key("boot", &format!("{}-{n}", kind.name()), m)));
+                }
+            }
+        }
+        if s.has(Phase::Density) && kind == PeerKind::CloudHypervisor {
+            let case = crate::scripts::DensityCase::CloudHypervisorShared.name();
+            for n in &s.density_guests {
+                for m in DENSITY_FIGURES {
+                    out.push((kind, key("density", &format!("{case}-{n}"), m)));
+                }
             }
         }
     }
@@ -383,8 +460,9 @@ pub fn peer_outcome(results: &Results, s: &Settings, kind: PeerKind) -> (&'stati
                 .failures
                 .iter()
                 .find(|f| {
-                    // `boot.<peer>-N` for a launch, `boot.<peer>` for the peer's set-up.
-                    f.tag.phase == "boot"
+                    // `boot.<peer>-N` for a launch, `boot.<peer>` for the peer's set-up,
+                    // `density.<peer>-shared-N` for a density case.
+                    (f.tag.phase == "boot" || f.tag.phase == "density")
                         && (f.tag.case == kind.name()
                             || f.tag.case.starts_with(&format!("{}-", kind.name())))
                 })
@@ -421,7 +499,12 @@ pub fn may_be_zero(k: &Key) -> bool {
     // A size of stage-2 leaf the guest's copies did not add (say, no 1 GiB ones), or no huge
     // ones at all (backings KVM maps with 4 KiB leaves): zero is a finding, not a fault.
     let stage2 = k.0 == "bandwidth" && k.2.starts_with("stage2_") && k.2 != "stage2_mapped_kib";
-    memmap || api || stage2
+    // Density: sharing figures are zero where nothing can be shared (one guest, or one copy
+    // each), and the mismatch is zero when all is well; the fall of free memory can be lost in
+    // the host's own churn with one small guest.
+    let density =
+        k.0 == "density" && (k.2.starts_with("image_pfn_") || k.2.starts_with("host_mem"));
+    memmap || api || stage2 || density
 }
 
 fn fmt_num(v: f64) -> String {

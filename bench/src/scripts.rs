@@ -612,6 +612,201 @@ pub fn bandwidth_script(s: &Settings, probe: &str) -> String {
     out
 }
 
+/// What the density guests' `/init` prints once it has read its root: the guest is measured
+/// after this line.
+pub const DENSITY_READY: &str = "@@DENSITY-READY@@";
+/// The root image as `bench` hands it to the KVM host (in the share).
+pub const DENSITY_ROOTFS: &str = "rootfs.ext4";
+/// Prefix of the density phase's image files on the KVM host (`dens-shared.img`,
+/// `dens-copy-<i>.img`).
+pub const DENSITY_IMAGE_PREFIX: &str = "$WORK/dens-";
+
+/// The `/init` of the density root image: mounts `/proc`, prints the init marker and the root
+/// mount's options (the `dax=always` the guest got), reads the busybox binary through the file
+/// system (the page cache the guests should share), prints [`DENSITY_READY`] and sleeps.
+pub const DENSITY_INIT: &str = "#!/bin/sh\n\
+mount -t proc proc /proc\n\
+echo @@GUEST-INIT@@\n\
+echo \"@@DENSITY-ROOT $(grep ' / ' /proc/mounts | head -n 1)@@\"\n\
+cat /bin/busybox /init >/dev/null\n\
+echo @@DENSITY-READY@@\n\
+exec sleep 1000000\n";
+
+/// The density guests' kernel command line: the root file system is the first pmem device,
+/// mounted read-only with DAX, without an initramfs.
+pub fn density_cmdline() -> String {
+    format!("{GUEST_PARAMS} root=/dev/pmem0 ro rootfstype=ext4 rootflags=dax rootwait init=/init")
+}
+
+/// A density case: who runs the guests and whether they share one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DensityCase {
+    /// Ours, all guests on `dens-shared.img` (`readonly=on`).
+    VmmShared,
+    /// cloud-hypervisor, all guests on `dens-shared.img` (virtio-pmem, `discard_writes=on`).
+    CloudHypervisorShared,
+    /// Ours, guest *i* on its own copy `dens-copy-<i>.img` (`readonly=on`).
+    VmmCopies,
+}
+
+impl DensityCase {
+    /// The case name without the guest count (`vmm-shared`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DensityCase::VmmShared => "vmm-shared",
+            DensityCase::CloudHypervisorShared => "cloud-hypervisor-shared",
+            DensityCase::VmmCopies => "vmm-copies",
+        }
+    }
+}
+
+/// The command of density guest `{i}` (the probe replaces `{i}`).
+pub fn density_command(s: &Settings, case: DensityCase, ch: Option<&Path>) -> Vec<String> {
+    let cmdline = sh_quote(&density_cmdline());
+    let ram_mib = s.density_ram / MIB;
+    match case {
+        DensityCase::VmmShared | DensityCase::VmmCopies => {
+            let image = if case == DensityCase::VmmShared {
+                "shared".to_string()
+            } else {
+                "copy-{i}".to_string()
+            };
+            vec![
+                "\"$VMM\"".into(),
+                "--kernel".into(),
+                VMLINUX.into(),
+                "--cpus".into(),
+                "1".into(),
+                "--memory".into(),
+                format!("{ram_mib}M"),
+                "--serial".into(),
+                "stdio".into(),
+                "--cmdline".into(),
+                cmdline,
+                "--pmem".into(),
+                dq(&format!(
+                    "path={DENSITY_IMAGE_PREFIX}{image}.img,readonly=on,memmap=ram,format=keep"
+                )),
+            ]
+        }
+        DensityCase::CloudHypervisorShared => vec![
+            sh_quote(&ch.map_or(String::new(), |p| p.to_string_lossy().into_owned())),
+            "--kernel".into(),
+            VMLINUX.into(),
+            "--cmdline".into(),
+            cmdline,
+            "--cpus".into(),
+            "boot=1".into(),
+            "--memory".into(),
+            format!("size={ram_mib}M"),
+            "--serial".into(),
+            "tty".into(),
+            "--console".into(),
+            "off".into(),
+            "--pmem".into(),
+            dq(&format!(
+                "file={DENSITY_IMAGE_PREFIX}shared.img,discard_writes=on"
+            )),
+        ],
+    }
+}
+
+/// The density phase: our vmm writes an fsdax info block (`memmap=ram`, no labels) into a fresh
+/// image file (written out in full, so it and each copy cost the page cache their whole size
+/// alike) and the root file system (`$SHARE/rootfs.ext4`, built by `bench`) goes in at the
+/// block's data offset; one copy of that file per guest for the copies case. Then for each
+/// guest count every case boots that many guests at once (`bench-probe density`).
+pub fn density_script(s: &Settings, probe: &str, ch: Option<&Path>) -> String {
+    let mut out = preamble(probe, Phase::Density);
+    let fmt = crate::lines::Tag::format("density", "format", 1);
+    let shared = format!("{DENSITY_IMAGE_PREFIX}shared.img");
+    let most = s.density_guests.iter().copied().max().unwrap_or(1);
+    let format_cmd = vmm_command(
+        BZIMAGE,
+        s.density_ram,
+        &guest_cmdline("sleep 600"),
+        &[format!("path={shared},memmap=ram")],
+        &["--report".to_string(), dq("$WORK/dens-fmt.json")],
+    );
+    let l = Launch {
+        tag: fmt.clone(),
+        until: STARTED_LOG.into(),
+        until_name: "format_ms".into(),
+        ats: Vec::new(),
+        rss: false,
+        ram_bytes: s.density_ram,
+        exclude: Vec::new(),
+        settle_ms: 0,
+        timeout_s: 300,
+        idle: None,
+        api_socket: None,
+        collect_until: None,
+        command: format_cmd,
+    };
+    out.push_str(&format!(
+        "rm -f \"$WORK\"/dens-*\n\
+         cp \"$SHARE/{DENSITY_ROOTFS}\" \"$WORK/rootfs.ext4\" || exit 1\n\
+         dd if=/dev/zero of={} bs=1048576 count={} 2>/dev/null || exit 1\n\
+         {}\n\
+         OFF=$(sed -n 's/.*\"data_offset\": *\\([0-9][0-9]*\\).*/\\1/p' \"$WORK/dens-fmt.json\" | head -n 1)\n\
+         if [ -z \"$OFF\" ]; then\n\
+         \x20 echo \"@@BENCH-FAIL {fmt} no data_offset in the vmm report@@\"\n\
+         elif ! dd if=\"$WORK/rootfs.ext4\" of={} bs=4096 seek=$((OFF / 4096)) conv=notrunc 2>/dev/null; then\n\
+         \x20 echo \"@@BENCH-FAIL {fmt} writing the root file system at $OFF failed@@\"\n\
+         else\n\
+         \x20 echo \"@@BENCH-INFO {fmt} data_offset $OFF@@\"\n\
+         fi\n\
+         rm -f \"$WORK/rootfs.ext4\"\n\
+         i=0; while [ $i -lt {most} ]; do cp {} \"{DENSITY_IMAGE_PREFIX}copy-$i.img\"; i=$((i + 1)); done\n",
+        dq(&shared),
+        s.density_image / MIB,
+        l.render(),
+        dq(&shared),
+        dq(&shared),
+    ));
+    let mut cases = vec![DensityCase::VmmShared];
+    if ch.is_some() {
+        cases.push(DensityCase::CloudHypervisorShared);
+    }
+    cases.push(DensityCase::VmmCopies);
+    for run in 1..=s.density_runs {
+        for &n in &s.density_guests {
+            for &case in &cases {
+                let tag =
+                    crate::lines::Tag::format("density", &format!("{}-{n}", case.name()), run);
+                let mut w: Vec<String> = [
+                    "\"$P\"",
+                    "density",
+                    "--tag",
+                    &sh_quote(&tag),
+                    "--count",
+                    &n.to_string(),
+                    "--until",
+                    INIT_MARKER,
+                    "--ready",
+                    DENSITY_READY,
+                    "--ram-bytes",
+                    &s.density_ram.to_string(),
+                    "--image",
+                    &dq(DENSITY_IMAGE_PREFIX),
+                    "--settle-ms",
+                    &s.settle_ms.to_string(),
+                    "--timeout-s",
+                    &(240 + 60 * n).to_string(),
+                    "--",
+                ]
+                .map(String::from)
+                .to_vec();
+                w.extend(density_command(s, case, ch));
+                out.push_str(&w.join(" "));
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str("rm -f \"$WORK\"/dens-*\nexit 0\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,6 +835,9 @@ mod tests {
             startup_script(&s, "/p/bench-probe"),
             memmap_script(&s, "/p/bench-probe"),
             bandwidth_script(&s, "/p/bench-probe"),
+            density_script(&s, "/p/bench-probe", Some(Path::new("/opt/ch"))),
+            density_script(&s, "/p/bench-probe", None),
+            DENSITY_INIT.to_string(),
             MEMMAP_SH.to_string(),
             BW_SH.to_string(),
             BOOT_SH.to_string(),
@@ -719,6 +917,41 @@ mod tests {
         assert!(b.contains("--offset 805306368"));
         assert!(b.contains("--api-socket \"$WORK/bw.sock\" -- "), "{b}");
         assert!(b.contains("--api-socket \"path=$WORK/bw.sock\""), "{b}");
+    }
+
+    #[test]
+    fn density_shape() {
+        let s = Settings::standard(1);
+        let d = density_script(&s, "/p", Some(Path::new("/opt/ch")));
+        // 3 guest counts x 3 cases, and the format run.
+        assert_eq!(d.matches(" density --tag ").count(), 9, "{d}");
+        assert_eq!(d.matches(" launch ").count(), 1, "{d}");
+        assert!(d.contains("--tag density.vmm-copies-8.1 --count 8 "), "{d}");
+        assert!(d.contains("\"path=$WORK/dens-copy-{i}.img,readonly=on,memmap=ram,format=keep\""));
+        assert!(d.contains("\"path=$WORK/dens-shared.img,readonly=on,memmap=ram,format=keep\""));
+        assert!(
+            d.contains("\"file=$WORK/dens-shared.img,discard_writes=on\""),
+            "{d}"
+        );
+        assert!(
+            d.contains("\"path=$WORK/dens-shared.img,memmap=ram\""),
+            "{d}"
+        );
+        assert!(
+            d.contains("dd if=/dev/zero of=\"$WORK/dens-shared.img\" bs=1048576 count=64"),
+            "{d}"
+        );
+        assert!(d.contains("rootflags=dax"));
+        // No initramfs for the density guests (the format run has one).
+        for line in d.lines().filter(|l| l.contains(" density --tag ")) {
+            assert!(!line.contains("--initramfs"), "{line}");
+            assert!(
+                line.contains("--memory 128M") || line.contains("size=128M"),
+                "{line}"
+            );
+        }
+        let without = density_script(&s, "/p", None);
+        assert_eq!(without.matches(" density --tag ").count(), 6);
     }
 
     #[test]

@@ -20,11 +20,21 @@ pub enum Phase {
     Memmap,
     /// Guest DAX bandwidth against the host's memcpy on the same backing.
     Bandwidth,
+    /// Host memory of N guests booting one read-only root image with `rootflags=dax`: shared
+    /// by ours, shared by cloud-hypervisor (virtio-pmem, `discard_writes=on`), and one copy per
+    /// guest with ours.
+    Density,
 }
 
 impl Phase {
     /// All phases, in run order.
-    pub const ALL: [Phase; 4] = [Phase::Boot, Phase::Startup, Phase::Memmap, Phase::Bandwidth];
+    pub const ALL: [Phase; 5] = [
+        Phase::Boot,
+        Phase::Startup,
+        Phase::Memmap,
+        Phase::Bandwidth,
+        Phase::Density,
+    ];
 
     /// The name used in tags, `--only` and the JSON.
     pub fn name(self) -> &'static str {
@@ -33,6 +43,7 @@ impl Phase {
             Phase::Startup => "startup",
             Phase::Memmap => "memmap",
             Phase::Bandwidth => "bandwidth",
+            Phase::Density => "density",
         }
     }
 
@@ -167,6 +178,14 @@ pub struct Settings {
     pub bw_guest_ram: u64,
     /// Seconds after guest init before resident memory is read.
     pub settle_ms: u64,
+    /// Guest counts of the density phase (all guests of a count run at once).
+    pub density_guests: Vec<usize>,
+    /// Runs of every density figure (memory figures: one run is the default).
+    pub density_runs: usize,
+    /// Guest RAM of each density guest.
+    pub density_ram: u64,
+    /// Size of the density phase's root image file (info block, then the ext4 file system).
+    pub density_image: u64,
     /// The peers.
     pub peers: Vec<(PeerKind, PeerState)>,
 }
@@ -192,6 +211,10 @@ impl Settings {
             bw_passes: 3,
             bw_guest_ram: 512 * MIB,
             settle_ms: 500,
+            density_guests: vec![1, 4, 8],
+            density_runs: 1,
+            density_ram: 128 * MIB,
+            density_image: 64 * MIB,
             peers: Vec::new(),
         }
     }
@@ -215,6 +238,8 @@ impl Settings {
             bw_passes: 1,
             bw_guest_ram: 256 * MIB,
             settle_ms: 300,
+            // Two guests: the least that can share, and what the smoke test checks sharing on.
+            density_guests: vec![2],
             ..Settings::standard(1)
         }
     }

@@ -20,6 +20,9 @@ pub struct Mapping {
     pub path: String,
     /// Resident KiB.
     pub rss_kib: u64,
+    /// Proportional set size in KiB: resident pages divided by the number of processes
+    /// mapping each.
+    pub pss_kib: u64,
 }
 
 /// Parses smaps text.
@@ -36,13 +39,19 @@ pub fn parse(text: &str) -> Vec<Mapping> {
                     size: b.saturating_sub(a),
                     path,
                     rss_kib: 0,
+                    pss_kib: 0,
                 });
                 continue;
             }
         }
-        if first == "Rss:" {
+        if first == "Rss:" || first == "Pss:" {
             if let (Some(m), Some(kib)) = (out.last_mut(), words.next()) {
-                m.rss_kib = kib.parse().unwrap_or(0);
+                let kib = kib.parse().unwrap_or(0);
+                if first == "Rss:" {
+                    m.rss_kib = kib;
+                } else {
+                    m.pss_kib = kib;
+                }
             }
         }
     }
@@ -68,6 +77,23 @@ pub fn monitor_rss(text: &str, ram_bytes: u64, pmem_paths: &[String]) -> (u64, u
         .map(|m| m.rss_kib)
         .sum();
     (total, own)
+}
+
+/// `(resident KiB, proportional KiB)` of the mappings that are not guest memory.
+pub fn monitor_rss_pss(text: &str, ram_bytes: u64, pmem_paths: &[String]) -> (u64, u64) {
+    parse(text)
+        .iter()
+        .filter(|m| !is_guest_memory(m, ram_bytes, pmem_paths))
+        .fold((0, 0), |(r, p), m| (r + m.rss_kib, p + m.pss_kib))
+}
+
+/// Resident KiB of the guest-RAM mappings (at least `ram_bytes` long, not pmem).
+pub fn guest_ram_rss(text: &str, ram_bytes: u64, pmem_paths: &[String]) -> u64 {
+    parse(text)
+        .iter()
+        .filter(|m| is_guest_memory(m, ram_bytes, &[]) && !is_guest_memory(m, 0, pmem_paths))
+        .map(|m| m.rss_kib)
+        .sum()
 }
 
 #[cfg(test)]
@@ -105,5 +131,15 @@ VmFlags: rd wr sh mr mw me ms
         assert_eq!(own, 1600);
         // Without rules everything counts.
         assert_eq!(monitor_rss(SMAPS, 0, &[]).1, total - 2048);
+        assert_eq!(maps[0].pss_kib, 1500);
+        assert_eq!(
+            monitor_rss_pss(SMAPS, 256 << 20, &["/work/pm".into()]),
+            (1600, 1500)
+        );
+        // The 256 MiB anonymous mapping; the 1 GiB pmem file and /dev/dax are not guest RAM.
+        assert_eq!(
+            guest_ram_rss(SMAPS, 256 << 20, &["/work/pm".into()]),
+            120_000
+        );
     }
 }

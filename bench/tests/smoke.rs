@@ -2,6 +2,11 @@
 //! figure of our monitor must be in `results.json` and positive (or, for the RAM cost of a
 //! memmap kept outside RAM, present), and `plot.png` must be a PNG. No timing thresholds.
 //!
+//! The density phase (two guests on one read-only root image) must really share the image:
+//! the host pages behind the monitors' mappings of the image file (their pagemaps, read in the
+//! KVM host) are the same pages for ours and for cloud-hypervisor, and disjoint with one copy
+//! of the image per guest.
+//!
 //! The peers: cloud-hypervisor and Firecracker come from their default place,
 //! `../shared/peers` beside the repository (the variables are unset), and must be measured:
 //! every figure of theirs present, or the test fails with the reason the run gives (a peer
@@ -115,6 +120,55 @@ fn quick_run_has_every_figure() {
         });
         assert!(ratio.is_some(), "no {name}-0 launch ratio\n{}", context());
     }
+
+    // Density (two guests at once on one read-only DAX root image): the guests' mappings of
+    // the image resolve to the same host pages, read from each monitor's /proc/PID/pagemap in
+    // the KVM host, with ours and with cloud-hypervisor; with one copy per guest they do not.
+    let figure = |case: &str, metric: &str| {
+        summaries
+            .iter()
+            .find(|s| s["phase"] == "density" && s["case"] == case && s["metric"] == metric)
+            .and_then(|s| s["median"].as_f64())
+            .unwrap_or_else(|| panic!("no density {case} {metric}\n{}", context()))
+    };
+    for case in ["vmm-shared-2", "cloud-hypervisor-shared-2"] {
+        let what = |m: &str| format!("{case}: {m} = {}\n{}", figure(case, m), context());
+        assert_eq!(figure(case, "image_files"), 1.0, "{}", what("image_files"));
+        // Something of the image was mapped by both (busybox, which both guests read)...
+        assert!(
+            figure(case, "image_pfn_shared_kib") >= 1024.0,
+            "{}",
+            what("image_pfn_shared_kib")
+        );
+        // ... and no page of the file at one offset was two different host pages.
+        assert_eq!(
+            figure(case, "image_pfn_mismatch_kib"),
+            0.0,
+            "{}",
+            what("image_pfn_mismatch_kib")
+        );
+        assert!(
+            figure(case, "image_distinct_kib") < figure(case, "image_mapped_kib"),
+            "{}",
+            what("image_distinct_kib")
+        );
+    }
+    let copies = "vmm-copies-2";
+    assert_eq!(figure(copies, "image_files"), 2.0, "{}", context());
+    assert_eq!(figure(copies, "image_pfn_shared_kib"), 0.0, "{}", context());
+    assert_eq!(
+        figure(copies, "image_distinct_kib"),
+        figure(copies, "image_mapped_kib"),
+        "{}",
+        context()
+    );
+    // Two copies hold twice the page cache of the one shared file.
+    assert!(
+        figure(copies, "image_cache_kib")
+            >= 2.0 * figure("vmm-shared-2", "image_cache_kib") - 1024.0,
+        "{}",
+        context()
+    );
 
     let png = std::fs::read(out.join("plot.png")).expect("plot.png");
     assert_eq!(&png[1..4], b"PNG");

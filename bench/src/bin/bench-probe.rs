@@ -22,6 +22,20 @@
 //!     --collect-until TEXT it goes on reading PROGRAM's lines after the --until line (passing
 //!     bench lines on, and "@@DMESG-GAP text@@" lines as dmesg_gap info lines) until one
 //!     holds TEXT (at most 60 s), before the memory is read.
+//! bench-probe density --tag T --count N --until TEXT --ready TEXT --ram-bytes B
+//!                     --image PREFIX... [--settle-ms MS] [--timeout-s S] -- PROGRAM ARGS...
+//!     Starts N copies of PROGRAM at once ("{i}" in an argument becomes the copy's index, 0 to
+//!     N-1), each in its own process group, and waits until every one has printed the --until
+//!     line (all_init_ms: exec to the last of them) and then the --ready line. After --settle-ms
+//!     it reads, per copy, /proc/PID/smaps (monitor_rss_kib, monitor_pss_kib: the sums over the
+//!     copies of everything but guest RAM and the image mappings; guest_ram_kib), and the
+//!     pagemap of each mapping whose path starts with an --image prefix (image_mapped_kib,
+//!     image_distinct_kib, image_pfn_shared_kib, image_pfn_mismatch_kib: `bench::density`),
+//!     the page cache of those files (image_cache_kib, by mincore(2), each file once) and the
+//!     fall of MemFree since before the launch (host_mem_kib), and that plus the image's page
+//!     cache (host_total_kib, host_total_per_guest_kib). Then kills them all. Every guest must
+//!     print "@@DENSITY-ROOT <its /proc/mounts line for />@@" with dax=always in it (the first
+//!     becomes a root_mount info line), or the case fails.
 //! bench-probe bw --tag T --path P [--offset O] [--create] --bytes N --chunk C [--passes K]
 //!     mmap()s N bytes of P (MAP_SHARED) and copies them in chunks of C to and from an anonymous
 //!     buffer: one untimed write+read pass, then K timed read passes and K timed write passes.
@@ -55,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "launch" => launch(rest),
         "bw" => bandwidth(rest),
+        "density" => density(rest),
         "write-time" => write_time(rest),
         "report" => report(rest),
         "host-info" => host_info(rest),
@@ -462,6 +477,398 @@ fn spawn_reader(pipe: impl Read + Send + 'static, tx: mpsc::Sender<(Instant, Str
             }
         }
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// density
+// ---------------------------------------------------------------------------------------------
+
+/// `MemFree` of /proc/meminfo, KiB.
+fn mem_free_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("MemFree:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A monitor's present image pages and its image mappings.
+type ImagePages = (
+    Vec<(bench::density::PageKey, u64)>,
+    Vec<bench::density::FileMapping>,
+);
+
+/// The present pages of `pid`'s image mappings, keyed by file and page.
+fn image_pages(pid: i32, prefixes: &[String]) -> Result<ImagePages, String> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| format!("reading /proc/{pid}/maps: {e}"))?;
+    let mappings = bench::density::image_mappings(&maps, prefixes);
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))
+        .map_err(|e| format!("opening /proc/{pid}/pagemap: {e}"))?;
+    let page = bench::density::PAGE;
+    let mut out = Vec::new();
+    for m in &mappings {
+        let pages = ((m.end - m.start) / page) as usize;
+        let mut raw = vec![0u8; pages * 8];
+        pagemap
+            .read_exact_at(&mut raw, m.start / page * 8)
+            .map_err(|e| format!("reading /proc/{pid}/pagemap at {:#x}: {e}", m.start))?;
+        for (k, entry) in raw.chunks_exact(8).enumerate() {
+            let entry = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
+            if let Some(pfn) = bench::density::present_pfn(entry) {
+                if pfn == 0 {
+                    return Err("pagemap gives frame 0: not root (CAP_SYS_ADMIN)?".into());
+                }
+                out.push(((m.dev.clone(), m.inode, m.offset / page + k as u64), pfn));
+            }
+        }
+    }
+    Ok((out, mappings))
+}
+
+/// Pages of `path` in the page cache (mincore(2) over a fresh read-only mapping).
+fn cached_pages(path: &str) -> Result<u64, String> {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).map_err(|e| format!("opening {path}: {e}"))?;
+    let len = file.metadata().map_err(|e| format!("{path}: {e}"))?.len() as usize;
+    if len == 0 {
+        return Ok(0);
+    }
+    // SAFETY: a fresh read-only shared mapping of an open file; checked, never dereferenced,
+    // unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap of {path}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let map = Map {
+        ptr: ptr.cast(),
+        len,
+    };
+    let pages = len.div_ceil(bench::density::PAGE as usize);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: the range is exactly the mapping above; `vec` holds one byte per page.
+    let rc = unsafe { libc::mincore(map.ptr.cast(), len, vec.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(format!(
+            "mincore of {path}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(vec.iter().filter(|b| **b & 1 == 1).count() as u64)
+}
+
+fn density(args: &[String]) -> Result<(), Failure> {
+    let o = Opts::parse(args, &[])?;
+    let tag = o.need("tag")?.to_string();
+    let count = o.num("count", 1)?.max(1) as usize;
+    let until = o.need("until")?.to_string();
+    let ready = o.need("ready")?.to_string();
+    let ram_bytes = o.num("ram-bytes", 0)?;
+    let images = o.all("image");
+    let settle = Duration::from_millis(o.num("settle-ms", 500)?);
+    let timeout = Duration::from_secs(o.num("timeout-s", 600)?);
+    if images.is_empty() {
+        return Err(Failure::usage("density needs --image PREFIX"));
+    }
+    let Some((program, template)) = o.rest.split_first() else {
+        return Err(Failure::usage("density needs -- PROGRAM ARGS"));
+    };
+    let free_before = mem_free_kib();
+
+    // Every copy's lines come tagged with its index; `None` is the end of one of its pipes.
+    let (tx, rx) = mpsc::channel::<(usize, Instant, Option<String>)>();
+    let mut children = Vec::new();
+    let started = Instant::now();
+    let kill_all = |pids: &[i32]| {
+        for pid in pids {
+            // SAFETY: kill(2) has no memory-safety preconditions; -pid is a group we created.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    };
+    let mut pids: Vec<i32> = Vec::new();
+    for i in 0..count {
+        let args: Vec<String> = template
+            .iter()
+            .map(|a| a.replace("{i}", &i.to_string()))
+            .collect();
+        let mut cmd = Command::new(program);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                kill_all(&pids);
+                return Err(Failure::tagged(
+                    &tag,
+                    format!("cannot start copy {i} of {program}: {e}"),
+                ));
+            }
+        };
+        pids.push(child.id() as i32);
+        for pipe in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(pipe);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).into_owned();
+                            if tx.send((i, Instant::now(), Some(line))).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send((i, Instant::now(), None));
+            });
+        }
+        children.push(child);
+    }
+    drop(tx);
+
+    let mut init_at: Vec<Option<Duration>> = vec![None; count];
+    let mut is_ready = vec![false; count];
+    let mut eofs = vec![0; count];
+    let mut tails: Vec<VecDeque<String>> = vec![VecDeque::new(); count];
+    let mut root_mount: Vec<Option<String>> = vec![None; count];
+    let deadline = started + timeout;
+    let mut problem: Option<(usize, String)> = None;
+    while is_ready.iter().any(|r| !r) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, when, Some(line))) => {
+                let line = line.trim_end_matches(['\r', '\n']).to_string();
+                if tails[i].len() == TAIL {
+                    tails[i].pop_front();
+                }
+                tails[i].push_back(line.clone());
+                if init_at[i].is_none() && line.contains(until.as_str()) {
+                    init_at[i] = Some(when.duration_since(started));
+                }
+                if line.contains(ready.as_str()) {
+                    is_ready[i] = true;
+                }
+                if let Some(r) = line
+                    .split_once("@@DENSITY-ROOT ")
+                    .and_then(|(_, r)| r.split("@@").next())
+                {
+                    root_mount[i] = Some(r.to_string());
+                }
+            }
+            Ok((i, _, None)) => {
+                eofs[i] += 1;
+                if eofs[i] == 2 && !is_ready[i] {
+                    let status = children[i]
+                        .wait()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string());
+                    problem = Some((i, format!("copy {i} of {program} ended ({status})")));
+                    break;
+                }
+            }
+            Err(_) => {
+                let late = is_ready.iter().position(|r| !r).unwrap_or(0);
+                problem = Some((
+                    late,
+                    format!(
+                        "{} of {count} guests not ready ({ready:?}) within {} s",
+                        is_ready.iter().filter(|r| !**r).count(),
+                        timeout.as_secs()
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    let fail = |i: usize, reason: String, tails: &[VecDeque<String>]| {
+        kill_all(&pids);
+        Failure {
+            tag: Some(tag.clone()),
+            reason,
+            tail: tails[i]
+                .iter()
+                .map(|l| format!("[guest {i}] {l}"))
+                .collect(),
+        }
+    };
+    if let Some((i, reason)) = problem {
+        let f = fail(i, reason, &tails);
+        for c in children.iter_mut() {
+            let _ = c.wait();
+        }
+        return Err(f);
+    }
+    if let Some(i) = init_at.iter().position(Option::is_none) {
+        let f = fail(
+            i,
+            format!("guest {i} was ready without its {until:?} line"),
+            &tails,
+        );
+        for c in children.iter_mut() {
+            let _ = c.wait();
+        }
+        return Err(f);
+    }
+    // The use case is a DAX root: a guest whose root is not mounted `dax=always` is a failure.
+    if let Some(i) = root_mount
+        .iter()
+        .position(|r| !r.as_deref().is_some_and(|r| r.contains("dax=always")))
+    {
+        let f = fail(
+            i,
+            format!(
+                "guest {i}'s root is not mounted with dax=always: {:?}",
+                root_mount[i]
+            ),
+            &tails,
+        );
+        for c in children.iter_mut() {
+            let _ = c.wait();
+        }
+        return Err(f);
+    }
+    let all_init = init_at.iter().flatten().max().copied().unwrap_or_default();
+    std::thread::sleep(settle);
+
+    let mut lines = Vec::new();
+    let mut pages = Vec::new();
+    let mut files: std::collections::BTreeMap<(String, u64), String> = Default::default();
+    let (mut rss, mut pss, mut ram) = (0u64, 0u64, 0u64);
+    let free_after = mem_free_kib();
+    for (i, pid) in pids.iter().enumerate() {
+        if let Ok(Some(status)) = children[i].try_wait() {
+            let f = fail(
+                i,
+                format!("copy {i} of {program} ended ({status}) before it was measured"),
+                &tails,
+            );
+            for c in children.iter_mut() {
+                let _ = c.wait();
+            }
+            return Err(f);
+        }
+        let measured = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))
+            .and_then(|smaps| {
+                let (r, p) = bench::smaps::monitor_rss_pss(&smaps, ram_bytes, &images);
+                let g = bench::smaps::guest_ram_rss(&smaps, ram_bytes, &images);
+                Ok((r, p, g, image_pages(*pid, &images)?))
+            });
+        match measured {
+            Ok((r, p, g, (list, mappings))) => {
+                rss += r;
+                pss += p;
+                ram += g;
+                if mappings.is_empty() {
+                    let f = fail(
+                        i,
+                        format!("copy {i} of {program} maps no file under {images:?}"),
+                        &tails,
+                    );
+                    for c in children.iter_mut() {
+                        let _ = c.wait();
+                    }
+                    return Err(f);
+                }
+                for m in mappings {
+                    let path = m.path.trim_end_matches(" (deleted)").to_string();
+                    files.entry((m.dev, m.inode)).or_insert(path);
+                }
+                pages.push(list);
+            }
+            Err(e) => {
+                let f = fail(i, e, &tails);
+                for c in children.iter_mut() {
+                    let _ = c.wait();
+                }
+                return Err(f);
+            }
+        }
+    }
+    let mut cache = 0;
+    for path in files.values() {
+        match cached_pages(path) {
+            Ok(n) => cache += n,
+            Err(e) => {
+                let f = fail(0, e, &tails);
+                for c in children.iter_mut() {
+                    let _ = c.wait();
+                }
+                return Err(f);
+            }
+        }
+    }
+    kill_all(&pids);
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+    let share = bench::density::sharing(&pages);
+    let kib = |pages: u64| (pages * bench::density::PAGE / 1024) as f64;
+    lines.push(sample_line(&tag, "all_init_ms", ms(all_init)));
+    lines.push(sample_line(&tag, "monitor_rss_kib", rss as f64));
+    lines.push(sample_line(&tag, "monitor_pss_kib", pss as f64));
+    lines.push(sample_line(
+        &tag,
+        "monitor_rss_per_guest_kib",
+        (rss as f64 / count as f64).round(),
+    ));
+    lines.push(sample_line(&tag, "guest_ram_kib", ram as f64));
+    lines.push(sample_line(&tag, "image_cache_kib", kib(cache)));
+    lines.push(sample_line(&tag, "image_mapped_kib", kib(share.mapped)));
+    lines.push(sample_line(&tag, "image_distinct_kib", kib(share.distinct)));
+    lines.push(sample_line(&tag, "image_pfn_shared_kib", kib(share.shared)));
+    lines.push(sample_line(
+        &tag,
+        "image_pfn_mismatch_kib",
+        kib(share.mismatch),
+    ));
+    lines.push(sample_line(&tag, "image_files", share.files as f64));
+    if let (Some(before), Some(after)) = (free_before, free_after) {
+        // The guests, monitors and their kernel state; the image files were there before.
+        let used = before as f64 - after as f64;
+        lines.push(sample_line(&tag, "host_mem_kib", used));
+        let total = used + kib(cache);
+        lines.push(sample_line(&tag, "host_total_kib", total));
+        lines.push(sample_line(
+            &tag,
+            "host_total_per_guest_kib",
+            (total / count as f64).round(),
+        ));
+    }
+    if let Some(r) = &root_mount[0] {
+        lines.push(info_line(&tag, "root_mount", r));
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
