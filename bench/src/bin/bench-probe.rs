@@ -32,7 +32,8 @@
 //!     pagemap of each mapping whose path starts with an --image prefix (image_mapped_kib,
 //!     image_distinct_kib, image_pfn_shared_kib, image_pfn_mismatch_kib: `bench::density`),
 //!     the page cache of those files (image_cache_kib, by mincore(2), each file once) and the
-//!     fall of MemFree since before the launch (host_mem_kib), and that plus the image's page
+//!     fall of MemFree since before the launch (host_mem_kib; the baseline is taken once MemFree
+//!     holds still, at most 10 s), and that plus the image's page
 //!     cache (host_total_kib, host_total_per_guest_kib). Then kills them all. Every guest must
 //!     print "@@DENSITY-ROOT <its /proc/mounts line for />@@" with dax=always in it (the first
 //!     becomes a root_mount info line), or the case fails.
@@ -589,7 +590,20 @@ fn density(args: &[String]) -> Result<(), Failure> {
     let Some((program, template)) = o.rest.split_first() else {
         return Err(Failure::usage("density needs -- PROGRAM ARGS"));
     };
-    let free_before = mem_free_kib();
+    // The baseline once the host's free memory holds still (a monitor killed just before, the
+    // previous case's, may still be handing its memory back): two readings 300 ms apart within
+    // 256 KiB, for at most 10 s.
+    let mut free_before = mem_free_kib();
+    let quiet_by = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < quiet_by {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = mem_free_kib();
+        let still = matches!((free_before, now), (Some(a), Some(b)) if a.abs_diff(b) < 256);
+        free_before = now;
+        if still {
+            break;
+        }
+    }
 
     // Every copy's lines come tagged with its index; `None` is the end of one of its pipes.
     let (tx, rx) = mpsc::channel::<(usize, Instant, Option<String>)>();
