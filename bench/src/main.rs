@@ -22,12 +22,14 @@ bench: boot time, resident memory, start-up cost against pmem size, memmap cost,
 bandwidth and guest density from one shared root image of the vmm on the testbed (nested or direct, see tests/README.md), next to peer
 monitors named by environment variables.
 
-Usage: bench [--runs N] [--memmap-runs N] [--quick] [--only PHASES] [--out DIR]
+Usage: bench [--runs N] [--memmap-runs N] [--quick] [--only PHASES] [--density-guests L]
+             [--density-runs N] [--out DIR]
 
   --runs N          runs of every figure (default 5)
   --memmap-runs N   runs of every memmap figure (default min(N, 3): a 64 GiB memmap is slow
                     to initialise under TCG)
-  --quick           N=1 and tiny sizes (the smoke test; a minute or two nested)
+  --quick           N=1 and tiny sizes, density with 2 guests (the smoke test; a few minutes
+                    nested, the density phase about 40 s of it)
   --only PHASES     comma-separated subset of boot,startup,memmap,bandwidth,density
   --startup-sizes L comma-separated pmem sizes of the start-up phase (default 1G,64G,1T)
   --memmap-sizes L  comma-separated pmem sizes of the memmap phase (default 1G,4G,16G,64G)
