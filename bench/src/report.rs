@@ -731,6 +731,46 @@ mod tests {
         assert_eq!(get("bandwidth", "guest-devdax", "read_vs_host_ratio"), 0.9);
     }
 
+    /// One more guest's cost from the smallest to the largest count, against its budget.
+    #[test]
+    fn density_figures() {
+        let r = results(
+            "@@BENCH density.vmm-shared-1.1 host_total_kib 100000@@\n\
+             @@BENCH density.vmm-shared-8.1 host_total_kib 310000@@\n\
+             @@BENCH density.vmm-shared-8.1 guest_ram_kib 240000@@\n\
+             @@BENCH density.vmm-shared-8.1 monitor_rss_per_guest_kib 4000@@\n\
+             @@BENCH density.vmm-copies-1.1 host_total_kib 100000@@\n",
+        );
+        let get = |c: &str, m: &str| r.summaries.get(&key("density", c, m)).map(|s| s.median);
+        assert_eq!(get("vmm-shared", "extra_guest_host_kib"), Some(30000.0));
+        assert_eq!(get("vmm-shared", "extra_guest_budget_kib"), Some(34000.0));
+        assert_eq!(
+            get("vmm-shared", "extra_guest_over_budget_kib"),
+            Some(-4000.0)
+        );
+        // One guest count: nothing to derive.
+        assert_eq!(get("vmm-copies", "extra_guest_host_kib"), None);
+        let mut s = Settings::quick();
+        s.phases = vec![crate::settings::Phase::Density];
+        s.peers = vec![(PeerKind::CloudHypervisor, PeerState::Ready("/ch".into()))];
+        let ours = expected_figures(&s);
+        assert_eq!(ours.len(), 2 * DENSITY_FIGURES.len());
+        assert!(ours.contains(&key("density", "vmm-copies-2", "image_pfn_shared_kib")));
+        let peer = expected_peer_figures(&s);
+        assert_eq!(peer.len(), DENSITY_FIGURES.len());
+        assert!(peer.contains(&(
+            PeerKind::CloudHypervisor,
+            key("density", "cloud-hypervisor-shared-2", "host_total_kib")
+        )));
+        // Without its figures the peer is FAILED, with the density failure as the reason.
+        let failed = results(
+            "@@BENCH-FAIL density.cloud-hypervisor-shared-2.1 copy 1 of ch ended (exit 1)@@\n",
+        );
+        let (state, detail) = peer_outcome(&failed, &s, PeerKind::CloudHypervisor);
+        assert_eq!(state, "failed");
+        assert!(detail.contains("copy 1 of ch ended"), "{detail}");
+    }
+
     #[test]
     fn expected_and_table() {
         let mut s = Settings::quick();
