@@ -310,23 +310,9 @@ pub fn boot_command(
             w
         }
         PeerKind::CloudHypervisor => {
-            let mut w: Vec<String> = vec![
-                bin,
-                "--kernel".into(),
-                VMLINUX.into(),
-                "--initramfs".into(),
-                "\"$INITRAMFS\"".into(),
-                "--cmdline".into(),
-                sh_quote(&cmdline),
-                "--cpus".into(),
-                "boot=1".into(),
-                "--memory".into(),
-                format!("size={ram_mib}M"),
-                "--serial".into(),
-                "tty".into(),
-                "--console".into(),
-                "off".into(),
-            ];
+            let mut w = cloud_hypervisor_words(bin, &sh_quote(&cmdline), ram_mib);
+            w.push("--initramfs".into());
+            w.push("\"$INITRAMFS\"".into());
             if n > 0 {
                 w.push("--pmem".into());
                 for i in 0..n {
@@ -689,26 +675,36 @@ pub fn density_command(s: &Settings, case: DensityCase, ch: Option<&Path>) -> Ve
                 )),
             ]
         }
-        DensityCase::CloudHypervisorShared => vec![
-            sh_quote(&ch.map_or(String::new(), |p| p.to_string_lossy().into_owned())),
-            "--kernel".into(),
-            VMLINUX.into(),
-            "--cmdline".into(),
-            cmdline,
-            "--cpus".into(),
-            "boot=1".into(),
-            "--memory".into(),
-            format!("size={ram_mib}M"),
-            "--serial".into(),
-            "tty".into(),
-            "--console".into(),
-            "off".into(),
-            "--pmem".into(),
-            dq(&format!(
+        DensityCase::CloudHypervisorShared => {
+            let bin = sh_quote(&ch.map_or(String::new(), |p| p.to_string_lossy().into_owned()));
+            let mut w = cloud_hypervisor_words(bin, &cmdline, ram_mib);
+            w.push("--pmem".into());
+            w.push(dq(&format!(
                 "file={DENSITY_IMAGE_PREFIX}shared.img,discard_writes=on"
-            )),
-        ],
+            )));
+            w
+        }
     }
+}
+
+/// cloud-hypervisor booting our vmlinux with one vCPU, `ram_mib` of RAM and the serial port on
+/// its standard output (`cmdline` already quoted for the shell); the caller adds the disks.
+fn cloud_hypervisor_words(bin: String, cmdline: &str, ram_mib: u64) -> Vec<String> {
+    vec![
+        bin,
+        "--kernel".into(),
+        VMLINUX.into(),
+        "--cmdline".into(),
+        cmdline.to_string(),
+        "--cpus".into(),
+        "boot=1".into(),
+        "--memory".into(),
+        format!("size={ram_mib}M"),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+    ]
 }
 
 /// The density phase: our vmm writes an fsdax info block (`memmap=ram`, no labels) into a fresh

@@ -459,6 +459,18 @@ fn guest_exit(line: &str) -> Option<i32> {
 }
 
 fn spawn_reader(pipe: impl Read + Send + 'static, tx: mpsc::Sender<(Instant, String)>) {
+    spawn_lines(pipe, move |now, line| match line {
+        Some(line) => tx.send((now, line)).is_ok(),
+        None => true,
+    });
+}
+
+/// Reads `pipe` line by line on a thread of its own and hands each line, then `None` at its
+/// end, to `deliver`; stops early when `deliver` says the receiver is gone (returns false).
+fn spawn_lines(
+    pipe: impl Read + Send + 'static,
+    mut deliver: impl FnMut(Instant, Option<String>) -> bool + Send + 'static,
+) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(pipe);
         let mut buf = Vec::new();
@@ -467,16 +479,14 @@ fn spawn_reader(pipe: impl Read + Send + 'static, tx: mpsc::Sender<(Instant, Str
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let now = Instant::now();
-                    if tx
-                        .send((now, String::from_utf8_lossy(&buf).into_owned()))
-                        .is_err()
-                    {
-                        break;
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    if !deliver(Instant::now(), Some(line)) {
+                        return;
                     }
                 }
             }
         }
+        deliver(Instant::now(), None);
     });
 }
 
@@ -574,6 +584,25 @@ fn cached_pages(path: &str) -> Result<u64, String> {
     Ok(vec.iter().filter(|b| **b & 1 == 1).count() as u64)
 }
 
+/// The monitors one density case runs at once, each the leader of its own process group:
+/// dropping this kills every group and reaps every monitor, on every path out of the case.
+struct Copies(Vec<std::process::Child>);
+
+impl Drop for Copies {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            // SAFETY: kill(2) has no memory-safety preconditions; -pid names the process group
+            // this child leads (spawned with process_group(0)) and it is not reaped yet.
+            unsafe {
+                libc::kill(-(c.id() as i32), libc::SIGKILL);
+            }
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
 fn density(args: &[String]) -> Result<(), Failure> {
     let o = Opts::parse(args, &[])?;
     let tag = o.need("tag")?.to_string();
@@ -607,16 +636,8 @@ fn density(args: &[String]) -> Result<(), Failure> {
 
     // Every copy's lines come tagged with its index; `None` is the end of one of its pipes.
     let (tx, rx) = mpsc::channel::<(usize, Instant, Option<String>)>();
-    let mut children = Vec::new();
+    let mut children = Copies(Vec::new());
     let started = Instant::now();
-    let kill_all = |pids: &[i32]| {
-        for pid in pids {
-            // SAFETY: kill(2) has no memory-safety preconditions; -pid is a group we created.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
-    };
     let mut pids: Vec<i32> = Vec::new();
     for i in 0..count {
         let args: Vec<String> = template
@@ -632,7 +653,6 @@ fn density(args: &[String]) -> Result<(), Failure> {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                kill_all(&pids);
                 return Err(Failure::tagged(
                     &tag,
                     format!("cannot start copy {i} of {program}: {e}"),
@@ -645,25 +665,9 @@ fn density(args: &[String]) -> Result<(), Failure> {
             Box::new(child.stderr.take().expect("piped")),
         ] {
             let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(pipe);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf).into_owned();
-                            if tx.send((i, Instant::now(), Some(line))).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = tx.send((i, Instant::now(), None));
-            });
+            spawn_lines(pipe, move |now, line| tx.send((i, now, line)).is_ok());
         }
-        children.push(child);
+        children.0.push(child);
     }
     drop(tx);
 
@@ -699,7 +703,7 @@ fn density(args: &[String]) -> Result<(), Failure> {
             Ok((i, _, None)) => {
                 eofs[i] += 1;
                 if eofs[i] == 2 && !is_ready[i] {
-                    let status = children[i]
+                    let status = children.0[i]
                         .wait()
                         .map(|s| s.to_string())
                         .unwrap_or_else(|e| e.to_string());
@@ -721,52 +725,37 @@ fn density(args: &[String]) -> Result<(), Failure> {
             }
         }
     }
-    let fail = |i: usize, reason: String, tails: &[VecDeque<String>]| {
-        kill_all(&pids);
-        Failure {
-            tag: Some(tag.clone()),
-            reason,
-            tail: tails[i]
-                .iter()
-                .map(|l| format!("[guest {i}] {l}"))
-                .collect(),
-        }
+    let fail = |i: usize, reason: String, tails: &[VecDeque<String>]| Failure {
+        tag: Some(tag.clone()),
+        reason,
+        tail: tails[i]
+            .iter()
+            .map(|l| format!("[guest {i}] {l}"))
+            .collect(),
     };
     if let Some((i, reason)) = problem {
-        let f = fail(i, reason, &tails);
-        for c in children.iter_mut() {
-            let _ = c.wait();
-        }
-        return Err(f);
+        return Err(fail(i, reason, &tails));
     }
     if let Some(i) = init_at.iter().position(Option::is_none) {
-        let f = fail(
+        return Err(fail(
             i,
             format!("guest {i} was ready without its {until:?} line"),
             &tails,
-        );
-        for c in children.iter_mut() {
-            let _ = c.wait();
-        }
-        return Err(f);
+        ));
     }
     // The use case is a DAX root: a guest whose root is not mounted `dax=always` is a failure.
     if let Some(i) = root_mount
         .iter()
         .position(|r| !r.as_deref().is_some_and(|r| r.contains("dax=always")))
     {
-        let f = fail(
+        return Err(fail(
             i,
             format!(
                 "guest {i}'s root is not mounted with dax=always: {:?}",
                 root_mount[i]
             ),
             &tails,
-        );
-        for c in children.iter_mut() {
-            let _ = c.wait();
-        }
-        return Err(f);
+        ));
     }
     let all_init = init_at.iter().flatten().max().copied().unwrap_or_default();
     std::thread::sleep(settle);
@@ -777,16 +766,12 @@ fn density(args: &[String]) -> Result<(), Failure> {
     let (mut rss, mut pss, mut ram) = (0u64, 0u64, 0u64);
     let free_after = mem_free_kib();
     for (i, pid) in pids.iter().enumerate() {
-        if let Ok(Some(status)) = children[i].try_wait() {
-            let f = fail(
+        if let Ok(Some(status)) = children.0[i].try_wait() {
+            return Err(fail(
                 i,
                 format!("copy {i} of {program} ended ({status}) before it was measured"),
                 &tails,
-            );
-            for c in children.iter_mut() {
-                let _ = c.wait();
-            }
-            return Err(f);
+            ));
         }
         let measured = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
             .map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))
@@ -801,15 +786,11 @@ fn density(args: &[String]) -> Result<(), Failure> {
                 pss += p;
                 ram += g;
                 if mappings.is_empty() {
-                    let f = fail(
+                    return Err(fail(
                         i,
                         format!("copy {i} of {program} maps no file under {images:?}"),
                         &tails,
-                    );
-                    for c in children.iter_mut() {
-                        let _ = c.wait();
-                    }
-                    return Err(f);
+                    ));
                 }
                 for m in mappings {
                     let path = m.path.trim_end_matches(" (deleted)").to_string();
@@ -818,11 +799,7 @@ fn density(args: &[String]) -> Result<(), Failure> {
                 pages.push(list);
             }
             Err(e) => {
-                let f = fail(i, e, &tails);
-                for c in children.iter_mut() {
-                    let _ = c.wait();
-                }
-                return Err(f);
+                return Err(fail(i, e, &tails));
             }
         }
     }
@@ -831,18 +808,11 @@ fn density(args: &[String]) -> Result<(), Failure> {
         match cached_pages(path) {
             Ok(n) => cache += n,
             Err(e) => {
-                let f = fail(0, e, &tails);
-                for c in children.iter_mut() {
-                    let _ = c.wait();
-                }
-                return Err(f);
+                return Err(fail(0, e, &tails));
             }
         }
     }
-    kill_all(&pids);
-    for c in children.iter_mut() {
-        let _ = c.wait();
-    }
+    drop(children);
     let share = bench::density::sharing(&pages);
     let kib = |pages: u64| (pages * bench::density::PAGE / 1024) as f64;
     lines.push(sample_line(&tag, "all_init_ms", ms(all_init)));
