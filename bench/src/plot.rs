@@ -224,24 +224,8 @@ pub fn draw(
         .map_err(err)?;
     let (top, bottom) = root.split_vertically(680);
     let (left, right) = top.split_horizontally(1020);
-    match density {
-        Panel::Ran(b) if !b.is_empty() => draw_bars(&bottom, b, &DENSITY_STYLE)?,
-        Panel::Ran(_) => say(
-            &bottom,
-            DENSITY_TITLE,
-            "the density phase ran but gave no host-memory figures (see density.log)",
-        )?,
-        Panel::NotRun => say(&bottom, DENSITY_TITLE, "density phase not run (see --only)")?,
-    }
-    match bars {
-        Panel::Ran(b) if !b.is_empty() => draw_bars(&left, b, &BOOT_STYLE)?,
-        Panel::Ran(_) => say(
-            &left,
-            BOOT_TITLE,
-            "the boot phase ran but gave no launch figures (see boot.log)",
-        )?,
-        Panel::NotRun => say(&left, BOOT_TITLE, "boot phase not run (see --only)")?,
-    }
+    bar_panel(&bottom, density, &DENSITY_STYLE, "density", "host-memory")?;
+    bar_panel(&left, bars, &BOOT_STYLE, "boot", "launch")?;
     match lines {
         Panel::Ran(l)
             if l.iter()
@@ -266,6 +250,32 @@ const DENSITY_TITLE: &str =
     "Host memory per guest, read-only DAX root image (free-memory fall + image page cache) / guests";
 
 /// A panel without axes: its title and why there is nothing to draw.
+/// A bar panel for `phase`: its bars, or why there are none (`figures`: what it measures).
+fn bar_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel<Vec<Bar>>,
+    style: &BarStyle,
+    phase: &str,
+    figures: &str,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    match panel {
+        Panel::Ran(b) if !b.is_empty() => draw_bars(area, b, style),
+        Panel::Ran(_) => say(
+            area,
+            style.title,
+            &format!("the {phase} phase ran but gave no {figures} figures (see {phase}.log)"),
+        ),
+        Panel::NotRun => say(
+            area,
+            style.title,
+            &format!("{phase} phase not run (see --only)"),
+        ),
+    }
+}
+
 fn say<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
