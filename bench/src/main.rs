@@ -67,6 +67,14 @@ fn parse_sizes(v: &str) -> Result<Vec<u64>, String> {
         .collect()
 }
 
+/// A count option's value: a number above 0.
+fn positive(name: &str, v: &str) -> Result<usize, String> {
+    v.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{name}: expected N > 0"))
+}
+
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut runs: Option<usize> = None;
     let mut memmap_runs: Option<usize> = None;
@@ -87,23 +95,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         match a.as_str() {
             "-h" | "--help" => return Err(String::new()),
             "--quick" => quick = true,
-            "--runs" => {
-                let v = value("--runs")?;
-                runs = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or("--runs: expected N > 0")?,
-                );
-            }
+            "--runs" => runs = Some(positive("--runs", &value("--runs")?)?),
             "--memmap-runs" => {
-                let v = value("--memmap-runs")?;
-                memmap_runs = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or("--memmap-runs: expected N > 0")?,
-                );
+                memmap_runs = Some(positive("--memmap-runs", &value("--memmap-runs")?)?)
             }
             "--only" => {
                 let v = value("--only")?;
@@ -133,13 +127,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 );
             }
             "--density-runs" => {
-                let v = value("--density-runs")?;
-                density_runs = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or("--density-runs: expected N > 0")?,
-                );
+                density_runs = Some(positive("--density-runs", &value("--density-runs")?)?)
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
