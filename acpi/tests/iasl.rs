@@ -528,11 +528,12 @@ fn acpiexec_runs_fit_and_the_hotplug_event() {
 /// (acpiexec cannot pass an empty package or an empty buffer.) acpiexec simulates the page as
 /// plain memory, so the "answer" it returns is what the request left in the page: its length
 /// field overlays the handle, so `_DSM` of NFIT handle 2 returns the next 2 bytes (the
-/// revision, 1), which shows the fields are written and read where the layout says.
+/// revision, 1), which shows the fields are written and read where the layout says; handle 17
+/// is one byte too long for the short view and returns 17 bytes through the whole one.
 #[test]
 fn dsm_mailbox_decodes_and_runs() {
     let dir = Scratch::new("acpiexec-dsm");
-    let mut p = platform(1, dimms(2));
+    let mut p = platform(1, dimms(17));
     p.nvdimm_dsm = Some(acpi::NvdimmDsmDesc {
         page_addr: 0xfb000,
         doorbell_port: 0x0a18,
@@ -560,6 +561,9 @@ fn dsm_mailbox_decodes_and_runs() {
         "Method (_DSM, 4, NotSerialized)",
         "Return (\\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, 0x00000002))",
         "NDBL = 0x000FB000",
+        "NOSM,   128",
+        "If ((NRLN < 0x11))",
+        "Mid (NOSM, Zero, NRLN, Local1)",
         "Mid (NODT, Zero, NRLN, Local1)",
     ] {
         assert!(dsdt.contains(needle), "DSDT lacks {needle:?}:\n{dsdt}");
@@ -569,7 +573,8 @@ fn dsm_mailbox_decodes_and_runs() {
     let commands = format!(
         "evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 0 [7]; \
          evaluate \\_SB.NVDR.NV01._DSM {uuid} 1 5 [(00 00 00 00 10 00 00 00)]; \
-         evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 6 [(00 00 00 00 04 00 00 00 aa bb cc dd)]"
+         evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 6 [(00 00 00 00 04 00 00 00 aa bb cc dd)]; \
+         evaluate \\_SB.NVDR.NV10._DSM {uuid} 1 3 [(00)]"
     );
     let mut args = vec!["-b", commands.as_str()];
     args.extend(files.iter().map(String::as_str));
@@ -579,11 +584,18 @@ fn dsm_mailbox_decodes_and_runs() {
     assert_clean("acpiexec output", &log);
     assert_eq!(
         log.matches("_DSM returned object").count(),
-        3,
+        4,
         "every call returns:\n{log}"
     );
     assert!(
         log.contains("[Buffer] Length 02 =     0000: 01 00"),
         "handle 2's call:\n{log}"
+    );
+    // Handle 17's: NREV (1), NFUN (3), NALN (1), then the UUID's first 5 bytes.
+    assert!(
+        log.contains(
+            "[Buffer] Length 11 = \n    0000: 01 00 00 00 03 00 00 00 01 00 00 00 30 AC 09 43"
+        ),
+        "handle 17's call:\n{log}"
     );
 }
