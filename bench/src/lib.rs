@@ -20,4 +20,5 @@ pub mod settings;
 pub mod smaps;
 pub mod stage2;
 pub mod stats;
+pub mod summary;
 pub mod timefmt;

@@ -14,6 +14,7 @@ use bench::report::{self, Results};
 use bench::scripts::{self, GUEST_BOOT, GUEST_BW, GUEST_MEMMAP, GUEST_PROBE, MKE2FS};
 use bench::settings::MIB;
 use bench::settings::{parse_size, PeerKind, PeerState, Phase, Settings};
+use bench::summary;
 use bench::timefmt;
 use testbed::{run_on_kvm_host, HostOpts, InitramfsSpec, Mode};
 
@@ -40,7 +41,8 @@ Usage: bench [--runs N] [--memmap-runs N] [--quick] [--only PHASES] [--density-g
   -h, --help        this text
 
 Output: a table on stdout; DIR/results.json (machine, settings, every sample, summaries,
-failures, missing figures); DIR/plot.png; DIR/<phase>.sh and DIR/<phase>.log (the host script
+failures, missing figures); DIR/summary.md (the headline figures as Markdown tables);
+DIR/plot.png; DIR/<phase>.sh and DIR/<phase>.log (the host script
 and console of each phase).
 
 Peers (a path that does not exist or is not executable is reported as missing and the run
@@ -567,6 +569,25 @@ fn run(args: Args) -> Result<bool, String> {
     let json_path = out.join("results.json");
     std::fs::write(&json_path, format!("{doc:#}\n"))
         .map_err(|e| format!("writing {}: {e}", json_path.display()))?;
+    let summary_path = out.join("summary.md");
+    // The 1-minute load average of a `/proc/loadavg` line.
+    let load = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let heading = format!(
+        "{}, `bench {}`, git {}, load average at start / end {} / {}; medians",
+        timefmt::iso(started),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        m.get("git").and_then(Value::as_str).unwrap_or("?"),
+        load("loadavg_at_start"),
+        load("loadavg_at_end"),
+    );
+    std::fs::write(&summary_path, summary::markdown(&results, &s, &heading))
+        .map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
     let png = out.join("plot.png");
     let subtitle = format!(
         "{} | {} | {} runs | {}",

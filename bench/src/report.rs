@@ -122,7 +122,8 @@ impl Results {
         self.add_ratios();
     }
 
-    fn median(&self, phase: &str, case: &str, metric: &str) -> Option<f64> {
+    /// The median of one figure, if the run has it.
+    pub fn median(&self, phase: &str, case: &str, metric: &str) -> Option<f64> {
         self.summaries
             .get(&key(phase, case, metric))
             .map(|s| s.median)

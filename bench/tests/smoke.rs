@@ -173,4 +173,26 @@ fn quick_run_has_every_figure() {
     let png = std::fs::read(out.join("plot.png")).expect("plot.png");
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 10_000, "plot.png is only {} bytes", png.len());
+
+    // The Markdown summary: every phase's rows, with our figures filled in.
+    let md = std::fs::read_to_string(out.join("summary.md")).expect("summary.md");
+    for row in [
+        "| launch to guest init, ",
+        "| monitor resident memory without guest RAM and pmem, ",
+        "| monitor start-up (exec to first KVM_RUN), ",
+        "| guest RAM per GiB of pmem, ",
+        "| DAX bandwidth guest / host, devdax ",
+        "| stage-2 leaves of 2 MiB or more ",
+        "| host memory per guest, ",
+    ] {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("summary.md has no row {row:?}:\n{md}"));
+        let ours = line.split(" | ").nth(1).unwrap_or("");
+        assert!(
+            ours.chars().any(|c| c.is_ascii_digit()) && !ours.starts_with('-'),
+            "summary.md row without our figure: {line}\n{md}"
+        );
+    }
 }
