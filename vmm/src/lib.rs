@@ -271,35 +271,6 @@ impl devices::nvdimm_dsm::MailboxPage for GuestMailbox {
     }
 }
 
-/// Asks for transparent huge pages in guest RAM (`MADV_HUGEPAGE`, as QEMU does and
-/// cloud-hypervisor's default `thp=on`), so on a host whose THP setting is `madvise` (the common
-/// distribution default) the guest's first touch of each 2 MiB costs one host fault instead of
-/// 512, and KVM can map guest RAM with 2 MiB stage-2 pages. Pages come only as the guest touches
-/// them, as before. Failure (a kernel without THP) costs only speed: a debug line. Returns how
-/// many regions took the advice.
-fn advise_huge_pages(mem: &GuestMemoryMmap) -> usize {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    let mut advised = 0;
-    for region in mem.iter() {
-        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
-            continue;
-        };
-        let len = region.len() as usize;
-        // SAFETY: [host, host + len) is this region's whole anonymous mapping, owned by `mem`;
-        // MADV_HUGEPAGE sets a flag on the mapping and changes no memory contents.
-        if unsafe { libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE) } == 0 {
-            advised += 1;
-        } else {
-            log::debug!(
-                "guest RAM at {:#x}: no MADV_HUGEPAGE ({}): the host maps it with small pages",
-                region.start_addr().0,
-                io::Error::last_os_error()
-            );
-        }
-    }
-    advised
-}
-
 /// Guest memory with everything the boot vCPU needs already in place. No KVM object exists yet.
 pub fn prepare_guest_memory(
     cfg: &VmConfig,
@@ -314,7 +285,6 @@ pub fn prepare_guest_memory(
         size: cfg.memory,
         detail: e.to_string(),
     })?;
-    advise_huge_pages(&mem);
     write_fit(&mem, &nvdimms)?;
     let tables = acpi::build_tables(
         &platform(cfg, nvdimms),
@@ -1417,21 +1387,6 @@ mod tests {
 
     fn eio() -> io::Error {
         io::Error::from_raw_os_error(libc::EIO)
-    }
-
-    /// Every guest RAM region takes the huge-page advice, RAM above the MMIO hole too.
-    #[test]
-    fn guest_ram_asks_for_huge_pages() {
-        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            panic!("this test needs a kernel with CONFIG_TRANSPARENT_HUGEPAGE");
-        }
-        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(5 << 30)
-            .into_iter()
-            .map(|(start, len)| (GuestAddress(start), len as usize))
-            .collect();
-        assert_eq!(ranges.len(), 2, "{ranges:x?}");
-        let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
-        assert_eq!(advise_huge_pages(&mem), 2);
     }
 
     #[test]
