@@ -253,11 +253,9 @@ fn health_event_aml(h: HealthEventsDesc, dimms: usize) -> (RawAml, RawAml) {
     let port = u64::from(h.port);
     let len = u64::from(geometry::nvdimm_events::LEN);
     OpRegion::new("NHEV".into(), OpRegionSpace::SystemIO, &port, &len).to_aml_bytes(&mut region);
-    Field::new(
-        "NHEV".into(),
+    field(
+        "NHEV",
         FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             FieldEntry::Named(*b"NHLO", 32),
             FieldEntry::Named(*b"NHHI", 32),
@@ -370,6 +368,18 @@ fn nvdimm_root_device(
     RawAml(bytes)
 }
 
+/// A field of `region` declared as every field here is: no lock, the bits outside it
+/// preserved on writes.
+fn field(region: &str, access: FieldAccessType, entries: Vec<FieldEntry>) -> Field {
+    Field::new(
+        region.into(),
+        access,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        entries,
+    )
+}
+
 /// Answers of at most this many bytes are read through the mailbox's short view (`NOSM`,
 /// [`dsm_mailbox`]); more than 8, so the field reads as a Buffer, not an Integer.
 const SMALL_ANSWER: u64 = 16;
@@ -418,11 +428,9 @@ fn eject_registers(e: NvdimmEjectDesc, children: usize) -> RawAml {
     let len = u64::from(reg::LEN);
     OpRegion::new("NEJR".into(), OpRegionSpace::SystemIO, &port, &len).to_aml_bytes(&mut bytes);
     let dword = |name: &[u8; 4]| FieldEntry::Named(*name, 32);
-    Field::new(
-        "NEJR".into(),
+    field(
+        "NEJR",
         FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             dword(b"NREQ"),
             dword(b"NEJD"),
@@ -431,22 +439,18 @@ fn eject_registers(e: NvdimmEjectDesc, children: usize) -> RawAml {
         ],
     )
     .to_aml_bytes(&mut bytes);
-    Field::new(
-        "NEJR".into(),
+    field(
+        "NEJR",
         FieldAccessType::Byte,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             FieldEntry::Reserved(usize::from(reg::OST_REASON) * 8),
             FieldEntry::Named(*b"NORB", 8),
         ],
     )
     .to_aml_bytes(&mut bytes);
-    Field::new(
-        "NEJR".into(),
+    field(
+        "NEJR",
         FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             FieldEntry::Reserved(usize::from(reg::OST_STATUS) * 8),
             dword(b"NOSC"),
@@ -568,11 +572,9 @@ fn dsm_mailbox(d: &NvdimmDsmDesc) -> RawAml {
     )
     .to_aml_bytes(&mut bytes);
     let dword = |name: &[u8; 4]| FieldEntry::Named(*name, 32);
-    Field::new(
-        "NDPG".into(),
+    field(
+        "NDPG",
         FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             dword(b"NHDL"),
             dword(b"NREV"),
@@ -583,22 +585,18 @@ fn dsm_mailbox(d: &NvdimmDsmDesc) -> RawAml {
         ],
     )
     .to_aml_bytes(&mut bytes);
-    Field::new(
-        "NDPG".into(),
+    field(
+        "NDPG",
         FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             dword(b"NRLN"),
             FieldEntry::Named(*b"NODT", page::MAX_OUT_DATA as usize * 8),
         ],
     )
     .to_aml_bytes(&mut bytes);
-    Field::new(
-        "NDPG".into(),
+    field(
+        "NDPG",
         FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             FieldEntry::Reserved(32),
             FieldEntry::Named(*b"NOSM", SMALL_ANSWER as usize * 8),
@@ -609,14 +607,7 @@ fn dsm_mailbox(d: &NvdimmDsmDesc) -> RawAml {
     let port_len = u64::from(page::DOORBELL_LEN);
     OpRegion::new("NDBR".into(), OpRegionSpace::SystemIO, &port, &port_len)
         .to_aml_bytes(&mut bytes);
-    Field::new(
-        "NDBR".into(),
-        FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
-        vec![dword(b"NDBL")],
-    )
-    .to_aml_bytes(&mut bytes);
+    field("NDBR", FieldAccessType::DWord, vec![dword(b"NDBL")]).to_aml_bytes(&mut bytes);
 
     let (nhdl, nrev, nfun, naln, nuid, narg) = (
         Path::new("NHDL"),
@@ -694,11 +685,9 @@ fn fit_method(h: &NvdimmHotplugDesc) -> RawAml {
     let addr = h.fit_addr;
     let len = 4 + u64::from(h.fit_max);
     OpRegion::new("NFTR".into(), OpRegionSpace::SystemMemory, &addr, &len).to_aml_bytes(&mut bytes);
-    Field::new(
-        "NFTR".into(),
+    field(
+        "NFTR",
         FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::Preserve,
         vec![
             FieldEntry::Named(*b"FLEN", 32),
             FieldEntry::Named(*b"FBUF", h.fit_max as usize * 8),

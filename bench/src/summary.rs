@@ -24,6 +24,25 @@ fn joined(values: &[Option<f64>], fmt: impl Fn(f64) -> String) -> String {
         .join(" / ")
 }
 
+/// `0 / 1 / 8`.
+fn slashed(counts: &[usize]) -> String {
+    counts
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// [`joined`] whole numbers with a unit after the last, or nothing when the run has none.
+fn with_unit(values: &[Option<f64>], unit: &str) -> String {
+    let j = joined(values, whole);
+    if j.is_empty() {
+        j
+    } else {
+        format!("{j} {unit}")
+    }
+}
+
 fn whole(v: f64) -> String {
     format!("{v:.0}")
 }
@@ -63,12 +82,7 @@ pub fn markdown(results: &Results, s: &Settings, heading: &str) -> String {
     let m = |phase: &str, case: &str, metric: &str| results.median(phase, case, metric);
 
     if s.has(Phase::Boot) {
-        let counts = s
-            .boot_devices
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(" / ");
+        let counts = slashed(&s.boot_devices);
         let per_count = |case: &str, metric: &str| -> Vec<Option<f64>> {
             s.boot_devices
                 .iter()
@@ -81,22 +95,8 @@ pub fn markdown(results: &Results, s: &Settings, heading: &str) -> String {
                 PEERS.map(|p| per_count(p.name(), metric)),
             )
         };
-        let ms = |v: &[Option<f64>]| {
-            let j = joined(v, whole);
-            if j.is_empty() {
-                j
-            } else {
-                format!("{j} ms")
-            }
-        };
-        let kib = |v: &[Option<f64>]| {
-            let j = joined(v, whole);
-            if j.is_empty() {
-                j
-            } else {
-                format!("{j} KiB")
-            }
-        };
+        let ms = |v: &[Option<f64>]| with_unit(v, "ms");
+        let kib = |v: &[Option<f64>]| with_unit(v, "KiB");
 
         let (ours, peers) = boot_row("launch_ms");
         row(
@@ -279,12 +279,7 @@ pub fn markdown(results: &Results, s: &Settings, heading: &str) -> String {
             DensityCase::CloudHypervisorShared,
             DensityCase::VmmCopies,
         ];
-        let counts = s
-            .density_guests
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(" / ");
+        let counts = slashed(&s.density_guests);
         let _ = writeln!(
             out,
             "\n| density, one read-only root image | {} |",
