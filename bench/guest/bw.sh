@@ -1,6 +1,7 @@
 #!/bin/sh
-# bench guest script (bandwidth phase): sequential mmap copies on the devdax device and on a
-# file of an ext4 -o dax filesystem on the fsdax device, RUNS times each.
+# bench guest script (bandwidth phase): sequential mmap copies on the devdax device, on a
+# file of an ext4 -o dax filesystem on the fsdax device and on a file in guest RAM (tmpfs),
+# RUNS times each.
 #   usage: bw.sh BYTES CHUNK PASSES RUNS
 P=/bench/bench-probe
 bytes=$1 chunk=$2 passes=$3 runs=$4
@@ -28,3 +29,12 @@ while [ "$i" -le "$runs" ]; do
 done
 echo "@@STAGE2 guest-fsdax@@"; sleep 2
 umount /mnt/fs
+# The same copies on a file in the guest's own RAM (its /tmp, a tmpfs): what any guest memory
+# costs against the host here, so the pmem ratios can be read against it. After the last
+# @@STAGE2@@ line, so it adds nothing to the devices' stage-2 figures.
+i=1
+while [ "$i" -le "$runs" ]; do
+    "$P" bw --tag "bandwidth.guest-ram.$i" --path /tmp/bw --create --bytes "$bytes" --chunk "$chunk" --passes "$passes" || exit 1
+    i=$((i + 1))
+done
+rm -f /tmp/bw

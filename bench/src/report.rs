@@ -281,6 +281,21 @@ impl Results {
                         );
                     }
                 }
+                // Against the same guest's copies in its own RAM: 1.0 means the device is as
+                // fast as guest memory, and what is left against the host is the guest's.
+                if let (Some(g), Some(r)) = (
+                    self.median("bandwidth", &format!("guest-{kind}"), &metric),
+                    self.median("bandwidth", "guest-ram", &metric),
+                ) {
+                    if r > 0.0 {
+                        self.put(
+                            "bandwidth",
+                            &format!("guest-{kind}"),
+                            &format!("{dir}_vs_guest_ram_ratio"),
+                            g / r,
+                        );
+                    }
+                }
             }
         }
     }
@@ -357,10 +372,15 @@ pub fn expected_figures(s: &Settings) -> Vec<Key> {
                 }
             }
         }
+        for m in ["read_mib_s", "write_mib_s"] {
+            out.push(key("bandwidth", "guest-ram", m));
+        }
         for kind in ["devdax", "fsdax"] {
             for m in [
                 "read_vs_host_ratio",
                 "write_vs_host_ratio",
+                "read_vs_guest_ram_ratio",
+                "write_vs_guest_ram_ratio",
                 "stage2_4k_kib",
                 "stage2_2m_kib",
                 "stage2_1g_kib",
@@ -717,7 +737,8 @@ mod tests {
              @@BENCH startup.vmm-1G.1 startup_ms 100@@\n\
              @@BENCH startup.vmm-1T.1 startup_ms 105@@\n\
              @@BENCH bandwidth.guest-devdax.1 read_mib_s 900@@\n\
-             @@BENCH bandwidth.host-devdax.1 read_mib_s 1000@@\n",
+             @@BENCH bandwidth.host-devdax.1 read_mib_s 1000@@\n\
+             @@BENCH bandwidth.guest-ram.1 read_mib_s 1125@@\n",
         );
         let get = |p: &str, c: &str, m: &str| r.summaries[&key(p, c, m)].median;
         assert_eq!(get("memmap", "ram-4G", "ram_cost_kib_per_gib"), 16384.0);
@@ -730,6 +751,10 @@ mod tests {
         assert_eq!(get("boot", "vmm-1", "launch_vs_fastest_peer_ratio"), 0.833);
         assert_eq!(get("startup", "1T-vs-1G", "startup_growth_pct"), 5.0);
         assert_eq!(get("bandwidth", "guest-devdax", "read_vs_host_ratio"), 0.9);
+        assert_eq!(
+            get("bandwidth", "guest-devdax", "read_vs_guest_ram_ratio"),
+            0.8
+        );
     }
 
     /// One more guest's cost from the smallest to the largest count, against its budget.

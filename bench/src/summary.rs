@@ -255,6 +255,36 @@ pub fn markdown(results: &Results, s: &Settings, heading: &str) -> String {
                 String::new(),
             );
         }
+        let ram = |metric: &str| {
+            let guest = m("bandwidth", "guest-ram", metric);
+            let host = m("bandwidth", "host-devdax", metric);
+            guest
+                .zip(host)
+                .filter(|(_, h)| *h > 0.0)
+                .map(|(g, h)| g / h)
+        };
+        let vs_ram = |kind: &str| {
+            let case = format!("guest-{kind}");
+            joined(
+                &[
+                    m("bandwidth", &case, "read_vs_guest_ram_ratio"),
+                    m("bandwidth", &case, "write_vs_guest_ram_ratio"),
+                ],
+                two,
+            )
+        };
+        row(
+            "the same copies in guest RAM / the host's, read / write; devdax / fsdax against guest RAM"
+                .into(),
+            format!(
+                "{}; {} / {}",
+                joined(&[ram("read_mib_s"), ram("write_mib_s")], two),
+                vs_ram("devdax"),
+                vs_ram("fsdax")
+            ),
+            [String::new(), String::new()],
+            String::new(),
+        );
         let huge = |kind: &str| {
             let case = format!("guest-{kind}");
             let pct = m("bandwidth", &case, "stage2_huge_pct");
