@@ -368,8 +368,28 @@ fn preamble(probe: &str, phase: Phase) -> String {
     )
 }
 
+/// A shell function that waits until the KVM host's CPUs were at least 90 % idle over half a
+/// second (at most 5 s, so a host busy with other work only slows the run). The host tears a
+/// killed monitor's VM down after the monitor has been reaped (KVM's deferred page-table
+/// freeing, the freed guest memory), and without the wait the next case's launch shared the
+/// CPUs with that: in the runs of 2026-12-03 our exec to first `KVM_RUN` took 1.7-3.1 s in
+/// most cases right after the 8-device cases and 0.3-0.6 s elsewhere, 0.35 s in the very
+/// first case.
+const QUIET_HOST: &str = r#"quiet_host() {
+    q=0
+    while [ $q -lt 10 ]; do
+        a=$(awk '/^cpu /{ print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat)
+        sleep 0.5
+        b=$(awk '/^cpu /{ print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat)
+        set -- $a $b
+        [ $(( ($3 - $1) * 100 )) -ge $(( ($4 - $2) * 90 )) ] && return 0
+        q=$((q + 1))
+    done
+}
+"#;
+
 /// The boot phase: every case interleaved within each run, so slow periods of a loaded machine
-/// spread over all cases.
+/// spread over all cases; before each launch the host is let settle ([`QUIET_HOST`]).
 pub fn boot_script(
     s: &Settings,
     probe: &str,
@@ -377,6 +397,7 @@ pub fn boot_script(
     qemu_firmware: Option<&str>,
 ) -> String {
     let mut out = preamble(probe, Phase::Boot);
+    out.push_str(QUIET_HOST);
     let most = s.boot_devices.iter().copied().max().unwrap_or(0);
     for i in 0..most {
         out.push_str(&format!(
@@ -435,6 +456,7 @@ pub fn boot_script(
             if case == API_CASE {
                 l = l.idle(API_THREAD, API_IDLE_S);
             }
+            out.push_str("quiet_host\n");
             out.push_str(&l.render());
             out.push('\n');
         }
