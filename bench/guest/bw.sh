@@ -31,10 +31,14 @@ echo "@@STAGE2 guest-fsdax@@"; sleep 2
 umount /mnt/fs
 # The same copies on a file in the guest's own RAM (its /tmp, a tmpfs): what any guest memory
 # costs against the host here, so the pmem ratios can be read against it. After the last
-# @@STAGE2@@ line, so it adds nothing to the devices' stage-2 figures.
+# @@STAGE2@@ line, so it adds nothing to the devices' stage-2 figures. Its own tmpfs, sized for
+# the file: the default (half of RAM, shared with /tmp's other files) is too small and a copy
+# past it dies of SIGBUS.
+mkdir -p /mnt/ram
+mount -t tmpfs -o size=$((bytes / 1048576 + 16))m tmpfs /mnt/ram || { echo "bw.sh: mounting a tmpfs failed"; exit 1; }
 i=1
 while [ "$i" -le "$runs" ]; do
-    "$P" bw --tag "bandwidth.guest-ram.$i" --path /tmp/bw --create --bytes "$bytes" --chunk "$chunk" --passes "$passes" || exit 1
+    "$P" bw --tag "bandwidth.guest-ram.$i" --path /mnt/ram/bw --create --bytes "$bytes" --chunk "$chunk" --passes "$passes" || exit 1
     i=$((i + 1))
 done
-rm -f /tmp/bw
+umount /mnt/ram

@@ -47,6 +47,16 @@ fn whole(v: f64) -> String {
     format!("{v:.0}")
 }
 
+/// [`joined`], or `-` when the run has none of the figures.
+fn joined_or_dash(values: &[Option<f64>], fmt: impl Fn(f64) -> String) -> String {
+    let j = joined(values, fmt);
+    if j.is_empty() {
+        "-".into()
+    } else {
+        j
+    }
+}
+
 fn two(v: f64) -> String {
     format!("{v:.2}")
 }
@@ -250,7 +260,7 @@ pub fn markdown(results: &Results, s: &Settings, heading: &str) -> String {
             ];
             row(
                 format!("DAX bandwidth guest / host, {kind} read / write"),
-                joined(&v, two),
+                joined_or_dash(&v, two),
                 [String::new(), String::new()],
                 String::new(),
             );
@@ -265,7 +275,7 @@ pub fn markdown(results: &Results, s: &Settings, heading: &str) -> String {
         };
         let vs_ram = |kind: &str| {
             let case = format!("guest-{kind}");
-            joined(
+            joined_or_dash(
                 &[
                     m("bandwidth", &case, "read_vs_guest_ram_ratio"),
                     m("bandwidth", &case, "write_vs_guest_ram_ratio"),
@@ -278,7 +288,7 @@ pub fn markdown(results: &Results, s: &Settings, heading: &str) -> String {
                 .into(),
             format!(
                 "{}; {} / {}",
-                joined(&[ram("read_mib_s"), ram("write_mib_s")], two),
+                joined_or_dash(&[ram("read_mib_s"), ram("write_mib_s")], two),
                 vs_ram("devdax"),
                 vs_ram("fsdax")
             ),
