@@ -1,28 +1,31 @@
 #!/usr/bin/env python3
-"""Fails the suite if a test passed only on a retry, unless its first failure was one of the three
+"""Fails the suite if a test passed only on a retry, unless its first failure was one of the four
 nested-testbed failures a retry forgives.
 
 nextest retries the nested tests once (.config/nextest.toml). Forgiven, and printed: the nested
 L1 host crashed (QEMU TCG's emulation of the machine the monitor runs on oopsed or triple-faulted
 that machine's kernel); a kernel crashed inside a nested host (an oops, panic or triple fault of
 a guest: the same QEMU TCG nested-SVM defect, which crashes guests of cloud-hypervisor in the
-same way; tests/README.md, "The nested guest crash"); or a nested run was stopped (timeout or
+same way; tests/README.md, "The nested guest crash"); a nested run was stopped (timeout or
 watchdog) before any guest had reached init (an early-boot hang under TCG that a retry does not
-repeat). A deterministic failure fails both tries. Every other first failure (the monitor, a
-guest that came up and then failed without crashing, a test's assertion) still fails the suite
-here, after the retry has shown whether it recurs. Direct runs (hardware KVM) never print these
-markers, so nothing is forgiven there.
+repeat); or a stopped nested run's L1 CPU was halted with interrupts enabled while its local APIC
+held a deliverable vector, as QEMU's monitor showed (the emulated CPU stopped taking interrupts;
+tests/README.md, "L1 stops taking interrupts"). A deterministic failure fails both tries. Every
+other first failure (the monitor, a guest that came up and then failed without crashing, a
+test's assertion) still fails the suite here, after the retry has shown whether it recurs. Direct
+runs (hardware KVM) never print these markers, so nothing is forgiven there.
 
 Usage: check-retries.py JUNIT.xml... ; prints every retried test with its first failure's reason.
 """
 import sys
 import xml.etree.ElementTree as ET
 
-# tests/src/error.rs L1_CRASH_MARKER, GUEST_CRASH_MARKER and EARLY_HANG_MARKER.
+# tests/src/error.rs L1_CRASH_MARKER, GUEST_CRASH_MARKER, EARLY_HANG_MARKER and L1_STUCK_MARKER.
 L1_CRASH_MARKER = "testbed: the nested L1 host crashed"
 GUEST_CRASH_MARKER = "testbed: a kernel crashed in the nested host"
 EARLY_HANG_MARKER = "testbed: stopped before any guest reached init (nested)"
-FORGIVEN = (L1_CRASH_MARKER, GUEST_CRASH_MARKER, EARLY_HANG_MARKER)
+L1_STUCK_MARKER = "testbed: the nested L1 host stopped taking interrupts"
+FORGIVEN = (L1_CRASH_MARKER, GUEST_CRASH_MARKER, EARLY_HANG_MARKER, L1_STUCK_MARKER)
 RETRIED = ("flakyFailure", "flakyError", "rerunFailure", "rerunError")
 
 

@@ -17,6 +17,13 @@ pub const L1_CRASH_MARKER: &str = "testbed: the nested L1 host crashed";
 /// `tests/README.md`, "Retries"), which `scripts/check-retries.py` forgives on a retry.
 pub const EARLY_HANG_MARKER: &str = "testbed: stopped before any guest reached init (nested)";
 
+/// The start of the line in a stopped nested run's host view when QEMU's monitor showed an L1
+/// CPU halted with interrupts enabled while its local APIC held a deliverable vector
+/// ([`crate::l1_probe`]): the emulated CPU no longer takes interrupts, which nothing running
+/// in L1 can cause (`tests/README.md`, "L1 stops taking interrupts"), so
+/// `scripts/check-retries.py` forgives a first try that showed it.
+pub const L1_STUCK_MARKER: &str = "testbed: the nested L1 host stopped taking interrupts";
+
 /// The start of the line a nested run prints on stderr when a guest's (or L1's) kernel crashed
 /// in it ([`crate::markers::guest_crash_line`]): QEMU TCG's nested SVM corrupts guests at random
 /// (`tests/README.md`, "The nested guest crash"), so `scripts/check-retries.py` forgives a first
@@ -155,5 +162,25 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scripts/check-retries.py` spells the markers it forgives itself: they must be these.
+    #[test]
+    fn check_retries_forgives_these_markers() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/check-retries.py");
+        let script = std::fs::read_to_string(path).unwrap();
+        for marker in [
+            L1_CRASH_MARKER,
+            GUEST_CRASH_MARKER,
+            EARLY_HANG_MARKER,
+            L1_STUCK_MARKER,
+        ] {
+            assert!(script.contains(&format!("\"{marker}\"")), "{marker:?}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::artifacts::{self, InitramfsSpec};
 use crate::config::{self, ENV_DEVDAX};
 use crate::error::{Error, IoContext, Result, EARLY_HANG_MARKER, GUEST_CRASH_MARKER};
+use crate::l1_probe;
 use crate::markers::{
     guest_crash_line, has_marker, host_section, marker_values, tail_lines, HostSection,
 };
@@ -144,6 +145,7 @@ impl HostOpts {
             timeout: self.timeout,
             silence: self.silence,
             stalls: self.stop_on_stall,
+            early_look: crate::process::EARLY_LOOK,
         }
     }
     /// Adds an environment variable for the script.
@@ -333,15 +335,21 @@ pub fn run_on_kvm_host(script: &str, opts: &HostOpts) -> Result<HostRun> {
         Mode::Direct => {
             let cmd = direct_command(script, opts, &resolved, run_dir.path())?;
             let _slot = slots::acquire()?;
-            run_captured(cmd, opts.watch(), echo)?
+            run_captured(cmd, opts.watch(), echo, None)?
         }
         Mode::Nested => {
             for n in &opts.nvdimms {
                 n.prepare()?;
             }
             let cmd = nested::command(script, opts, &resolved, run_dir.path())?;
+            let monitor = run_dir.path().join(l1_probe::SOCKET);
             let _slot = slots::acquire()?;
-            run_captured(cmd, opts.watch(), echo)?
+            run_captured(
+                cmd,
+                opts.watch(),
+                echo,
+                Some(&|| l1_probe::inspect(&monitor, opts.cpus)),
+            )?
         }
     };
     finish(mode, opts.timeout, captured)
@@ -376,6 +384,14 @@ fn finish(mode: Mode, timeout: Duration, c: Captured) -> Result<HostRun> {
             },
             Some(Stopped::Silence(limit)) => Error::Stall {
                 why: format!("the console was silent for {limit:.0?}"),
+                after: c.duration,
+                host_view: c.host_view,
+                tail,
+            },
+            Some(Stopped::Stuck(silent)) => Error::Stall {
+                why: format!(
+                    "the console was silent for {silent:.0?} and the host cannot go on by itself"
+                ),
                 after: c.duration,
                 host_view: c.host_view,
                 tail,
@@ -600,7 +616,7 @@ mod tests {
             dir.path(),
         )
         .unwrap();
-        let c = run_captured(cmd, HostOpts::default().watch(), None).unwrap();
+        let c = run_captured(cmd, HostOpts::default().watch(), None, None).unwrap();
         let run = finish(Mode::Direct, Duration::from_secs(20), c).unwrap();
         assert_eq!(run.rc, 7);
         let work = dir.path().join("work");

@@ -15,6 +15,7 @@ pub mod cpio;
 mod error;
 pub mod guest;
 pub mod host;
+mod l1_probe;
 pub mod ldd;
 pub mod markers;
 pub mod mode;
@@ -30,7 +31,9 @@ pub mod slots;
 pub use artifacts::{
     initramfs, kernel, stock_initramfs, stock_kernel, vmm, InitramfsSpec, Kernel, StockKernel,
 };
-pub use error::{Error, Result, EARLY_HANG_MARKER, GUEST_CRASH_MARKER, L1_CRASH_MARKER};
+pub use error::{
+    Error, Result, EARLY_HANG_MARKER, GUEST_CRASH_MARKER, L1_CRASH_MARKER, L1_STUCK_MARKER,
+};
 pub use guest::{
     boot_and_check, boot_guest, boot_guests, parse_guest_report, GuestCase, GuestKernel, GuestOpts,
     GuestReport, GuestRun, KernelImage,

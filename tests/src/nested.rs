@@ -419,6 +419,10 @@ pub(crate) fn command(
         .args(["-machine", if nvdimm { "q35,nvdimm=on" } else { "q35" }])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot"])
+        .arg("-monitor")
+        .arg(crate::l1_probe::monitor_arg(
+            &run_dir.join(crate::l1_probe::SOCKET),
+        ))
         .arg("-kernel")
         .arg(&kernel.bzimage)
         .arg("-initrd")

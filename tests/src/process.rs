@@ -23,6 +23,10 @@ pub(crate) struct Watch {
     pub silence: Option<Duration>,
     /// Stop the run when the console shows a kernel stall report ([`is_stall_report`]).
     pub stalls: bool,
+    /// After this long without a console line while the host is idle, the run is inspected
+    /// once (again after every new line), so that a stuck host is stopped then instead of at
+    /// the silence limit ([`EARLY_LOOK`]).
+    pub early_look: Duration,
 }
 
 /// How long after the first stall line the run goes on, so the console carries the whole report.
@@ -37,7 +41,30 @@ pub(crate) enum Stopped {
     Stall(String),
     /// The console was silent for this long.
     Silence(Duration),
+    /// The console was silent for this long while the host was idle, and two inspections
+    /// [`EARLY_LOOK_GAP`] apart found it unable to go on ([`Inspection::stuck`]).
+    Stuck(Duration),
 }
+
+/// What the inspection of a stopped or silent run found (nested: L1's state through QEMU's
+/// monitor).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Inspection {
+    /// Lines for the host view.
+    pub report: String,
+    /// The host cannot go on by itself (an L1 CPU that no longer takes interrupts): the run
+    /// need not wait for the silence limit.
+    pub stuck: bool,
+}
+
+/// [`Watch::early_look`]'s value for test runs: long enough that a guest doing quiet work is
+/// seldom disturbed (an inspection costs a few milliseconds of QEMU's monitor), short against
+/// the silence limit.
+pub(crate) const EARLY_LOOK: Duration = Duration::from_secs(30);
+
+/// A stuck verdict must hold at two inspections this far apart (a CPU caught in the instant
+/// between an interrupt's request and its delivery is not stuck).
+const EARLY_LOOK_GAP: Duration = Duration::from_secs(2);
 
 /// What a finished (or killed) host process printed.
 #[derive(Debug)]
@@ -261,8 +288,15 @@ const IDLE_CPU_FRACTION: f64 = 0.1;
 
 /// Spawns `cmd` (stdin from /dev/null, stdout and stderr captured) and waits for it, killing its
 /// process group when `watch` says so: timeout, a stall report on the console, or silence.
-/// `echo` prefixes live copies of the output on stderr.
-pub(crate) fn run_captured(mut cmd: Command, watch: Watch, echo: Option<&str>) -> Result<Captured> {
+/// `echo` prefixes live copies of the output on stderr; `inspect`, when given, is asked before a
+/// stopped run is killed, its report goes into the host view, and it is also asked after
+/// [`EARLY_LOOK`] of idle silence, so that a stuck host is stopped at once.
+pub(crate) fn run_captured(
+    mut cmd: Command,
+    watch: Watch,
+    echo: Option<&str>,
+    inspect: Option<&dyn Fn() -> Inspection>,
+) -> Result<Captured> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -321,6 +355,9 @@ pub(crate) fn run_captured(mut cmd: Command, watch: Watch, echo: Option<&str>) -
     let mut cpu_samples: std::collections::VecDeque<(Instant, f64)> = Default::default();
     let mut next_sample = started;
     let mut stopped = None;
+    // The last line an early look was taken after, and a stuck verdict's report.
+    let mut looked_after: Option<Instant> = None;
+    let mut stuck_report: Option<String> = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -338,11 +375,31 @@ pub(crate) fn run_captured(mut cmd: Command, watch: Watch, echo: Option<&str>) -
             }
             next_sample = now + Duration::from_secs(1);
         }
+        let last_line = lock(&seen).last_line;
+        if let Some(inspect) = inspect {
+            let silent = now.duration_since(last_line);
+            if looked_after != Some(last_line)
+                && silent >= watch.early_look
+                && idle(&cpu_samples, watch.early_look)
+            {
+                looked_after = Some(last_line);
+                if inspect().stuck {
+                    std::thread::sleep(EARLY_LOOK_GAP);
+                    let again = inspect();
+                    if again.stuck && lock(&seen).last_line == last_line {
+                        stuck_report = Some(again.report);
+                    }
+                }
+            }
+        }
         let reason = {
             let seen = lock(&seen);
             match &seen.stall {
                 Some((at, line)) if watch.stalls && now.duration_since(*at) >= STALL_GRACE => {
                     Some(Stopped::Stall(line.clone()))
+                }
+                _ if stuck_report.is_some() => {
+                    Some(Stopped::Stuck(now.duration_since(seen.last_line)))
                 }
                 _ => match watch.silence {
                     Some(limit)
@@ -363,6 +420,11 @@ pub(crate) fn run_captured(mut cmd: Command, watch: Watch, echo: Option<&str>) -
                     group_cpu(pgid) - c0,
                     now.duration_since(*t0).as_secs_f64()
                 ));
+            }
+            match (stuck_report.take(), inspect) {
+                (Some(report), _) => view.push_str(&report),
+                (None, Some(inspect)) => view.push_str(&inspect().report),
+                (None, None) => {}
             }
             guard.kill();
             let _ = child.wait();
@@ -407,7 +469,44 @@ mod tests {
             timeout: Duration::from_secs(secs),
             silence: None,
             stalls: true,
+            early_look: EARLY_LOOK,
         }
+    }
+
+    /// A silent, idle run whose inspection says it is stuck, twice, stops after the early look,
+    /// long before its silence limit, with the second report; one that is not stuck runs on.
+    #[test]
+    fn a_stuck_host_stops_at_the_early_look() {
+        let looks = std::cell::Cell::new(0);
+        let stuck = || {
+            looks.set(looks.get() + 1);
+            Inspection {
+                report: format!("  look {}\n", looks.get()),
+                stuck: true,
+            }
+        };
+        let w = Watch {
+            silence: Some(Duration::from_secs(60)),
+            early_look: Duration::from_secs(3),
+            ..watch(60)
+        };
+        let c = run_captured(sh("echo hello; sleep 60"), w, None, Some(&stuck)).unwrap();
+        assert!(
+            matches!(c.stopped, Some(Stopped::Stuck(_))),
+            "{:?}",
+            c.stopped
+        );
+        assert!(c.duration < Duration::from_secs(15), "{:?}", c.duration);
+        assert_eq!(looks.get(), 2);
+        assert!(c.host_view.ends_with("  look 2\n"), "{}", c.host_view);
+
+        let fine = || Inspection::default();
+        let w = Watch {
+            timeout: Duration::from_secs(7),
+            ..w
+        };
+        let c = run_captured(sh("echo hello; sleep 60"), w, None, Some(&fine)).unwrap();
+        assert_eq!(c.stopped, Some(Stopped::Timeout));
     }
 
     #[test]
@@ -418,6 +517,7 @@ mod tests {
                 echo more; sleep 60",
             ),
             watch(60),
+            None,
             None,
         )
         .unwrap();
@@ -444,11 +544,20 @@ mod tests {
                 ..watch(60)
             },
             None,
+            Some(&|| Inspection {
+                report: "  inspected before the kill\n".into(),
+                stuck: false,
+            }),
         )
         .unwrap();
         assert_eq!(c.stopped, Some(Stopped::Silence(Duration::from_secs(1))));
         assert!(c.duration < Duration::from_secs(10), "{:?}", c.duration);
         assert!(c.host_view.contains("state"), "{}", c.host_view);
+        assert!(
+            c.host_view.ends_with("  inspected before the kill\n"),
+            "{}",
+            c.host_view
+        );
     }
 
     /// A silent but busy host (a quiet guest at work on a loaded machine) is left to run: only
@@ -461,6 +570,7 @@ mod tests {
                 silence: Some(Duration::from_secs(1)),
                 ..watch(5)
             },
+            None,
             None,
         )
         .unwrap();
@@ -487,6 +597,7 @@ mod tests {
             sh("echo a; echo @@HOST-BEGIN@@; echo b >&2; exit 3"),
             watch(10),
             None,
+            None,
         )
         .unwrap();
         assert_eq!(c.status.unwrap().code(), Some(3));
@@ -503,6 +614,7 @@ mod tests {
                 timeout: Duration::from_millis(500),
                 ..watch(0)
             },
+            None,
             None,
         )
         .unwrap();

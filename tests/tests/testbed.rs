@@ -205,7 +205,9 @@ fn a_stall_report_stops_the_run_at_once() -> Result<()> {
     }
 }
 
-/// A console that stays silent past the run's silence limit ends the run early.
+/// A console that stays silent past the run's silence limit ends the run early. Nested, the
+/// report carries L1's state from QEMU's monitor: every CPU's flags line and local APIC, and
+/// (a healthy L1 sleeping in `sleep`) no stuck verdict.
 #[test]
 fn a_silent_console_stops_the_run() -> Result<()> {
     let script = "echo last-words; sleep 600";
@@ -213,9 +215,26 @@ fn a_silent_console_stops_the_run() -> Result<()> {
         .with_timeout(Duration::from_secs(170))
         .with_silence(Some(Duration::from_secs(20)));
     match run_on_kvm_host(script, &opts) {
-        Err(Error::Stall { why, tail, .. }) => {
+        Err(Error::Stall {
+            why,
+            tail,
+            host_view,
+            ..
+        }) => {
             assert!(why.contains("silent for 20s"), "{why}");
             assert!(tail.contains("last-words"), "tail:\n{tail}");
+            if testbed::mode()? == Mode::Nested {
+                for cpu in 0..opts.cpus {
+                    for part in [
+                        format!("cpu {cpu}: RIP="),
+                        format!("cpu {cpu} local APIC: "),
+                    ] {
+                        assert!(host_view.contains(&part), "{part:?} in:\n{host_view}");
+                    }
+                }
+                assert!(host_view.contains("COM1: IER 0x"), "{host_view}");
+                assert!(!host_view.contains(testbed::L1_STUCK_MARKER), "{host_view}");
+            }
             Ok(())
         }
         Err(other) => Err(other),
