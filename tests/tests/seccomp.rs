@@ -241,12 +241,18 @@ cat > vm.json <<EOF
  "pmem":[{"file":"$WORK/base.img","size":134217728,"id":"base"}]}
 EOF
 # req ENDPOINT METHOD [BODY]: the status code, then the answer
-req() { /usr/bin/curl -s -o req.out -w '%{http_code}' --unix-socket api.sock -X "$2" -H 'Content-Type: application/json' --data-binary "${3:-}" "http://localhost/api/v1/$1"; echo " $(cat req.out)"; }
+req() { /usr/bin/curl -s --max-time 30 -o req.out -w '%{http_code}' --unix-socket api.sock -X "$2" -H 'Content-Type: application/json' --data-binary "${3:-}" "http://localhost/api/v1/$1"; echo " $(cat req.out)"; }
 # The monitor's threads: name and seccomp mode, joined by ';'.
 snap() { for t in /proc/$pid/task/*; do echo "$(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -s ' \t' ' ')"; done | sort | tr '\n' ';'; }
-# wait_for TEXT: until a console line (since console.log was last emptied) has TEXT, or the
-# monitor is gone
-wait_for() { i=0; while ! grep -q "$1" console.log 2>/dev/null && kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done; grep -q "$1" console.log && echo "@@SEEN-$1@@"; }
+# Every wait below shares one deadline, well inside the run's timeout, so a guest that never
+# gets there (e.g. the nested testbed's guest crash) still leaves time for the console and vmm
+# dumps at the end.
+deadline=$(( $(date +%s) + 270 ))
+# fresh: prints the console so far (a crash there reaches the testbed) and empties it.
+fresh() { echo "--- console ---"; cat console.log 2>/dev/null; : > console.log; }
+# wait_for TEXT: until a console line (since console.log was last emptied) has TEXT, the
+# monitor is gone, or the deadline has passed
+wait_for() { while ! grep -q "$1" console.log 2>/dev/null && kill -0 $pid 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.25; done; grep -q "$1" console.log && echo "@@SEEN-$1@@"; }
 "$VMM" --api-socket path="$WORK/api.sock" 2> vmm.log &
 pid=$!
 i=0; while [ ! -S api.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
@@ -261,7 +267,7 @@ wait_for WROTE
 echo "@@INFO $(req vm.info GET | tr -d '\n')@@"
 echo "@@COUNTERS $(req vm.counters GET | tr -d '\n')@@"
 echo "@@POWER-BUTTON $(req vm.power-button PUT)@@"
-: > console.log
+fresh
 echo "@@REBOOT $(req vm.reboot PUT)@@"
 # The old guest may still print a TICK between the truncation and its stop: only the new boot's
 # init line says the rebooted guest (and its vCPU threads) run.
@@ -271,14 +277,17 @@ echo "@@THREADS-REBOOTED $(snap)@@"
 echo "@@SHUTDOWN $(req vm.shutdown PUT)@@"
 echo "@@DELETE $(req vm.delete PUT)@@"
 echo "@@CREATE-AGAIN $(req vm.create PUT "$(cat vm.json)")@@"
-: > console.log
+fresh
 echo "@@BOOT-AGAIN $(req vm.boot PUT)@@"
 wait_for TICK
 echo "@@THREADS-AGAIN $(snap)@@"
 echo "@@EXIT-VMM $(req vmm.shutdown PUT)@@"
+i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 120 ]; do sleep 0.25; i=$((i+1)); done
+kill -0 $pid 2>/dev/null && { echo "@@VMM-STILL-RUNNING@@"; kill -9 $pid; }
 wait $pid
 echo "@@VMM-EXIT $?@@"
 grep -c SANDBOXED-42 hot.img | sed 's/^/@@HOST-MARK /; s/$/@@/'
+echo "--- console ---"; cat console.log
 echo "--- vmm ---"; cat vmm.log
 "#;
 
