@@ -26,10 +26,10 @@
 //! present and enabled.
 
 use acpi_tables::aml::{
-    Add, And, Arg, DeRefOf, Device, EISAName, Else, Equal, Field, FieldAccessType, FieldEntry,
-    FieldLockRule, FieldUpdateRule, GreaterThan, If, Index, Interrupt, LessThan, Local, Method,
-    MethodCall, Mid, Name, Notify, ObjectType, OpRegion, OpRegionSpace, Package, Path,
-    ResourceTemplate, Return, Scope, SizeOf, Store, While, IO, ONE, ZERO,
+    Add, And, Arg, BufferData, DeRefOf, Device, EISAName, Else, Equal, Field, FieldAccessType,
+    FieldEntry, FieldLockRule, FieldUpdateRule, GreaterThan, If, Index, Interrupt, LessThan, Local,
+    Method, MethodCall, Mid, Name, NotEqual, Notify, ObjectType, OpRegion, OpRegionSpace, Package,
+    Path, ResourceTemplate, Return, Scope, SizeOf, Store, While, IO, ONE, ZERO,
 };
 use acpi_tables::{Aml, AmlSink};
 
@@ -111,6 +111,7 @@ pub(crate) fn build(desc: &PlatformDesc) -> Vec<u8> {
             desc.nvdimm_hotplug.as_ref().map(|h| h.gsi),
             desc.nvdimm_hotplug.and_then(|h| h.eject).map(|e| e.gsi),
             health,
+            nvdimm_root.is_some() && desc.nvdimm_dsm.is_some(),
         )
     });
 
@@ -179,6 +180,7 @@ fn event_devices(
     nvdimm_gsi: Option<u32>,
     eject_gsi: Option<u32>,
     health: Option<(HealthEventsDesc, usize)>,
+    dsm_masks: bool,
 ) -> RawAml {
     let mut bytes = Vec::new();
     if power_button_gsi.is_some() {
@@ -205,13 +207,21 @@ fn event_devices(
     let nvdr = Path::new(&format!("\\_SB_.{NVDIMM_ROOT}"));
     let notify_pwrb = Notify::new(&pwrb, &pressed);
     let notify_nvdr = Notify::new(&nvdr, &pressed);
+    // A hot-added DIMM may fill a slot whose function masks the AML kept: read them again.
+    let ngen = Path::new(DSM_GENERATION_PATH);
+    let new_generation = Add::new(&ngen, &ngen, &ONE);
     let arg0 = Arg(0);
     let pwr_gsi = power_button_gsi.unwrap_or(0);
     let nvd_gsi = nvdimm_gsi.unwrap_or(0);
     let is_pwr = Equal::new(&arg0, &pwr_gsi);
     let is_nvd = Equal::new(&arg0, &nvd_gsi);
     let if_pwr = If::new(&is_pwr, vec![&notify_pwrb]);
-    let if_nvd = If::new(&is_nvd, vec![&notify_nvdr]);
+    let nvd_body: Vec<&dyn Aml> = if dsm_masks {
+        vec![&new_generation, &notify_nvdr]
+    } else {
+        vec![&notify_nvdr]
+    };
+    let if_nvd = If::new(&is_nvd, nvd_body);
     let ej_gsi = eject_gsi.unwrap_or(0);
     let is_ej = Equal::new(&arg0, &ej_gsi);
     let call_nevt = MethodCall::new(Path::new(EJECT_EVENT_PATH), vec![]);
@@ -303,8 +313,9 @@ fn health_event_aml(h: HealthEventsDesc, dimms: usize) -> (RawAml, RawAml) {
 /// Method (_FIT, 0, Serialized) { Mid (FBUF, Zero, FLEN, Local0)  Return (Local0) }
 /// ```
 ///
-/// With the `_DSM` mailbox ([`dsm_mailbox`]) each child also gets
-/// `Method (_DSM, 4) { Return (\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, handle)) }`.
+/// With the `_DSM` mailbox ([`dsm_mailbox`]) each child also gets a `_DSM` that calls
+/// `\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, handle)` ([`dimm_dsm`]), and the root the
+/// generation of the function masks those keep, `Name (NGEN, One)`.
 /// How many DIMM devices `NVDR` declares: the `count` DIMMs there are, or with hot-add every
 /// DIMM there may be.
 fn declared_dimms(count: usize, hotplug: Option<&NvdimmHotplugDesc>) -> usize {
@@ -326,19 +337,24 @@ fn nvdimm_root_device(
         .map(|i| {
             let handle = DWordConst(nfit_handle(i));
             let adr = Name::new("_ADR".into(), &handle);
-            let (a0, a1, a2, a3) = (Arg(0), Arg(1), Arg(2), Arg(3));
-            let call = MethodCall::new(Path::new(DSM_CALL_PATH), vec![&a0, &a1, &a2, &a3, &handle]);
-            let ret = Return::new(&call);
-            let dsm_method = Method::new("_DSM".into(), 4, false, vec![&ret]);
+            let dsm_aml = dimm_dsm(&handle);
             let nejd = Path::new(EJECT_DONE_PATH);
             let store_ej = Store::new(&nejd, &handle);
-            let ej0 = Method::new("_EJ0".into(), 1, false, vec![&store_ej]);
+            // The slot may be filled again by another DIMM (see DSM_GENERATION_PATH).
+            let ngen = Path::new(DSM_GENERATION_PATH);
+            let new_generation = Add::new(&ngen, &ngen, &ONE);
+            let ej0_body: Vec<&dyn Aml> = if dsm.is_some() {
+                vec![&new_generation, &store_ej]
+            } else {
+                vec![&store_ej]
+            };
+            let ej0 = Method::new("_EJ0".into(), 1, false, ej0_body);
             let (a0, a1, a2) = (Arg(0), Arg(1), Arg(2));
             let ost_call = MethodCall::new(Path::new(OST_CALL_PATH), vec![&a0, &a1, &a2, &handle]);
             let ost = Method::new("_OST".into(), 3, false, vec![&ost_call]);
             let mut members: Vec<&dyn Aml> = vec![&adr];
             if dsm.is_some() {
-                members.push(&dsm_method);
+                members.push(&dsm_aml);
             }
             if eject.is_some() {
                 members.push(&ej0);
@@ -355,8 +371,10 @@ fn nvdimm_root_device(
         members.push(fit);
     }
     let mailbox = dsm.map(dsm_mailbox);
+    let generation = Name::new("NGEN".into(), &ONE);
     if let Some(mailbox) = &mailbox {
         members.push(mailbox);
+        members.push(&generation);
     }
     let eject_aml = eject.map(|e| eject_registers(e, declared_dimms(count, hotplug)));
     if let Some(eject_aml) = &eject_aml {
@@ -365,6 +383,65 @@ fn nvdimm_root_device(
     members.extend(children.iter().map(|c| c as &dyn Aml));
     let mut bytes = Vec::new();
     Device::new(Path::new(NVDIMM_ROOT), members).to_aml_bytes(&mut bytes);
+    RawAml(bytes)
+}
+
+/// One DIMM's `_DSM` with NFIT handle `handle`: every call goes to the mailbox (`NCAL`, see
+/// [`dsm_mailbox`]), except that the Intel family's function masks (function 0 at revisions 1
+/// and 2) are read once per generation ([`DSM_GENERATION_PATH`]) and then answered from here:
+///
+/// ```text
+/// Name (Q1GN, Zero)  Name (Q1MK, Buffer (8) {})  Name (Q2GN, Zero)  Name (Q2MK, Buffer (8) {})
+/// Method (_DSM, 4, Serialized) {
+///     If (Arg2 == Zero) { If (Arg0 == Buffer () { intel uuid }) {
+///         If (Arg1 == 1) {
+///             If (Q1GN != \_SB.NVDR.NGEN) { Q1MK = NCAL (Arg0, Arg1, Arg2, Arg3, handle)
+///                                           Q1GN = \_SB.NVDR.NGEN }
+///             Return (Q1MK)
+///         }
+///         If (Arg1 == 2) { ...the same with Q2GN and Q2MK... }
+///     } }
+///     Return (\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, handle))
+/// }
+/// ```
+///
+/// Why: Linux asks each DIMM for a function mask some 35 times while it probes the NFIT (each
+/// family's function 0, then function 0 again before it records each Intel function:
+/// `acpi_nfit_add_dimm()`), and every call through the mailbox is an exit to the monitor
+/// (about 1.3 ms nested). The monitor still decides every mask ([`devices::nvdimm_dsm`]); a
+/// DIMM's masks change only when its slot is filled or emptied, and both pass through AML that
+/// starts a new generation (the GED's hot-add event and `_EJ0`). The mask is the monitor's
+/// 8-byte answer (a u64), which a `Store` into the 8-byte buffer copies exactly.
+fn dimm_dsm(handle: &DWordConst) -> RawAml {
+    use geometry::dsm_mailbox::{INTEL_DSM_UUID, REVISION, REVISION_2};
+    const MASK_LEN: usize = std::mem::size_of::<u64>();
+    let (a0, a1, a2, a3) = (Arg(0), Arg(1), Arg(2), Arg(3));
+    let call = MethodCall::new(Path::new(DSM_CALL_PATH), vec![&a0, &a1, &a2, &a3, handle]);
+    let ngen = Path::new(DSM_GENERATION_PATH);
+    let mut bytes = Vec::new();
+    let kept = [(REVISION, "Q1GN", "Q1MK"), (REVISION_2, "Q2GN", "Q2MK")];
+    let mut branches = Vec::new();
+    for (revision, generation, mask) in kept {
+        Name::new(generation.into(), &ZERO).to_aml_bytes(&mut bytes);
+        Name::new(mask.into(), &BufferData::new(vec![0; MASK_LEN])).to_aml_bytes(&mut bytes);
+        let (generation, mask) = (Path::new(generation), Path::new(mask));
+        let fill = Store::new(&mask, &call);
+        let mark = Store::new(&generation, &ngen);
+        let stale = NotEqual::new(&generation, &ngen);
+        let if_stale = If::new(&stale, vec![&fill, &mark]);
+        let ret = Return::new(&mask);
+        let is_revision = Equal::new(&a1, &revision);
+        let mut branch = Vec::new();
+        If::new(&is_revision, vec![&if_stale, &ret]).to_aml_bytes(&mut branch);
+        branches.push(RawAml(branch));
+    }
+    let uuid = BufferData::new(INTEL_DSM_UUID.to_vec());
+    let is_intel = Equal::new(&a0, &uuid);
+    let if_intel = If::new(&is_intel, branches.iter().map(|b| b as &dyn Aml).collect());
+    let is_query = Equal::new(&a2, &ZERO);
+    let if_query = If::new(&is_query, vec![&if_intel]);
+    let ret = Return::new(&call);
+    Method::new("_DSM".into(), 4, true, vec![&if_query, &ret]).to_aml_bytes(&mut bytes);
     RawAml(bytes)
 }
 
@@ -386,6 +463,9 @@ const SMALL_ANSWER: u64 = 16;
 
 /// The method every DIMM's `_DSM` calls.
 const DSM_CALL_PATH: &str = "\\_SB_.NVDR.NCAL";
+/// The generation of the function masks the DIMMs' `_DSM`s keep ([`dimm_dsm`]): a kept mask
+/// read in an older generation is read again. One more on every hot-add event and `_EJ0`.
+const DSM_GENERATION_PATH: &str = "\\_SB_.NVDR.NGEN";
 /// The method the GED's eject event calls.
 const EJECT_EVENT_PATH: &str = "\\_SB_.NVDR.NEVT";
 /// The register every DIMM's `_EJ0` writes its handle to.
@@ -774,14 +854,15 @@ mod tests {
             nvdimm_hotplug: None,
             nvdimm_dsm: None,
         };
-        // Method (_DSM, 4, NotSerialized) { Return (\_SB_.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3,
-        // 0x00000001)) }: MethodOp, PkgLength 31 (30 bytes + itself), "_DSM", flags (4 args),
-        // ReturnOp, RootChar, MultiNamePrefix with 3 segments, Arg0-3, DWordConst 1.
-        let dsm: [u8; 32] = [
-            0x14, 0x1f, b'_', b'D', b'S', b'M', 0x04, 0xa4, b'\\', 0x2f, 0x03, b'_', b'S', b'B',
-            b'_', b'N', b'V', b'D', b'R', b'N', b'C', b'A', b'L', 0x68, 0x69, 0x6a, 0x6b, 0x0c, 1,
-            0, 0, 0,
+        // \_SB_.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, 0x00000001): RootChar, MultiNamePrefix with
+        // 3 segments, Arg0-3, DWordConst 1; in the _DSM three times (the two kept masks' reads
+        // and the return of every other call).
+        let call: [u8; 24] = [
+            b'\\', 0x2f, 0x03, b'_', b'S', b'B', b'_', b'N', b'V', b'D', b'R', b'N', b'C', b'A',
+            b'L', 0x68, 0x69, 0x6a, 0x6b, 0x0c, 1, 0, 0, 0,
         ];
+        // "_DSM", then the flags: 4 arguments, Serialized.
+        let header = [b'_', b'D', b'S', b'M', 0x0c];
         let without = build(&desc);
         assert!(!without.windows(4).any(|w| w == b"_DSM"));
         assert!(!without.windows(4).any(|w| w == b"NCAL"));
@@ -791,7 +872,11 @@ mod tests {
             health_events: None,
         });
         let with = build(&desc);
-        assert!(with.windows(dsm.len()).any(|w| w == dsm), "{with:02x?}");
+        assert_eq!(with.windows(call.len()).filter(|w| *w == call).count(), 3);
+        assert!(
+            with.windows(header.len()).any(|w| w == header),
+            "{with:02x?}"
+        );
         // The doorbell region: OpRegionOp (ExtOp 0x5b 0x80), "NDBR", SystemIO (1), WordConst
         // 0x0a18, ByteConst 4.
         let region = [

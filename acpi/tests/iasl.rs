@@ -530,10 +530,21 @@ fn acpiexec_runs_fit_and_the_hotplug_event() {
 /// field overlays the handle, so `_DSM` of NFIT handle 2 returns the next 2 bytes (the
 /// revision, 1), which shows the fields are written and read where the layout says; handle 17
 /// is one byte too long for the short view and returns 17 bytes through the whole one.
+///
+/// The Intel function masks (function 0, revisions 1 and 2) are kept per DIMM: handle 1's
+/// answer (1 byte, its revision) comes back in the 8-byte buffer it is kept in; asked again,
+/// it is answered without a call (the page still holds the revision-2 request made in
+/// between); after the GED's hot-add event (a new generation) it is read again.
 #[test]
 fn dsm_mailbox_decodes_and_runs() {
     let dir = Scratch::new("acpiexec-dsm");
     let mut p = platform(1, dimms(17));
+    p.nvdimm_hotplug = Some(acpi::NvdimmHotplugDesc {
+        fit_addr: 0xfc000,
+        fit_max: acpi::MAX_FIT_LEN as u32,
+        gsi: 6,
+        eject: None,
+    });
     p.nvdimm_dsm = Some(acpi::NvdimmDsmDesc {
         page_addr: 0xfb000,
         doorbell_port: 0x0a18,
@@ -558,8 +569,12 @@ fn dsm_mailbox_decodes_and_runs() {
         "NARG,   32512",
         "NODT,   32736",
         "Method (NCAL, 5, Serialized)",
-        "Method (_DSM, 4, NotSerialized)",
+        "Method (_DSM, 4, Serialized)",
         "Return (\\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, 0x00000002))",
+        "Name (NGEN, One)",
+        "If ((Q1GN != \\_SB.NVDR.NGEN))",
+        "Q2MK = \\_SB.NVDR.NCAL (Arg0, Arg1, Arg2, Arg3, 0x00000002)",
+        "\\_SB.NVDR.NGEN += One",
         "NDBL = 0x000FB000",
         "NOSM,   128",
         "If ((NRLN < 0x11))",
@@ -571,10 +586,16 @@ fn dsm_mailbox_decodes_and_runs() {
     let files = acpiexec_files(&t, dir.path());
     let uuid = "(30 ac 09 43 11 0d e4 11 91 91 08 00 20 0c 9a 66)";
     let commands = format!(
-        "evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 0 [7]; \
-         evaluate \\_SB.NVDR.NV01._DSM {uuid} 1 5 [(00 00 00 00 10 00 00 00)]; \
+        "evaluate \\_SB.NVDR.NV01._DSM {uuid} 1 5 [(00 00 00 00 10 00 00 00)]; \
          evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 6 [(00 00 00 00 04 00 00 00 aa bb cc dd)]; \
-         evaluate \\_SB.NVDR.NV10._DSM {uuid} 1 3 [(00)]"
+         evaluate \\_SB.NVDR.NV10._DSM {uuid} 1 3 [(00)]; \
+         evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 0 [7]; \
+         evaluate \\_SB.NVDR.NV00._DSM {uuid} 2 0 [7]; \
+         evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 0 [7]; \
+         evaluate \\_SB.NVDR.NREV; \
+         evaluate \\_SB.GED0._EVT 6; \
+         evaluate \\_SB.NVDR.NV00._DSM {uuid} 1 0 [7]; \
+         evaluate \\_SB.NVDR.NREV"
     );
     let mut args = vec!["-b", commands.as_str()];
     args.extend(files.iter().map(String::as_str));
@@ -584,8 +605,29 @@ fn dsm_mailbox_decodes_and_runs() {
     assert_clean("acpiexec output", &log);
     assert_eq!(
         log.matches("_DSM returned object").count(),
-        4,
+        7,
         "every call returns:\n{log}"
+    );
+    // The kept masks, and the page's revision after the call that was not made (2) and after
+    // the one made again in the new generation (1).
+    let kept = |rev: u8| format!("[Buffer] Length 08 =     0000: {rev:02X} 00 00 00 00 00 00 00");
+    let answers: Vec<usize> = [kept(1), kept(2)]
+        .iter()
+        .map(|k| log.matches(k.as_str()).count())
+        .collect();
+    assert_eq!(answers, [3, 1], "kept masks:\n{log}");
+    let revisions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("[Integer] ="))
+        .map(|l| l.trim())
+        .collect();
+    assert_eq!(
+        revisions,
+        [
+            "[Integer] = 0000000000000002",
+            "[Integer] = 0000000000000001"
+        ],
+        "NREV:\n{log}"
     );
     assert!(
         log.contains("[Buffer] Length 02 =     0000: 01 00"),

@@ -36,24 +36,14 @@ pub mod smart;
 use std::sync::{Arc, RwLock};
 
 use geometry::dsm_mailbox as page;
-use log::warn;
+use log::{debug, warn};
 
 use crate::bus::PioDevice;
 use crate::nvdimm_events::HealthEvents;
 use crate::pmem::labels::{LabelIoError, LabelStore};
 pub use smart::{Smart, SmartUpdate, SmartUpdateError, SMART_PAYLOAD_LEN};
 
-/// The Intel DIMM `_DSM` UUID 4309AC30-0D11-11E4-9191-0800200C9A66 as the `ToUUID` buffer the
-/// guest passes (first three fields little-endian).
-pub const INTEL_DSM_UUID: [u8; 16] = [
-    0x30, 0xac, 0x09, 0x43, 0x11, 0x0d, 0xe4, 0x11, 0x91, 0x91, 0x08, 0x00, 0x20, 0x0c, 0x9a, 0x66,
-];
-/// The revision of every function but [`FUNC_SET_SMART_THRESHOLD`] (Linux's
-/// `nfit_dsm_revid()`: 1 for functions 0-6).
-pub const REVISION: u32 = 1;
-/// The revision Linux calls [`FUNC_SET_SMART_THRESHOLD`] with (`nfit_dsm_revid()`: 2 for the
-/// Intel functions from 11 on).
-pub const REVISION_2: u32 = 2;
+pub use geometry::dsm_mailbox::{INTEL_DSM_UUID, REVISION, REVISION_2};
 
 pub const FUNC_QUERY: u32 = 0;
 pub const FUNC_SMART: u32 = 1;
@@ -474,6 +464,14 @@ impl DsmDoorbell {
         let out = self.dsm.call(&req);
         debug_assert!(out.len() as u64 <= page::MAX_OUT_DATA);
         self.calls += 1;
+        debug!(
+            "NVDIMM _DSM call {}: handle {:#x} function {} revision {}, {} bytes answered",
+            self.calls,
+            req.handle,
+            req.function,
+            req.revision,
+            out.len()
+        );
         let written = self.page.write_page(page::OUT_DATA, &out).and_then(|()| {
             self.page
                 .write_page(page::OUT_LEN, &(out.len() as u32).to_le_bytes())

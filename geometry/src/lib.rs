@@ -99,6 +99,19 @@ pub mod dsm_mailbox {
     pub const DOORBELL_PORT: u16 = 0x0a18;
     /// Bytes of I/O space the doorbell decodes.
     pub const DOORBELL_LEN: u16 = 4;
+    /// The Intel DIMM `_DSM` UUID 4309AC30-0D11-11E4-9191-0800200C9A66 as the `ToUUID` buffer
+    /// the guest passes (first three fields little-endian): the family the monitor serves,
+    /// whose function masks the AML keeps once read (`acpi`'s DIMM `_DSM`).
+    pub const INTEL_DSM_UUID: [u8; 16] = [
+        0x30, 0xac, 0x09, 0x43, 0x11, 0x0d, 0xe4, 0x11, 0x91, 0x91, 0x08, 0x00, 0x20, 0x0c, 0x9a,
+        0x66,
+    ];
+    /// The revision of every Intel function but set-SMART-threshold (Linux's
+    /// `nfit_dsm_revid()`: 1 for functions 0-6).
+    pub const REVISION: u32 = 1;
+    /// The revision Linux calls set-SMART-threshold with (`nfit_dsm_revid()`: 2 for the Intel
+    /// functions from 11 on).
+    pub const REVISION_2: u32 = 2;
 }
 
 /// The NVDIMM eject registers: how the monitor asks the guest to release a DIMM and how the

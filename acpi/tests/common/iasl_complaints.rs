@@ -28,16 +28,33 @@ fn is_hex_dump_line(line: &str) -> bool {
         && first_byte.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// The first complaint word in iasl's output or .dsl text, hex dump lines left out.
+/// The comment iasl puts after a `ToUUID` it has no name for (the Intel NVDIMM `_DSM` family's,
+/// which a DIMM's `_DSM` compares with): a note on the decoding, not a complaint.
+const UNNAMED_UUID: &str = "/* Unknown UUID */";
+
+/// The first complaint word in iasl's output or .dsl text, hex dump lines and iasl's
+/// unnamed-UUID comments left out.
 pub fn complaint(text: &str) -> Option<&'static str> {
     text.lines()
         .filter(|line| !is_hex_dump_line(line))
+        .map(|line| line.replace(UNNAMED_UUID, ""))
         .find_map(|line| COMPLAINTS.into_iter().find(|w| line.contains(w)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::complaint;
+
+    #[test]
+    fn an_unnamed_uuid_is_not_a_complaint() {
+        let line =
+            "If ((Arg0 == ToUUID (\"4309ac30-0d11-11e4-9191-0800200c9a66\") /* Unknown UUID */))";
+        assert_eq!(complaint(line), None);
+        assert_eq!(
+            complaint("/* Unknown UUID */ Unknown opcode"),
+            Some("Unknown")
+        );
+    }
 
     #[test]
     fn table_bytes_in_the_hex_dump_are_not_complaints() {
