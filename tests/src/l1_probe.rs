@@ -19,9 +19,22 @@ use crate::process::Inspection;
 /// The monitor socket's name in a run's directory.
 pub(crate) const SOCKET: &str = "qemu-monitor.sock";
 
-/// The `-monitor` argument that serves QEMU's human monitor on `socket`.
-pub(crate) fn monitor_arg(socket: &Path) -> String {
-    format!("unix:{},server=on,wait=off", socket.display())
+/// QEMU's arguments that serve its human monitor on [`SOCKET`] in `run_dir`; none when the
+/// path does not fit a Unix socket address (108 bytes with the NUL: a long `TMPDIR`), where QEMU
+/// would refuse to start; the probe then says it is not available.
+pub(crate) fn monitor_args(run_dir: &Path) -> Vec<String> {
+    const SUN_PATH_MAX: usize = 107;
+    let socket = run_dir.join(SOCKET);
+    if socket.as_os_str().len() > SUN_PATH_MAX {
+        return Vec::new();
+    }
+    vec![
+        "-monitor".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            crate::nested::qemu_opt_escape(&socket.to_string_lossy())
+        ),
+    ]
 }
 
 /// How long the whole probe may take: it runs while a stopped run waits to be killed.
@@ -326,6 +339,19 @@ mod tests {
             (&[236u8][..], 0, Some(0))
         );
         assert_eq!(c.ignored_vector(), Some(236));
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_an_address_is_left_out() {
+        let args = monitor_args(Path::new("/tmp/pmem-vmm-run-1-0"));
+        assert_eq!(
+            args,
+            [
+                "-monitor",
+                "unix:/tmp/pmem-vmm-run-1-0/qemu-monitor.sock,server=on,wait=off"
+            ]
+        );
+        assert!(monitor_args(&Path::new("/tmp").join("d".repeat(100))).is_empty());
     }
 
     #[test]

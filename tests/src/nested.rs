@@ -419,10 +419,7 @@ pub(crate) fn command(
         .args(["-machine", if nvdimm { "q35,nvdimm=on" } else { "q35" }])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot"])
-        .arg("-monitor")
-        .arg(crate::l1_probe::monitor_arg(
-            &run_dir.join(crate::l1_probe::SOCKET),
-        ))
+        .args(crate::l1_probe::monitor_args(run_dir))
         .arg("-kernel")
         .arg(&kernel.bzimage)
         .arg("-initrd")
