@@ -208,8 +208,7 @@ fn event_devices(
     let notify_pwrb = Notify::new(&pwrb, &pressed);
     let notify_nvdr = Notify::new(&nvdr, &pressed);
     // A hot-added DIMM may fill a slot whose function masks the AML kept: read them again.
-    let ngen = Path::new(DSM_GENERATION_PATH);
-    let new_generation = Add::new(&ngen, &ngen, &ONE);
+    let new_generation = new_dsm_generation();
     let arg0 = Arg(0);
     let pwr_gsi = power_button_gsi.unwrap_or(0);
     let nvd_gsi = nvdimm_gsi.unwrap_or(0);
@@ -337,12 +336,11 @@ fn nvdimm_root_device(
         .map(|i| {
             let handle = DWordConst(nfit_handle(i));
             let adr = Name::new("_ADR".into(), &handle);
-            let dsm_aml = dimm_dsm(&handle);
+            let dsm_aml = dsm.map(|_| dimm_dsm(&handle));
             let nejd = Path::new(EJECT_DONE_PATH);
             let store_ej = Store::new(&nejd, &handle);
             // The slot may be filled again by another DIMM (see DSM_GENERATION_PATH).
-            let ngen = Path::new(DSM_GENERATION_PATH);
-            let new_generation = Add::new(&ngen, &ngen, &ONE);
+            let new_generation = new_dsm_generation();
             let ej0_body: Vec<&dyn Aml> = if dsm.is_some() {
                 vec![&new_generation, &store_ej]
             } else {
@@ -353,8 +351,8 @@ fn nvdimm_root_device(
             let ost_call = MethodCall::new(Path::new(OST_CALL_PATH), vec![&a0, &a1, &a2, &handle]);
             let ost = Method::new("_OST".into(), 3, false, vec![&ost_call]);
             let mut members: Vec<&dyn Aml> = vec![&adr];
-            if dsm.is_some() {
-                members.push(&dsm_aml);
+            if let Some(dsm_aml) = &dsm_aml {
+                members.push(dsm_aml);
             }
             if eject.is_some() {
                 members.push(&ej0);
@@ -386,6 +384,15 @@ fn nvdimm_root_device(
     RawAml(bytes)
 }
 
+/// `\_SB.NVDR.NGEN += One`: the function masks every DIMM's `_DSM` kept are read again
+/// ([`dimm_dsm`]).
+fn new_dsm_generation() -> RawAml {
+    let ngen = Path::new(DSM_GENERATION_PATH);
+    let mut bytes = Vec::new();
+    Add::new(&ngen, &ngen, &ONE).to_aml_bytes(&mut bytes);
+    RawAml(bytes)
+}
+
 /// One DIMM's `_DSM` with NFIT handle `handle`: every call goes to the mailbox (`NCAL`, see
 /// [`dsm_mailbox`]), except that the Intel family's function masks (function 0 at revisions 1
 /// and 2) are read once per generation ([`DSM_GENERATION_PATH`]) and then answered from here:
@@ -405,7 +412,7 @@ fn nvdimm_root_device(
 /// }
 /// ```
 ///
-/// Why: Linux asks each DIMM for a function mask some 35 times while it probes the NFIT (each
+/// Why: Linux asks each DIMM for a function mask about 36 times while it probes the NFIT (each
 /// family's function 0, then function 0 again before it records each Intel function:
 /// `acpi_nfit_add_dimm()`), and every call through the mailbox is an exit to the monitor
 /// (about 1.3 ms nested). The monitor still decides every mask ([`devices::nvdimm_dsm`]); a
@@ -631,10 +638,9 @@ fn eject_registers(e: NvdimmEjectDesc, children: usize) -> RawAml {
 ///
 /// Reading a field reads all of it, a DWord access at a time through the interpreter's
 /// address-space handler: NODT is 1023 accesses, about 2 ms per call in a nested TCG guest.
-/// Linux asks every DIMM's function mask some 30 times while it probes the NFIT (each family's
-/// function 0, then function 0 again for each Intel function: `acpi_nfit_add_dimm`), and each
-/// answer is 8 bytes, so short answers (the mask, a status, the label-area size, the SMART
-/// thresholds) are read through NOSM, 4 accesses; SMART and label data take NODT. NOSM is wider
+/// Most answers are short (the function masks Linux asks for while it probes the NFIT, of which
+/// the Intel ones are then kept by [`dimm_dsm`], a status, the label-area size, the SMART
+/// thresholds), so answers of up to 16 bytes are read through NOSM, 4 accesses; SMART and label data take NODT. NOSM is wider
 /// than an Integer (64 bits in a revision-2 DSDT), so it reads as a Buffer (ACPI 6.5 §19.3.5.7).
 ///
 /// `Serialized` keeps two guest threads from sharing the page at once. The AML checks nothing

@@ -342,13 +342,12 @@ pub fn run_on_kvm_host(script: &str, opts: &HostOpts) -> Result<HostRun> {
                 n.prepare()?;
             }
             let cmd = nested::command(script, opts, &resolved, run_dir.path())?;
-            let monitor = run_dir.path().join(l1_probe::SOCKET);
             let _slot = slots::acquire()?;
             run_captured(
                 cmd,
                 opts.watch(),
                 echo,
-                Some(&|| l1_probe::inspect(&monitor, opts.cpus)),
+                Some(&|| l1_probe::inspect(run_dir.path(), opts.cpus)),
             )?
         }
     };

@@ -10,24 +10,29 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::L1_STUCK_MARKER;
 use crate::process::Inspection;
 
 /// The monitor socket's name in a run's directory.
-pub(crate) const SOCKET: &str = "qemu-monitor.sock";
+const SOCKET: &str = "qemu-monitor.sock";
 
-/// QEMU's arguments that serve its human monitor on [`SOCKET`] in `run_dir`; none when the
-/// path does not fit a Unix socket address (108 bytes with the NUL: a long `TMPDIR`), where QEMU
-/// would refuse to start; the probe then says it is not available.
-pub(crate) fn monitor_args(run_dir: &Path) -> Vec<String> {
+/// The monitor socket of the run in `run_dir`; `None` when its path does not fit a Unix socket
+/// address (108 bytes with the NUL: a long `TMPDIR`), where QEMU would refuse to start.
+fn socket(run_dir: &Path) -> Option<PathBuf> {
     const SUN_PATH_MAX: usize = 107;
     let socket = run_dir.join(SOCKET);
-    if socket.as_os_str().len() > SUN_PATH_MAX {
+    (socket.as_os_str().len() <= SUN_PATH_MAX).then_some(socket)
+}
+
+/// QEMU's arguments that serve its human monitor on the run's [`socket`]; none where there is
+/// none (the probe then says it is not available).
+pub(crate) fn monitor_args(run_dir: &Path) -> Vec<String> {
+    let Some(socket) = socket(run_dir) else {
         return Vec::new();
-    }
+    };
     vec![
         "-monitor".into(),
         format!(
@@ -46,11 +51,14 @@ const PROMPT: &str = "(qemu) ";
 /// The interrupt identification register is left alone: reading it acknowledges an interrupt.
 const UART_PORTS: [(&str, u16); 3] = [("IER", 0x3f9), ("LSR", 0x3fd), ("MCR", 0x3fc)];
 
-/// Asks QEMU's monitor at `socket` about L1's `cpus` CPUs: the answer as indented lines for a
-/// stopped run's report (first, when it applies, the [`L1_STUCK_MARKER`] verdict, which also
-/// makes the inspection `stuck`), or one line saying why it could not.
-pub(crate) fn inspect(socket: &Path, cpus: u32) -> Inspection {
-    match Session::open(socket).and_then(|mut s| report(&mut s, cpus)) {
+/// Asks the QEMU monitor of the run in `run_dir` about L1's `cpus` CPUs: the answer as indented
+/// lines for a stopped run's report (first, when it applies, the [`L1_STUCK_MARKER`] verdict,
+/// which also makes the inspection `stuck`), or one line saying why it could not.
+pub(crate) fn inspect(run_dir: &Path, cpus: u32) -> Inspection {
+    let session = socket(run_dir)
+        .ok_or_else(|| std::io::Error::other("its socket path is too long for an address"))
+        .and_then(|socket| Session::open(&socket));
+    match session.and_then(|mut s| report(&mut s, cpus)) {
         Ok((report, stuck)) => Inspection { report, stuck },
         Err(e) => Inspection {
             report: format!("  L1 (QEMU monitor): not available: {e}\n"),
