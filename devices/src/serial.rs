@@ -6,6 +6,8 @@
 //! knows it may read more from the host side (until then it stops reading, rather than dropping).
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use log::warn;
 use vm_superio::serial::SerialEvents;
@@ -14,15 +16,54 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::PioDevice;
 
-/// The UART's interrupt output: one eventfd write per edge.
-pub struct IrqLine(pub EventFd);
+/// The UART's interrupt output: one eventfd write per edge, counted and timed for the stop
+/// report.
+pub struct IrqLine {
+    fd: EventFd,
+    edges: AtomicU64,
+    created: Instant,
+    /// When the last edge was raised, in microseconds after `created`.
+    last_edge_us: AtomicU64,
+}
+
+impl IrqLine {
+    fn new(fd: EventFd) -> Self {
+        IrqLine {
+            fd,
+            edges: AtomicU64::new(0),
+            created: Instant::now(),
+            last_edge_us: AtomicU64::new(0),
+        }
+    }
+}
 
 impl Trigger for IrqLine {
     type E = io::Error;
 
     fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
+        let us = u64::try_from(self.created.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_edge_us.store(us, Ordering::Relaxed);
+        self.edges.fetch_add(1, Ordering::Relaxed);
+        self.fd.write(1)
     }
+}
+
+// 16550 register bits the stop report reads (vm-superio keeps its own private copies).
+/// IER: transmitter holding register empty interrupt enabled.
+const IER_THRI: u8 = 0x02;
+/// IIR: no interrupt pending.
+const IIR_NO_INT: u8 = 0x01;
+/// IIR: the transmitter holding register empty interrupt is pending.
+const IIR_THRI: u8 = 0x02;
+
+/// Console output the guest queued and never sent: it enabled the transmit interrupt, the UART
+/// raised it (the interrupt is still pending, unread), and the guest never came to take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxStall {
+    /// Interrupt edges the UART raised since the guest started.
+    pub edges: u64,
+    /// How long ago the last edge was raised: the guest ran that long without taking it.
+    pub since_last_edge: Duration,
 }
 
 /// Signals the host side when the guest emptied the receive buffer.
@@ -47,8 +88,26 @@ pub struct SerialPort {
 impl SerialPort {
     pub fn new(irq: EventFd, input_ready: EventFd, out: Output) -> Self {
         SerialPort {
-            uart: Serial::with_events(IrqLine(irq), InputReady(input_ready), out),
+            uart: Serial::with_events(IrqLine::new(irq), InputReady(input_ready), out),
         }
+    }
+
+    /// Whether the guest stopped while waiting for a transmit interrupt it never took (see
+    /// [`TxStall`]). A driver that has sent everything masks the interrupt (Linux's 8250 does
+    /// once its buffer is empty), so a guest that stops with it enabled and pending had output
+    /// left that only that interrupt would have sent.
+    pub fn tx_stall(&self) -> Option<TxStall> {
+        let state = self.uart.state();
+        let enabled = state.interrupt_enable & IER_THRI != 0;
+        let pending = state.interrupt_identification & (IIR_NO_INT | IIR_THRI) == IIR_THRI;
+        let line = self.uart.interrupt_evt();
+        (enabled && pending).then(|| {
+            let last = Duration::from_micros(line.last_edge_us.load(Ordering::Relaxed));
+            TxStall {
+                edges: line.edges.load(Ordering::Relaxed),
+                since_last_edge: line.created.elapsed().saturating_sub(last),
+            }
+        })
     }
 
     /// Free room in the receive FIFO.
@@ -135,5 +194,34 @@ mod tests {
         let mut wide = [0u8; 2];
         port.read(0, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn tx_stall_is_an_enabled_transmit_interrupt_left_unread() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let ready = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut port = SerialPort::new(irq, ready, Box::new(Shared::default()));
+        assert_eq!(port.tx_stall(), None, "a fresh UART");
+        port.write(1, &[IER_THRI]); // the driver wants to send: the UART raises THRE
+        std::thread::sleep(Duration::from_millis(20));
+        let stall = port.tx_stall().expect("raised, not taken");
+        assert_eq!(stall.edges, 1);
+        assert!(
+            stall.since_last_edge >= Duration::from_millis(20),
+            "{stall:?}"
+        );
+        let mut iir = [0];
+        port.read(2, &mut iir); // the driver's interrupt handler takes it
+        assert_eq!(iir[0] & 0x0f, IIR_THRI);
+        assert_eq!(port.tx_stall(), None, "taken");
+        port.write(0, b"x"); // more output: THRE again, still enabled, not yet taken
+        let stall = port.tx_stall().expect("raised again");
+        assert_eq!(stall.edges, 2);
+        assert!(
+            stall.since_last_edge < Duration::from_millis(20),
+            "{stall:?}"
+        );
+        port.write(1, &[0]); // everything sent: the driver masks THRE
+        assert_eq!(port.tx_stall(), None, "masked");
     }
 }

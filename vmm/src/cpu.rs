@@ -443,7 +443,8 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
 
-fn lapic_reg(l: &kvm_lapic_state, off: usize) -> u32 {
+/// The 32-bit local APIC register at byte offset `off` of KVM's register page.
+pub(crate) fn lapic_reg(l: &kvm_lapic_state, off: usize) -> u32 {
     let b: Vec<u8> = l.regs[off..off + 4].iter().map(|&c| c as u8).collect();
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }

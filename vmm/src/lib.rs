@@ -17,6 +17,7 @@ mod fault_watch;
 pub mod host;
 mod hot_remove;
 pub mod identity;
+mod irq_report;
 pub mod kvm_stats;
 pub mod layout;
 pub mod output;
@@ -1002,7 +1003,7 @@ fn run_with_pmem(
             Ok(t) => threads.push(t),
             Err(e) => {
                 stop.request(StopReason::Error);
-                vcpu::stop_all(threads);
+                let _ = vcpu::stop_all(threads);
                 return Err(VmmError::Io {
                     what: "starting a vCPU thread",
                     source: e,
@@ -1036,7 +1037,7 @@ fn run_with_pmem(
     if let Some((kind, program)) = &main_filter {
         if let Err(e) = seccomp::apply(*kind, program.as_ref()) {
             stop.request(StopReason::Error);
-            vcpu::stop_all(threads);
+            let _ = vcpu::stop_all(threads);
             return Err(e.into());
         }
     }
@@ -1124,8 +1125,11 @@ fn run_with_pmem(
     drop(hot_add_queue);
     drop(remove_queue);
     drop(hot);
-    vcpu::stop_all(threads);
+    let lapics = vcpu::stop_all(threads);
     info!("guest stopped: {reason:?}");
+    if let Some(stall) = irq_report::console_stall(&vm.fd, &serial, COM1_IRQ, &lapics) {
+        warn!("{stall}");
+    }
     if let Some(stats) = &vm.stats {
         match stats.read() {
             Ok(pages) => info!("stage-2 mappings (KVM, RAM and pmem): {pages}"),

@@ -10,7 +10,7 @@ use devices::bus::DeviceFault;
 use devices::bus::{MmioBus, PioBus};
 use devices::flush_hint::FlushFailed;
 use devices::lifecycle::{StopReason, StopSignal};
-use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{kvm_lapic_state, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, warn};
 use seccompiler::BpfProgram;
@@ -102,7 +102,10 @@ pub enum VcpuFailure {
 pub type ErrorSlot = Arc<Mutex<Option<VcpuFailure>>>;
 
 pub struct VcpuThread {
-    pub handle: JoinHandle<()>,
+    pub id: u32,
+    /// Yields the vCPU's local APIC as the guest left it (for [`crate::irq_report`]), when the
+    /// vCPU ran and KVM gave it.
+    pub handle: JoinHandle<Option<kvm_lapic_state>>,
     pub done: Arc<AtomicBool>,
 }
 
@@ -154,7 +157,7 @@ pub struct Start {
 
 pub fn spawn(
     id: u32,
-    vcpu: VcpuFd,
+    mut vcpu: VcpuFd,
     bus: Arc<Devices>,
     stop: Arc<StopSignal>,
     error: ErrorSlot,
@@ -165,20 +168,23 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            let mut lapic = None;
             match seccomp::apply(ThreadKind::Vcpu, start.filter.as_ref().as_ref()) {
                 Ok(()) => {
                     if start.gate.wait(&stop) {
                         if start.selftest {
                             seccomp::selftest_violation();
                         }
-                        run(id, vcpu, &bus, &stop, &error);
+                        run(id, &mut vcpu, &bus, &stop, &error);
+                        lapic = vcpu.get_lapic().ok();
                     }
                 }
                 Err(source) => fail(&stop, &error, VcpuFailure::Seccomp { id, source }),
             }
             done_in_thread.store(true, Ordering::SeqCst);
+            lapic
         })?;
-    Ok(VcpuThread { handle, done })
+    Ok(VcpuThread { id, handle, done })
 }
 
 fn fail(stop: &StopSignal, error: &ErrorSlot, failure: VcpuFailure) {
@@ -196,7 +202,7 @@ fn fail_with(stop: &StopSignal, error: &ErrorSlot, failure: VcpuFailure) {
     stop.request(StopReason::Error);
 }
 
-fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &ErrorSlot) {
+fn run(id: u32, vcpu: &mut VcpuFd, bus: &Devices, stop: &StopSignal, error: &ErrorSlot) {
     let mut exits: u64 = 0;
     let mut unknown_mmio_logged = false;
     while stop.reason().is_none() {
@@ -231,7 +237,7 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                     VcpuExit::Shutdown => {
                         // A guest that meant to reset uses the reset register or the i8042; a
                         // triple fault is a crash, so say where the vCPU was.
-                        warn!("vCPU {id}: triple fault: {}", describe_state(&vcpu));
+                        warn!("vCPU {id}: triple fault: {}", describe_state(vcpu));
                         stop.request(StopReason::TripleFault);
                     }
                     VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
@@ -246,7 +252,7 @@ fn run(id: u32, mut vcpu: VcpuFd, bus: &Devices, stop: &StopSignal, error: &Erro
                         fail(stop, error, VcpuFailure::HaltedForever { id });
                     }
                     VcpuExit::InternalError => {
-                        let suberror = internal_suberror(&mut vcpu);
+                        let suberror = internal_suberror(vcpu);
                         let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
                         fail(
                             stop,
@@ -304,8 +310,10 @@ fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
 
 /// Pulls every thread out of KVM_RUN and joins it. A signal can land just before a thread
 /// enters KVM_RUN and be lost, so the kick repeats until the thread has left its loop.
-pub fn stop_all(threads: Vec<VcpuThread>) {
+/// Returns the local APIC of each vCPU that ran, by vCPU number.
+pub fn stop_all(threads: Vec<VcpuThread>) -> Vec<(u32, kvm_lapic_state)> {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut lapics = Vec::new();
     for t in threads {
         while !t.done.load(Ordering::SeqCst) && Instant::now() < deadline {
             if t.handle.kill(kick_signal()).is_err() {
@@ -314,11 +322,14 @@ pub fn stop_all(threads: Vec<VcpuThread>) {
             std::thread::sleep(Duration::from_millis(2));
         }
         if t.done.load(Ordering::SeqCst) {
-            let _ = t.handle.join();
+            if let Ok(Some(lapic)) = t.handle.join() {
+                lapics.push((t.id, lapic));
+            }
         } else {
             warn!("a vCPU thread did not stop within 5 s; leaving it behind");
         }
     }
+    lapics
 }
 
 /// The vCPU's registers in one line, for a crash report: instruction and stack pointers, flags,

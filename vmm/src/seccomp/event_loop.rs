@@ -3,7 +3,7 @@
 //! vCPU threads (tgkill, futex: common), restoring the terminal, flushing file and block backings
 //! (`msync`) and unmapping them.
 
-use super::ioctls::TCSETS;
+use super::ioctls::{KVM_GET_IRQCHIP, TCSETS};
 use super::{Allow, List};
 
 pub const LIST: List = List {
@@ -15,8 +15,9 @@ pub const LIST: List = List {
         Allow::any(libc::SYS_epoll_ctl),
         // The signalfd, eventfds and stdin.
         Allow::any(libc::SYS_read),
-        // The terminal back to how it was (`terminal::RawTerminal`'s drop).
-        Allow::ioctl(&[TCSETS]),
+        // The terminal back to how it was (`terminal::RawTerminal`'s drop); the I/O APIC's COM1
+        // entry, read once the guest has stopped (`crate::irq_report`).
+        Allow::ioctl(&[TCSETS, KVM_GET_IRQCHIP]),
         // PmemDevices::flush on every way out.
         Allow::any(libc::SYS_msync),
     ],

@@ -41,6 +41,8 @@ pub const KVM_CREATE_IRQCHIP: u64 = 0xae60;
 pub const KVM_IRQFD: u64 = 0x4020_ae76;
 /// `_IOW(KVMIO, 0x77, struct kvm_pit_config)`
 pub const KVM_CREATE_PIT2: u64 = 0x4040_ae77;
+/// `_IOWR(KVMIO, 0x62, struct kvm_irqchip)`
+pub const KVM_GET_IRQCHIP: u64 = 0xc208_ae62;
 /// `_IO(KVMIO, 0xce)`: the VM's binary statistics (`crate::kvm_stats`).
 pub const KVM_GET_STATS_FD: u64 = 0xaece;
 
@@ -90,8 +92,8 @@ mod tests {
     #[test]
     fn numbers_match_their_definitions() {
         use kvm_bindings::{
-            kvm_cpuid2, kvm_fpu, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config, kvm_regs,
-            kvm_sregs, kvm_userspace_memory_region, kvm_xcrs,
+            kvm_cpuid2, kvm_fpu, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config,
+            kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_xcrs,
         };
         use std::mem::size_of;
         assert_eq!(BLKROGET, io(0x12, 94));
@@ -113,6 +115,10 @@ mod tests {
         assert_eq!(
             KVM_CREATE_PIT2,
             iow(KVMIO, 0x77, size_of::<kvm_pit_config>())
+        );
+        assert_eq!(
+            KVM_GET_IRQCHIP,
+            iow(KVMIO, 0x62, size_of::<kvm_irqchip>()) | ior(KVMIO, 0x62, size_of::<kvm_irqchip>())
         );
         assert_eq!(KVM_GET_STATS_FD, io(KVMIO, 0xce));
         assert_eq!(KVM_RUN, io(KVMIO, 0x80));

@@ -436,6 +436,14 @@ mod tests {
         ));
         assert!(!allows(Vcpu, libc::SYS_ioctl, Some(KVM_CREATE_VM)));
         assert!(!allows(Vcpu, libc::SYS_ioctl, None));
+        // The console-stall warning (crate::irq_report) at a stop: each vCPU reads its local
+        // APIC, the main thread the I/O APIC; only a main thread reads the I/O APIC.
+        assert!(allows(Vcpu, libc::SYS_ioctl, Some(KVM_GET_LAPIC)));
+        for k in [Main, MainWithApi, Vmm] {
+            assert!(allows(k, libc::SYS_ioctl, Some(KVM_GET_IRQCHIP)), "{k}");
+        }
+        assert!(!allows(Vcpu, libc::SYS_ioctl, Some(KVM_GET_IRQCHIP)));
+        assert!(!allows(Api, libc::SYS_ioctl, Some(KVM_GET_IRQCHIP)));
         assert!(allows(
             MainWithApi,
             libc::SYS_ioctl,
