@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fails the suite if a test passed only on a retry, unless its first failure was one of the four
+"""Fails the suite if a test passed only on a retry, unless its first failure was one of the five
 nested-testbed failures a retry forgives.
 
 nextest retries the nested tests once (.config/nextest.toml). Forgiven, and printed: the nested
@@ -10,7 +10,10 @@ same way; tests/README.md, "The nested guest crash"); a nested run was stopped (
 watchdog) before any guest had reached init (an early-boot hang under TCG that a retry does not
 repeat); or a stopped nested run's L1 CPU was halted with interrupts enabled while its local APIC
 held a deliverable vector, as QEMU's monitor showed (the emulated CPU stopped taking interrupts;
-tests/README.md, "L1 stops taking interrupts"). A deterministic failure fails both tries. Every
+tests/README.md, "L1 stops taking interrupts"); or the monitor reported a guest's COM1 interrupt
+accepted by its local APIC and never completed, or requested for seconds and never accepted,
+while the guest ran on (its console output never came: an interrupt lost on its way into the
+guest's CPU; tests/README.md, "Console output that never came"). A deterministic failure fails both tries. Every
 other first failure (the monitor, a guest that came up and then failed without crashing, a
 test's assertion) still fails the suite here, after the retry has shown whether it recurs. Direct
 runs (hardware KVM) never print these markers, so nothing is forgiven there.
@@ -20,12 +23,20 @@ Usage: check-retries.py JUNIT.xml... ; prints every retried test with its first 
 import sys
 import xml.etree.ElementTree as ET
 
-# tests/src/error.rs L1_CRASH_MARKER, GUEST_CRASH_MARKER, EARLY_HANG_MARKER and L1_STUCK_MARKER.
+# tests/src/error.rs L1_CRASH_MARKER, GUEST_CRASH_MARKER, EARLY_HANG_MARKER, L1_STUCK_MARKER and
+# LOST_INTERRUPT_MARKER.
 L1_CRASH_MARKER = "testbed: the nested L1 host crashed"
 GUEST_CRASH_MARKER = "testbed: a kernel crashed in the nested host"
 EARLY_HANG_MARKER = "testbed: stopped before any guest reached init (nested)"
 L1_STUCK_MARKER = "testbed: the nested L1 host stopped taking interrupts"
-FORGIVEN = (L1_CRASH_MARKER, GUEST_CRASH_MARKER, EARLY_HANG_MARKER, L1_STUCK_MARKER)
+LOST_INTERRUPT_MARKER = "testbed: the nested host lost a guest's interrupt"
+FORGIVEN = (
+    L1_CRASH_MARKER,
+    GUEST_CRASH_MARKER,
+    EARLY_HANG_MARKER,
+    L1_STUCK_MARKER,
+    LOST_INTERRUPT_MARKER,
+)
 RETRIED = ("flakyFailure", "flakyError", "rerunFailure", "rerunError")
 
 

@@ -30,6 +30,13 @@ pub const L1_STUCK_MARKER: &str = "testbed: the nested L1 host stopped taking in
 /// try that printed it. Never printed in direct mode, where a guest crash is a real failure.
 pub const GUEST_CRASH_MARKER: &str = "testbed: a kernel crashed in the nested host";
 
+/// The start of the line a nested run prints on stderr when the monitor reported a guest's
+/// interrupt lost on its way into the guest's CPU ([`crate::markers::lost_interrupt_line`]): QEMU
+/// TCG's nested SVM loses interrupts it should deliver (`tests/README.md`, "Console output that
+/// never came"), so `scripts/check-retries.py` forgives a first try that printed it. Never
+/// printed in direct mode.
+pub const LOST_INTERRUPT_MARKER: &str = "testbed: the nested host lost a guest's interrupt";
+
 /// What went wrong while preparing or running a testbed host or guest.
 #[derive(thiserror::Error)]
 pub enum Error {
@@ -179,6 +186,7 @@ mod tests {
             GUEST_CRASH_MARKER,
             EARLY_HANG_MARKER,
             L1_STUCK_MARKER,
+            LOST_INTERRUPT_MARKER,
         ] {
             assert!(script.contains(&format!("\"{marker}\"")), "{marker:?}");
         }

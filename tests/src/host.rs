@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use crate::artifacts::{self, InitramfsSpec};
 use crate::config::{self, ENV_DEVDAX};
-use crate::error::{Error, IoContext, Result, EARLY_HANG_MARKER, GUEST_CRASH_MARKER};
+use crate::error::{
+    Error, IoContext, Result, EARLY_HANG_MARKER, GUEST_CRASH_MARKER, LOST_INTERRUPT_MARKER,
+};
 use crate::l1_probe;
 use crate::markers::{
-    guest_crash_line, has_marker, host_section, marker_values, tail_lines, HostSection,
+    guest_crash_line, has_marker, host_section, lost_interrupt_line, marker_values, tail_lines,
+    HostSection,
 };
 use crate::mode::{self, Mode};
 use crate::nvdimm::{Nvdimm, NvdimmKind};
@@ -361,6 +364,9 @@ fn finish(mode: Mode, timeout: Duration, c: Captured) -> Result<HostRun> {
             // A fixed phrase on stderr, whatever the test makes of the run afterwards:
             // scripts/check-retries.py forgives a first try that printed it.
             eprintln!("{GUEST_CRASH_MARKER} (QEMU TCG nested SVM, tests/README.md): {line}");
+        }
+        if let Some(line) = lost_interrupt_line(&c.stdout) {
+            eprintln!("{LOST_INTERRUPT_MARKER} (QEMU TCG nested SVM, tests/README.md): {line}");
         }
     }
     let console = c.console_for_errors();

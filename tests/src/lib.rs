@@ -33,6 +33,7 @@ pub use artifacts::{
 };
 pub use error::{
     Error, Result, EARLY_HANG_MARKER, GUEST_CRASH_MARKER, L1_CRASH_MARKER, L1_STUCK_MARKER,
+    LOST_INTERRUPT_MARKER,
 };
 pub use guest::{
     boot_and_check, boot_guest, boot_guests, parse_guest_report, GuestCase, GuestKernel, GuestOpts,

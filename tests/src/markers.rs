@@ -53,6 +53,39 @@ pub fn guest_crash_line(console: &str) -> Option<&str> {
     })
 }
 
+/// The start of the monitor's warning for a guest that stopped with console output it never
+/// sent (vmm `irq_report`): the guest enabled COM1's transmit interrupt, the UART raised it, and
+/// the guest never took it.
+pub const CONSOLE_STALL: &str = "COM1: the guest stopped with console output it never sent";
+
+/// How long a requested interrupt must have waited before the stop for
+/// [`lost_interrupt_line`] to call it lost: a guest that powers off right after printing
+/// leaves a just-raised one requested, which says nothing.
+pub const LOST_AFTER_MS: u64 = 2000;
+
+/// The first monitor warning on `console` ([`CONSOLE_STALL`]) that shows the guest's COM1
+/// interrupt lost between KVM and the guest's CPU: accepted by the local APIC and never
+/// completed (the guest's handler never ran, yet the guest went on to power off), or requested
+/// for at least [`LOST_AFTER_MS`] while the guest kept running without accepting it. A monitor
+/// only raises the line; what its local APIC shows after that is the CPU's delivery, which
+/// under QEMU TCG's nested SVM loses interrupts (`tests/README.md`, "Console output that never
+/// came"). A stall whose interrupt never reached any local APIC is not such a line.
+pub fn lost_interrupt_line(console: &str) -> Option<&str> {
+    console.lines().map(str::trim).find(|line| {
+        let Some(at) = line.find(CONSOLE_STALL) else {
+            return false;
+        };
+        let report = &line[at..];
+        let waited_ms = report
+            .split_once("the last ")
+            .and_then(|(_, rest)| rest.split_once(" ms before the stop"))
+            .and_then(|(ms, _)| ms.parse::<u64>().ok());
+        report.contains(" in service, never completed")
+            || (report.contains(" requested, not accepted")
+                && waited_ms.is_some_and(|ms| ms >= LOST_AFTER_MS))
+    })
+}
+
 /// The last `n` lines of `text`, for error messages.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -414,5 +447,34 @@ mod tests {
             system_ram_overlapping(&bad, 0xC000_0000, 0xFFFF_FFFF).len(),
             1
         );
+    }
+
+    #[test]
+    fn lost_interrupts_are_named_and_other_stalls_are_not() {
+        let stall = |verdict: &str, ms: u64| {
+            format!(
+                "[2026-12-03T16:35:29.809Z WARN  vmm] {CONSOLE_STALL}: it enabled the transmit \
+                 interrupt, the UART raised it and it was never taken (9 interrupt edges since \
+                 start, the last {ms} ms before the stop); I/O APIC pin 4: vector 0x22, edge, \
+                 unmasked; vCPU 0: vector 0x22 {verdict} (IRR [0x22], ISR [], TPR 0x00, PPR 0x00)"
+            )
+        };
+        let in_service = stall("in service, never completed", 10);
+        let old = stall("requested, not accepted", 5400);
+        let fresh = stall("requested, not accepted", 3);
+        let never = stall("not requested", 5400);
+        let console = format!("@@G1@@ boot\n@@G1@@ {in_service}\nreboot\n");
+        assert_eq!(
+            lost_interrupt_line(&console),
+            Some(format!("@@G1@@ {in_service}").as_str())
+        );
+        assert!(lost_interrupt_line(&old).is_some());
+        assert_eq!(lost_interrupt_line(&fresh), None, "just raised at the stop");
+        assert_eq!(
+            lost_interrupt_line(&never),
+            None,
+            "lost before any local APIC"
+        );
+        assert_eq!(lost_interrupt_line("@@GUEST-INIT@@\nall fine\n"), None);
     }
 }
