@@ -443,10 +443,8 @@ pub fn boot_script(
             ));
         }
     }
-    // The warm-up: our monitor without devices, through to power-off, nothing recorded.
-    let warm_up = vmm_command(VMLINUX, s.guest_ram, &guest_cmdline("true"), &[], &[]);
     out.push_str("quiet_host\n");
-    out.push_str(&format!("{} >/dev/null 2>&1 || true\n", warm_up.join(" ")));
+    out.push_str(&warm_up(s, VMLINUX));
     for run in 1..=s.runs {
         let first = (run - 1) % cases.len().max(1);
         for (case, monitor) in cases[first..].iter().chain(&cases[..first]) {
@@ -477,16 +475,28 @@ pub fn boot_script(
     out
 }
 
+/// One boot of our monitor without devices, through to power-off, nothing recorded: what the
+/// timed phases run first, so that none of their cases is a fresh L1's first boot (see
+/// [`boot_script`]).
+fn warm_up(s: &Settings, kernel: &str) -> String {
+    let command = vmm_command(kernel, s.guest_ram, &guest_cmdline("true"), &[], &[]);
+    format!("{} >/dev/null 2>&1 || true\n", command.join(" "))
+}
+
 /// The start-up phase: our vmm with one sparse device of each size, nothing formatted
-/// (`memmap=none`), so the only work that could grow with the size is mapping it.
+/// (`memmap=none`), so the only work that could grow with the size is mapping it. Like the boot
+/// phase, it boots once unmeasured first and starts each run one size later.
 pub fn startup_script(s: &Settings, probe: &str) -> String {
     let mut out = preamble(probe, Phase::Startup);
     for (i, size) in s.startup_sizes.iter().enumerate() {
         out.push_str(&format!("truncate -s {size} \"$WORK/st{i}.img\"\n"));
     }
+    out.push_str(&warm_up(s, BZIMAGE));
     let cmdline = guest_cmdline("sleep 600");
+    let sizes: Vec<(usize, &u64)> = s.startup_sizes.iter().enumerate().collect();
     for run in 1..=s.runs {
-        for (i, size) in s.startup_sizes.iter().enumerate() {
+        let first = (run - 1) % sizes.len().max(1);
+        for &(i, size) in sizes[first..].iter().chain(&sizes[..first]) {
             let tag =
                 crate::lines::Tag::format("startup", &format!("vmm-{}", size_label(*size)), run);
             let pmem = [format!("path=$WORK/st{i}.img,memmap=none")];
@@ -922,6 +932,30 @@ mod tests {
         assert!(
             b.contains("--collect-until @@BOOT-BREAKDOWN-DONE@@ "),
             "{b}"
+        );
+    }
+
+    #[test]
+    fn startup_script_warms_up_and_rotates() {
+        let s = Settings::standard(2);
+        let st = startup_script(&s, "/p");
+        let warm_up = st.find(">/dev/null 2>&1 || true").expect("a warm-up boot");
+        assert!(warm_up < st.find(" launch ").unwrap(), "{st}");
+        let tags: Vec<&str> = st
+            .lines()
+            .filter(|l| l.contains(" launch "))
+            .filter_map(|l| l.split("--tag ").nth(1)?.split(' ').next())
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                "startup.vmm-1G.1",
+                "startup.vmm-64G.1",
+                "startup.vmm-1T.1",
+                "startup.vmm-64G.2",
+                "startup.vmm-1T.2",
+                "startup.vmm-1G.2"
+            ]
         );
     }
 
