@@ -446,8 +446,7 @@ pub fn boot_script(
     out.push_str("quiet_host\n");
     out.push_str(&warm_up(s, VMLINUX));
     for run in 1..=s.runs {
-        let first = (run - 1) % cases.len().max(1);
-        for (case, monitor) in cases[first..].iter().chain(&cases[..first]) {
+        for (case, monitor) in rotated(&cases, run) {
             let n: usize = case
                 .rsplit('-')
                 .next()
@@ -475,6 +474,13 @@ pub fn boot_script(
     out
 }
 
+/// The cases of run `run` (from 1) in order: the first run's order, started `run - 1` cases
+/// later and wrapped, so that no case always follows the same one (see [`boot_script`]).
+fn rotated<T>(cases: &[T], run: usize) -> impl Iterator<Item = &T> {
+    let first = (run - 1) % cases.len().max(1);
+    cases[first..].iter().chain(&cases[..first])
+}
+
 /// One boot of our monitor without devices, through to power-off, nothing recorded: what the
 /// timed phases run first, so that none of their cases is a fresh L1's first boot (see
 /// [`boot_script`]).
@@ -495,8 +501,7 @@ pub fn startup_script(s: &Settings, probe: &str) -> String {
     let cmdline = guest_cmdline("sleep 600");
     let sizes: Vec<(usize, &u64)> = s.startup_sizes.iter().enumerate().collect();
     for run in 1..=s.runs {
-        let first = (run - 1) % sizes.len().max(1);
-        for &(i, size) in sizes[first..].iter().chain(&sizes[..first]) {
+        for &(i, size) in rotated(&sizes, run) {
             let tag =
                 crate::lines::Tag::format("startup", &format!("vmm-{}", size_label(*size)), run);
             let pmem = [format!("path=$WORK/st{i}.img,memmap=none")];
