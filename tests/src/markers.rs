@@ -58,6 +58,13 @@ pub fn guest_crash_line(console: &str) -> Option<&str> {
 /// the guest never took it.
 pub const CONSOLE_STALL: &str = "COM1: the guest stopped with console output it never sent";
 
+/// The warning's verdict for a vector the vCPU accepted and never completed.
+pub const VERDICT_IN_SERVICE: &str = " in service, never completed";
+/// The warning's verdict for a vector requested at the vCPU and not accepted.
+pub const VERDICT_REQUESTED: &str = " requested, not accepted";
+/// The warning's words around the last edge's age in ms (`the last N ms before the stop`).
+const LAST_EDGE: (&str, &str) = ("the last ", " ms before the stop");
+
 /// How long a requested interrupt must have waited before the stop for
 /// [`lost_interrupt_line`] to call it lost: a guest that powers off right after printing
 /// leaves a just-raised one requested, which says nothing.
@@ -77,11 +84,11 @@ pub fn lost_interrupt_line(console: &str) -> Option<&str> {
         };
         let report = &line[at..];
         let waited_ms = report
-            .split_once("the last ")
-            .and_then(|(_, rest)| rest.split_once(" ms before the stop"))
+            .split_once(LAST_EDGE.0)
+            .and_then(|(_, rest)| rest.split_once(LAST_EDGE.1))
             .and_then(|(ms, _)| ms.parse::<u64>().ok());
-        report.contains(" in service, never completed")
-            || (report.contains(" requested, not accepted")
+        report.contains(VERDICT_IN_SERVICE)
+            || (report.contains(VERDICT_REQUESTED)
                 && waited_ms.is_some_and(|ms| ms >= LOST_AFTER_MS))
     })
 }
@@ -447,6 +454,23 @@ mod tests {
             system_ram_overlapping(&bad, 0xC000_0000, 0xFFFF_FFFF).len(),
             1
         );
+    }
+
+    /// The vmm writes the warning this module parses (`vmm/src/irq_report.rs`, which the
+    /// testbed does not link): its wording must be these words.
+    #[test]
+    fn the_vmm_writes_the_words_lost_interrupt_line_reads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../vmm/src/irq_report.rs");
+        let source = std::fs::read_to_string(path).unwrap();
+        for words in [
+            CONSOLE_STALL,
+            VERDICT_IN_SERVICE.trim(),
+            VERDICT_REQUESTED.trim(),
+            LAST_EDGE.0,
+            LAST_EDGE.1,
+        ] {
+            assert!(source.contains(words), "{words:?}");
+        }
     }
 
     #[test]
